@@ -1,0 +1,26 @@
+"""icrm-kernels: fused GPU kernels (Triton) and CPU kernels (C++) for reward models in RLHF.
+
+Every public op is listed here. Each has three implementations that compute the same function:
+the Triton kernel (``icrm_kernels/triton/<family>.py``), the C++ CPU kernel
+(``csrc/<family>.cpp``) and the float64-capable torch reference
+(``icrm_kernels/reference/<family>.py``); ``icrm_kernels/ops/<family>.py`` holds the public op,
+its checks, its torch.library registration and the dispatch between the three.
+"""
+from icrm_kernels._backend import available_backends, use_backend
+from icrm_kernels._checks import unchecked
+
+__version__ = "0.1.0"
+
+# --- family 1: grouped reward normalization (SPEC §1) -----------------------------------------
+# (imports of ops/grouped.py go here)
+
+
+# --- family 2: sequence-to-token cross-attention, R2M (SPEC §2) -------------------------------
+# (imports of ops/attention.py go here)
+
+
+# --- family 3: Beta posterior math, ICRM (SPEC §3) --------------------------------------------
+# (imports of ops/beta.py go here)
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]

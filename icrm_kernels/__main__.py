@@ -1,0 +1,5 @@
+import sys
+
+from icrm_kernels.cli import main
+
+sys.exit(main())

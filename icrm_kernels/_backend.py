@@ -1,0 +1,142 @@
+"""Which implementation runs an op: the Triton kernel, the C++ CPU kernel, or the torch reference.
+
+Policy (``"auto"``, the default):
+- CUDA tensors run the Triton kernels.
+- CPU tensors run the C++ extension (``torch.ops.icrm_cpu.*``) when it is built, else the
+  float64-capable torch reference.
+
+``use_backend("triton")`` forces the Triton path for CPU tensors too; that only works under the
+Triton interpreter (``TRITON_INTERPRET=1`` set before triton is imported), which is how the test
+suite exercises the kernels on machines without a GPU. ``use_backend("reference")`` and
+``use_backend("cpp")`` force those paths. The environment variable ``ICRM_BACKEND`` sets the
+default for the process.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "triton", "cpp", "reference")
+
+# ---------------------------------------------------------------- the C++ extension
+try:  # importing runs the TORCH_LIBRARY registrations of csrc/*.cpp
+    from icrm_kernels import _C  # noqa: F401
+
+    HAS_CPP = True
+    _CPP_ERROR = None
+except Exception as exc:  # not built: a warning, never an import error
+    HAS_CPP = False
+    _CPP_ERROR = exc
+    warnings.warn(
+        "icrm_kernels: the C++ extension is not built (%s); CPU ops use the torch reference. "
+        "Reinstall with `pip install --no-build-isolation .` and a C++ compiler to build it." % exc,
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_cpp_op(name: str) -> bool:
+    """True when the extension registered ``icrm_cpu::<name>``."""
+    if not HAS_CPP:
+        return False
+    try:
+        getattr(torch.ops.icrm_cpu, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# ---------------------------------------------------------------- Triton
+def _probe_triton():
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+
+        return True
+    except Exception:
+        return False
+
+
+HAS_TRITON = _probe_triton()
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run on the CPU through the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------- selection
+_state = threading.local()
+
+
+def _default_backend() -> str:
+    env = os.environ.get("ICRM_BACKEND", "auto")
+    if env not in BACKENDS:
+        raise ValueError(f"ICRM_BACKEND must be one of {BACKENDS}, got {env!r}")
+    return env
+
+
+def current_backend() -> str:
+    return getattr(_state, "backend", None) or _default_backend()
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force one implementation inside the ``with`` block (tests, benchmarks, debugging).
+
+    ``name`` is one of ``"auto"``, ``"triton"``, ``"cpp"``, ``"reference"``.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    previous = getattr(_state, "backend", None)
+    _state.backend = name
+    try:
+        yield
+    finally:
+        _state.backend = previous
+
+
+def select(device: torch.device, cpp_op: str | None = None) -> str:
+    """Resolve the backend for tensors on ``device``: ``"triton"``, ``"cpp"`` or ``"reference"``.
+
+    ``cpp_op`` names the ``icrm_cpu`` op the CPU path would call; if the extension lacks it the
+    reference runs instead.
+    """
+    forced = current_backend()
+    if forced == "reference":
+        return "reference"
+    if device.type == "cuda":
+        if not HAS_TRITON:
+            return "reference"
+        return "triton"
+    if forced == "triton":
+        if not (HAS_TRITON and triton_interpreting()):
+            raise RuntimeError(
+                "use_backend('triton') on CPU tensors needs Triton's interpreter: set "
+                "TRITON_INTERPRET=1 before triton is imported"
+            )
+        return "triton"
+    if forced in ("auto", "cpp") and cpp_op is not None and has_cpp_op(cpp_op):
+        return "cpp"
+    if forced == "cpp":
+        raise RuntimeError(f"use_backend('cpp'): the C++ extension has no op icrm_cpu::{cpp_op}")
+    return "reference"
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run on ``device`` in this process (for tests and benchmarks)."""
+    device = torch.device(device)
+    out = ["reference"]
+    if device.type == "cuda":
+        if HAS_TRITON:
+            out.append("triton")
+        return out
+    if HAS_CPP:
+        out.append("cpp")
+    if HAS_TRITON and triton_interpreting():
+        out.append("triton")
+    return out

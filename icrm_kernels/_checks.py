@@ -1,0 +1,162 @@
+"""Input validation shared by every op family.
+
+Every public op validates its arguments before dispatch and raises ``TypeError`` (wrong kind of
+object or dtype) or ``ValueError`` (wrong shape or value), always naming the argument and what
+was expected. Checks that must read tensor *values* (offsets monotone, labels in [0, 1], NaN with
+``nan_policy="raise"``) synchronise with the device; hot loops can switch them off with
+``icrm_kernels.unchecked()``, in which case malformed values give unspecified (but memory-safe)
+results, as each op's docstring states.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+_state = threading.local()
+
+
+def value_checks_enabled() -> bool:
+    """False inside ``unchecked()`` and while torch.compile traces (no data-dependent checks)."""
+    if getattr(_state, "unchecked", False):
+        return False
+    try:
+        if torch.compiler.is_compiling():
+            return False
+    except AttributeError:  # torch < 2.3 has no torch.compiler.is_compiling
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Skip the checks that read tensor values (and so synchronise with the GPU).
+
+    Shape, dtype and device checks still run. Use in hot loops once the inputs are known good.
+    """
+    previous = getattr(_state, "unchecked", False)
+    _state.unchecked = True
+    try:
+        yield
+    finally:
+        _state.unchecked = previous
+
+
+def check_tensor(
+    x,
+    name: str,
+    *,
+    ndim: Optional[int | Sequence[int]] = None,
+    floating: bool = False,
+    integer: bool = False,
+    dtypes: Optional[Iterable[torch.dtype]] = None,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor of the expected rank and dtype kind; return it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+    if floating and x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    if integer and x.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor (int32 or int64), got {x.dtype}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if x.dtype not in dtypes:
+            raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {x.dtype}")
+    return x
+
+
+def check_same_device(**tensors) -> torch.device:
+    """All non-None tensors on one device; returns it. Names the offending arguments."""
+    device = None
+    first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if device is None:
+            device, first = t.device, name
+        elif t.device != device:
+            raise ValueError(f"{name} is on {t.device} but {first} is on {device}; all tensors must be on one device")
+    return device
+
+
+def check_same_float_dtype(**tensors) -> torch.dtype:
+    """All non-None floating tensors share one dtype (no silent mixed precision); returns it."""
+    dtype = None
+    first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if dtype is None:
+            dtype, first = t.dtype, name
+        elif t.dtype != dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first} has {dtype}; pass tensors of one float dtype")
+    return dtype
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_offsets(cu: torch.Tensor, name: str, total: int) -> torch.Tensor:
+    """``cu`` is a 1-D int32/int64 offsets tensor: cu[0] = 0, non-decreasing, cu[-1] = total.
+
+    The value checks run only while ``value_checks_enabled()``.
+    """
+    check_tensor(cu, name, ndim=1)
+    if cu.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be an int32 or int64 tensor of offsets, got {cu.dtype}")
+    if cu.numel() < 1:
+        raise ValueError(f"{name} must have at least one element (B+1 offsets starting at 0)")
+    if value_checks_enabled():
+        first = int(cu[0])
+        last = int(cu[-1])
+        if first != 0:
+            raise ValueError(f"{name} must start at 0, got {name}[0] = {first}")
+        if cu.numel() > 1 and bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(f"{name} must be non-decreasing")
+        if last != total:
+            raise ValueError(f"{name} must end at the number of rows ({total}), got {name}[-1] = {last}")
+    return cu
+
+
+def check_index(index: torch.Tensor, name: str, length: int) -> torch.Tensor:
+    """``index`` is a 1-D integer tensor with one entry per row."""
+    check_tensor(index, name, ndim=1)
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of ids, got {index.dtype}")
+    if index.numel() != length:
+        raise ValueError(f"{name} must have one id per row ({length}), got {index.numel()}")
+    return index
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_finite_float(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value

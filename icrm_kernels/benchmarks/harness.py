@@ -1,0 +1,242 @@
+"""Timing harness: medians with CUDA events (L2 flushed between repeats) or perf_counter on CPU.
+
+A benchmark is a list of :class:`Case`: one op at one shape by one implementation. Cases of the
+same ``op`` and ``shape`` are compared in the table: every baseline's time over the package's
+(``impl`` starting with ``"icrm"``) is the reported speed-up, measured in the same run.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, List, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class Case:
+    family: str  # "grouped", "attention", "beta"
+    op: str  # what is computed, e.g. "group_advantages[grpo]"
+    impl: str  # "icrm" for the package (suffix allowed: "icrm-ref"), else the baseline's name
+    shape: str  # human-readable shape, e.g. "N=65536 G=8"
+    size: int  # x-axis of the plot (N, tokens, ...)
+    bytes: int  # the fewest bytes the op must move (inputs read once, outputs written once)
+    fn: Callable[[], Any]  # runs the op once; inputs are prepared outside
+    device: str = "cpu"
+    note: str = ""  # e.g. "flash-attn not importable: SDPA flash backend"
+
+    @property
+    def is_icrm(self) -> bool:
+        return self.impl.startswith("icrm") and not self.impl.startswith("icrm-ref")
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    median_s: float
+    min_s: float
+    repeats: int
+    bandwidth_gbs: Optional[float]
+    bandwidth_frac: Optional[float]
+    error: str = ""
+
+
+_copy_bw_cache = {}
+
+
+def measured_copy_bandwidth(device: torch.device) -> Optional[float]:
+    """Bytes/s of a large device-to-device copy (bytes read + written), measured once."""
+    if device.type != "cuda":
+        return None
+    if device in _copy_bw_cache:
+        return _copy_bw_cache[device]
+    n = 256 * 1024 * 1024  # 1 GiB of fp32: far above L2
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = _time_cuda(lambda: dst.copy_(src), repeats=20, flush=None)
+    bw = 2 * src.numel() * 4 / t[0]
+    del src, dst
+    torch.cuda.empty_cache()
+    _copy_bw_cache[device] = bw
+    return bw
+
+
+def _time_cuda(fn, repeats: int, flush: Optional[torch.Tensor], warmup: int = 3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        if flush is not None:
+            flush.zero_()  # evict the inputs from L2 so each repeat reads them from memory
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times), min(times)
+
+
+def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
+    for _ in range(warmup):
+        fn()
+    times = []
+    t_end = time.perf_counter() + budget_s
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if i >= 2 and time.perf_counter() > t_end:
+            break
+    return statistics.median(times), min(times)
+
+
+def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log=print) -> List[Result]:
+    results = []
+    flush = {}
+    for case in cases:
+        device = torch.device(case.device)
+        try:
+            if device.type == "cuda":
+                if device not in flush:
+                    # 2x the L2 of any current GPU
+                    flush[device] = torch.empty(64 * 1024 * 1024, dtype=torch.int32, device=device)
+                med, mn = _time_cuda(case.fn, repeats, flush[device])
+                n = repeats
+            else:
+                med, mn = _time_cpu(case.fn, cpu_repeats)
+                n = cpu_repeats
+        except Exception as exc:  # a failing baseline must not hide the others
+            results.append(Result(case, float("nan"), float("nan"), 0, None, None, f"{type(exc).__name__}: {exc}"))
+            log(f"  {case.op:34s} {case.impl:26s} {case.shape:30s} FAILED: {exc}")
+            continue
+        bw = case.bytes / med if case.bytes else None
+        peak = measured_copy_bandwidth(device)
+        frac = bw / peak if (bw and peak) else None
+        results.append(Result(case, med, mn, n, bw / 1e9 if bw else None, frac))
+        log(f"  {case.op:34s} {case.impl:26s} {case.shape:30s} {_fmt_time(med):>10s}" + (f"  {frac * 100:5.1f}% of copy bw" if frac else ""))
+    return results
+
+
+def _fmt_time(s: float) -> str:
+    if s != s:
+        return "n/a"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def library_versions() -> str:
+    parts = [f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except Exception:
+        parts.append("triton -")
+    from icrm_kernels import _backend
+
+    parts.append("cpp ext " + ("built" if _backend.HAS_CPP else "NOT built"))
+    return ", ".join(parts)
+
+
+def speedups(results: List[Result]):
+    """Rows (op, shape, icrm impl, icrm time, baseline impl, baseline time, ratio)."""
+    rows = []
+    by_key = {}
+    for r in results:
+        by_key.setdefault((r.case.op, r.case.shape), []).append(r)
+    for (op, shape), group in by_key.items():
+        mine = [r for r in group if r.case.is_icrm and r.median_s == r.median_s]
+        for m in mine:
+            for b in group:
+                if b.case.is_icrm or b.median_s != b.median_s:
+                    continue
+                rows.append((op, shape, m.case.impl, m.median_s, b.case.impl, b.median_s, b.median_s / m.median_s))
+    return rows
+
+
+def table(results: List[Result]) -> str:
+    lines = [f"{'op':34s} {'shape':30s} {'impl':26s} {'median':>10s} {'GB/s':>8s} {'%copy':>6s}  vs icrm"]
+    icrm_time = {}
+    for r in results:
+        if r.case.is_icrm and r.median_s == r.median_s:
+            icrm_time.setdefault((r.case.op, r.case.shape), r.median_s)
+    for r in results:
+        ref = icrm_time.get((r.case.op, r.case.shape))
+        ratio = "" if (r.case.is_icrm or ref is None or r.median_s != r.median_s) else f"{r.median_s / ref:7.1f}x slower"
+        bw = f"{r.bandwidth_gbs:8.1f}" if r.bandwidth_gbs else f"{'':8s}"
+        frac = f"{r.bandwidth_frac * 100:5.1f}%" if r.bandwidth_frac else f"{'':6s}"
+        err = f"  FAILED {r.error[:60]}" if r.error else ""
+        lines.append(f"{r.case.op:34s} {r.case.shape:30s} {r.case.impl:26s} {_fmt_time(r.median_s):>10s} {bw} {frac}  {ratio}{err}")
+    return "\n".join(lines)
+
+
+def write_csv(results: List[Result], path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    versions = library_versions()
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "device", "versions", "family", "op", "impl", "shape", "size", "bytes",
+                    "median_s", "min_s", "repeats", "bandwidth_GBps", "fraction_of_copy_bw", "note", "error"])
+        for r in results:
+            c = r.case
+            w.writerow([stamp, device_name(c.device), versions, c.family, c.op, c.impl, c.shape, c.size, c.bytes,
+                        f"{r.median_s:.6e}", f"{r.min_s:.6e}", r.repeats,
+                        "" if r.bandwidth_gbs is None else f"{r.bandwidth_gbs:.2f}",
+                        "" if r.bandwidth_frac is None else f"{r.bandwidth_frac:.4f}", c.note, r.error])
+    return path
+
+
+def plot(results: List[Result], path: str) -> Optional[str]:
+    """Time against size, one panel per op, one line per implementation. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return None
+    ops = sorted({r.case.op for r in results})
+    if not ops:
+        return None
+    cols = min(3, len(ops))
+    rows = (len(ops) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax, op in zip(axes.flat, ops):
+        impls = sorted({r.case.impl for r in results if r.case.op == op})
+        for impl in impls:
+            pts = sorted((r.case.size, r.median_s) for r in results
+                         if r.case.op == op and r.case.impl == impl and r.median_s == r.median_s)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=impl)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(op, fontsize=9)
+        ax.set_xlabel("size")
+        ax.set_ylabel("median time (ms)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(ops):]:
+        ax.axis("off")
+    fig.suptitle(f"{device_name(results[0].case.device)} — {library_versions()}", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

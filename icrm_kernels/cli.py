@@ -1,0 +1,138 @@
+"""Command line: ``icrm-kernels {run,selfcheck,bench,aot}`` (also ``python -m icrm_kernels``).
+
+- ``selfcheck``: every op on the available device against its float64 reference, fresh inputs.
+- ``bench``: every op against its baselines in the same run; table on the terminal, CSV and
+  PNG plot written to ``--out`` (default ``bench/results`` when run from the repository).
+- ``run``: selfcheck, then bench, on embedded defaults (what ``make run`` does).
+- ``aot``: compile every Triton kernel for sm_80 and sm_90 and print its resource usage.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+
+import torch
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _families(selected):
+    from icrm_kernels.benchmarks import FAMILY_MODULES
+
+    names = FAMILY_MODULES if not selected else tuple(selected)
+    for name in names:
+        if name not in FAMILY_MODULES:
+            raise SystemExit(f"--family must be one of {FAMILY_MODULES}, got {name!r}")
+    return names
+
+
+def _import_family(package: str, name: str):
+    try:
+        return importlib.import_module(f"icrm_kernels.{package}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"icrm_kernels.{package}.{name}":
+            return None
+        raise
+
+
+def cmd_selfcheck(args) -> int:
+    device = torch.device(args.device)
+    print(f"icrm-kernels self-check on {device} ({_device_label(device)})")
+    failed = 0
+    total = 0
+    for name in _families(args.family):
+        mod = _import_family("ops", name)
+        if mod is None or not hasattr(mod, "selfcheck"):
+            continue
+        for res in mod.selfcheck(device):
+            total += 1
+            op, ok, err, backend = res
+            failed += not ok
+            print(f"  {'ok  ' if ok else 'FAIL'} {op:44s} backend={backend:9s} max rel err {err:.2e}")
+    print(f"self-check: {total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _device_label(device) -> str:
+    from icrm_kernels.benchmarks.harness import device_name, library_versions
+
+    return f"{device_name(str(device))}; {library_versions()}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def cmd_bench(args) -> int:
+    from icrm_kernels.benchmarks import harness
+
+    device = torch.device(args.device)
+    out_dir = args.out or (os.path.join("bench", "results") if os.path.isdir("bench") else ".")
+    print(f"icrm-kernels bench on {device} ({_device_label(device)}), quick={args.quick}")
+    all_results = []
+    for name in _families(args.family):
+        mod = _import_family("benchmarks", name)
+        if mod is None:
+            continue
+        print(f"[{name}]")
+        cases = mod.cases(device, quick=args.quick)
+        results = harness.run_cases(cases)
+        all_results.extend(results)
+        if results:
+            tag = f"{name}_{_slug(harness.device_name(str(device)))}"
+            csv_path = harness.write_csv(results, os.path.join(out_dir, f"{tag}.csv"))
+            png = harness.plot(results, os.path.join(out_dir, f"{tag}.png"))
+            print(f"  wrote {csv_path}" + (f" and {png}" if png else ""))
+    if not all_results:
+        print("no benchmark cases")
+        return 0
+    print()
+    print(harness.table(all_results))
+    table_path = os.path.join(out_dir, f"table_{_slug(harness.device_name(str(device)))}.txt")
+    with open(table_path, "w") as f:
+        f.write(f"{_device_label(device)}\n\n{harness.table(all_results)}\n")
+    print(f"\nwrote {table_path}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    rc = cmd_selfcheck(args)
+    print()
+    rc |= cmd_bench(args)
+    return rc
+
+
+def cmd_aot(args) -> int:
+    from icrm_kernels.triton import _aot
+
+    return _aot.main()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="icrm-kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn, help_ in (
+        ("run", cmd_run, "self-check, then benchmarks (what `make run` does)"),
+        ("selfcheck", cmd_selfcheck, "every op against its float64 reference"),
+        ("bench", cmd_bench, "every op against its baselines; table, CSV, PNG"),
+        ("aot", cmd_aot, "compile every Triton kernel for sm_80/sm_90, print resources"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        if name != "aot":
+            sp.add_argument("--device", default=_default_device(), help="cpu or cuda (default: cuda if available)")
+            sp.add_argument("--family", action="append", help="only this op family (repeatable)")
+        if name in ("run", "bench"):
+            sp.add_argument("--quick", action="store_true", help="small shapes only")
+            sp.add_argument("--out", default=None, help="folder for the CSV, PNG and table")
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

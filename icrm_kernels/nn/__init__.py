@@ -1,0 +1,8 @@
+"""Modules that drop into a Hugging Face reward model."""
+
+# --- R2M (family 2) ---
+# (imports of nn/attention.py go here)
+
+
+# --- ICRM (family 3) ---
+# (imports of nn/beta.py go here)

@@ -1,0 +1,1 @@
+"""See icrm_kernels/__init__.py for the public API."""

@@ -1,0 +1,56 @@
+"""Test configuration shared by every family.
+
+Without a CUDA device the Triton kernels run on CPU tensors through Triton's interpreter:
+TRITON_INTERPRET must be set before triton is first imported, hence at the top of this file.
+`import torch` does not import triton, so asking torch about CUDA first is safe.
+"""
+import os
+
+import torch
+
+ON_CUDA = torch.cuda.is_available()
+if not ON_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import pytest  # noqa: E402
+
+import icrm_kernels  # noqa: E402
+from icrm_kernels import _backend  # noqa: E402
+
+DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
+
+
+def pytest_report_header(config):
+    return (
+        f"icrm_kernels: device={DEVICE}, C++ extension={'built' if _backend.HAS_CPP else 'NOT built'}, "
+        f"triton={'yes' if _backend.HAS_TRITON else 'no'}, interpreter={_backend.triton_interpreting()}, "
+        f"torch={torch.__version__}"
+    )
+
+
+@pytest.fixture
+def device():
+    """The device the fast path runs on: CUDA when present, else the CPU."""
+    return DEVICE
+
+
+def backends():
+    """Backends to parametrize over on this machine (reference, cpp, triton)."""
+    return _backend.available_backends(DEVICE)
+
+
+@pytest.fixture(params=backends())
+def backend(request):
+    """Runs the test once per available backend, inside use_backend(name)."""
+    with icrm_kernels.use_backend(request.param):
+        yield request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    if ON_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
