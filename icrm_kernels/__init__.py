@@ -11,8 +11,12 @@ from icrm_kernels._checks import unchecked
 
 __version__ = "0.1.0"
 
-# --- family 1: grouped reward normalization (SPEC §1) -----------------------------------------
-# (imports of ops/grouped.py go here)
+# --- family 1a: grouped advantages, GRPO/RLOO/.../BNPO (SPEC §1) -----------------------------
+# (imports of ops/advantages.py go here)
+
+
+# --- family 1b: pairwise group ops, Pref-GRPO win rate and R2M's GREBT loss (SPEC §1) ---------
+# (imports of ops/pairwise.py go here)
 
 
 # --- family 2: sequence-to-token cross-attention, R2M (SPEC §2) -------------------------------

@@ -1,8 +1,8 @@
 """Benchmarks shipped with the package so that `icrm-kernels bench` works from any install.
 
 ``harness.py`` times cases and writes the table, CSV and plot; one module per op family
-(``grouped.py``, ``attention.py``, ``beta.py``) defines ``cases(device, quick)`` returning the
+(``advantages.py``, ``pairwise.py``, ``attention.py``, ``beta.py``) defines ``cases(device, quick)`` returning the
 :class:`~icrm_kernels.benchmarks.harness.Case` list: the package's kernel and each baseline,
 measured in the same run. ``bench/bench_<family>.py`` wraps the same cases for pytest-benchmark.
 """
-FAMILY_MODULES = ("grouped", "attention", "beta")
+FAMILY_MODULES = ("advantages", "pairwise", "attention", "beta")

@@ -3,4 +3,4 @@
 Modules here import ``triton`` lazily from the ops (the package imports without Triton). Each
 module lists its kernels for the ahead-of-time compile check in ``AOT_SPECS`` (see ``_aot.py``).
 """
-FAMILY_MODULES = ("grouped", "attention", "beta", "special")
+FAMILY_MODULES = ("advantages", "pairwise", "attention", "beta", "special")

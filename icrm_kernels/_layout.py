@@ -1,0 +1,93 @@
+"""Group / segment layouts shared by the grouped-normalization and Beta-posterior families.
+
+Rows of a batch are grouped in one of three layouts, exactly one given:
+
+- ``group_size=G``: contiguous groups of G rows (N = B·G; TRL's layout).
+- ``cu_groups[B+1]``: contiguous ragged offsets, int32/int64 (flash-attn's ``cu_seqlens``
+  convention): group b is rows ``cu[b]:cu[b+1]``.
+- ``group_index[N]``: any integer id per row, not sorted (verl's ``uid`` layout).
+
+:func:`resolve_groups` validates the arguments and returns a :class:`GroupLayout`. Kernels only
+need two forms: *fixed* (G known) and *ragged* (``cu`` offsets). The index layout becomes
+ragged without a host synchronisation: a stable sort gives ``order`` (sorted position ->
+original row), and ``cu`` is built with ``max_groups = N`` entries, where groups past the real
+count are empty (``cu[b] = cu[b+1] = N``); kernels launched over ``max_groups`` groups find those
+empty and do nothing. ``num_groups`` is then a 0-d device tensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Union
+
+import torch
+
+from icrm_kernels._checks import check_index, check_offsets, check_positive_int
+
+
+@dataclasses.dataclass
+class GroupLayout:
+    kind: str  # "fixed", "ragged" or "index"
+    n: int  # rows
+    device: torch.device
+    max_groups: int  # groups to launch over (exact for fixed/ragged, N for index)
+    group_size: Optional[int] = None  # fixed only
+    cu: Optional[torch.Tensor] = None  # int64 [max_groups + 1] offsets (ragged, index)
+    order: Optional[torch.Tensor] = None  # int64 [N]: sorted position -> original row (index)
+    num_groups: Union[int, torch.Tensor, None] = None  # int, or 0-d int64 device tensor (index)
+
+    def group_of_row(self) -> torch.Tensor:
+        """int64 [N]: the group number (0..num_groups-1) of each original row."""
+        if self.kind == "fixed":
+            return torch.arange(self.n, device=self.device) // self.group_size
+        sizes = self.cu[1:] - self.cu[:-1]
+        sorted_group = torch.repeat_interleave(torch.arange(self.max_groups, device=self.cu.device), sizes, output_size=self.n)
+        if self.kind == "ragged":
+            return sorted_group
+        out = torch.empty_like(sorted_group)
+        out[self.order] = sorted_group
+        return out
+
+
+def sort_index(index: torch.Tensor, n: int):
+    """Stable sort of ids -> (order, cu[n+1], num_groups as 0-d tensor); no host sync."""
+    device = index.device
+    sorted_ids, order = torch.sort(index, stable=True)
+    if n == 0:
+        return order, torch.zeros(1, dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device)
+    starts = torch.ones(n, dtype=torch.bool, device=device)
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    group = torch.cumsum(starts.to(torch.int64), 0) - 1  # dense group number of each sorted row
+    cu = torch.full((n + 1,), n, dtype=torch.int64, device=device)
+    cu.scatter_reduce_(0, group, torch.arange(n, device=device), reduce="amin", include_self=True)
+    return order, cu, group[-1] + 1
+
+
+def resolve_groups(
+    n: int,
+    device: torch.device,
+    *,
+    group_size=None,
+    cu_groups=None,
+    group_index=None,
+    names=("group_size", "cu_groups", "group_index"),
+) -> GroupLayout:
+    """Validate the three mutually exclusive layout arguments; return the canonical layout."""
+    given = [name for name, v in zip(names, (group_size, cu_groups, group_index)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(names)}; got {', '.join(given) if given else 'none'}")
+    if group_size is not None:
+        check_positive_int(group_size, names[0])
+        if n % group_size != 0:
+            raise ValueError(f"{names[0]}={group_size} must divide the number of rows ({n})")
+        return GroupLayout("fixed", n, device, n // group_size, group_size=group_size, num_groups=n // group_size)
+    if cu_groups is not None:
+        check_offsets(cu_groups, names[1], n)
+        if cu_groups.device != device:
+            raise ValueError(f"{names[1]} is on {cu_groups.device} but the rows are on {device}")
+        b = cu_groups.numel() - 1
+        return GroupLayout("ragged", n, device, b, cu=cu_groups.to(torch.int64), num_groups=b)
+    check_index(group_index, names[2], n)
+    if group_index.device != device:
+        raise ValueError(f"{names[2]} is on {group_index.device} but the rows are on {device}")
+    order, cu, num = sort_index(group_index, n)
+    return GroupLayout("index", n, device, n, cu=cu, order=order, num_groups=num)
