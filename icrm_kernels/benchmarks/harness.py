@@ -66,10 +66,16 @@ def measured_copy_bandwidth(device: torch.device) -> Optional[float]:
     return bw
 
 
-def _time_cuda(fn, repeats: int, flush: Optional[torch.Tensor], warmup: int = 3):
+def _time_cuda(fn, repeats: int, flush: Optional[torch.Tensor], warmup: int = 3, budget_s: float = 3.0):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    # slow baselines (Python loops) get fewer repeats: at most ~budget_s of timing per case
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    once = time.perf_counter() - t0
+    repeats = max(3, min(repeats, int(budget_s / max(once, 1e-9))))
     times = []
     for _ in range(repeats):
         if flush is not None:
@@ -81,7 +87,7 @@ def _time_cuda(fn, repeats: int, flush: Optional[torch.Tensor], warmup: int = 3)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times), min(times)
+    return statistics.median(times), min(times), len(times)
 
 
 def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
@@ -95,7 +101,7 @@ def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
         times.append(time.perf_counter() - t0)
         if i >= 2 and time.perf_counter() > t_end:
             break
-    return statistics.median(times), min(times)
+    return statistics.median(times), min(times), len(times)
 
 
 def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log=print) -> List[Result]:
@@ -108,11 +114,9 @@ def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log
                 if device not in flush:
                     # 2x the L2 of any current GPU
                     flush[device] = torch.empty(64 * 1024 * 1024, dtype=torch.int32, device=device)
-                med, mn = _time_cuda(case.fn, repeats, flush[device])
-                n = repeats
+                med, mn, n = _time_cuda(case.fn, repeats, flush[device])
             else:
-                med, mn = _time_cpu(case.fn, cpu_repeats)
-                n = cpu_repeats
+                med, mn, n = _time_cpu(case.fn, cpu_repeats)
         except Exception as exc:  # a failing baseline must not hide the others
             results.append(Result(case, float("nan"), float("nan"), 0, None, None, f"{type(exc).__name__}: {exc}"))
             log(f"  {case.op:34s} {case.impl:26s} {case.shape:30s} FAILED: {exc}")
