@@ -84,8 +84,9 @@ def _s2t_fwd_kernel(
             s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
         s = tl.where(valid[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp(m_i - m_new))
-        p = tl.where(valid[:, None], tl.exp(s - m_new[None, :]), 0.0)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
         # sweep 2: the same tile again (cache hit), acc = acc·alpha + Σ_l p_l x_l
@@ -232,8 +233,9 @@ def _r2m_kernel(
             v += tl.sum(x[:, None, :] * u[None, :, :], axis=2)
         s = tl.where(valid[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp(m_i - m_new))
-        p = tl.where(valid[:, None], tl.exp(s - m_new[None, :]), 0.0)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         a_i = a_i * alpha + tl.sum(p * v, axis=0)
         m_i = m_new
