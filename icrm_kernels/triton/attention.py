@@ -125,7 +125,7 @@ def _s2t_combine_kernel(
         den = tl.sum(out, axis=0) * 0.0
         for w in range(w0, w1):
             mw = tl.load(m_ptr + w * H + h)
-            wt = tl.where(mw == float("-inf"), 0.0, tl.exp(mw - big_m))
+            wt = tl.exp(mw - tl.where(big_m == float("-inf"), 0.0, big_m))  # 0 for an all-masked partial
             den += wt * tl.load(l_ptr + w * H + h)
             a = tl.load(acc_ptr + (w * H + h) * D + offs_d, mask=md, other=0.0)
             out += wt * a
