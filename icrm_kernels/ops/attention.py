@@ -51,10 +51,10 @@ __all__ = ["seq_to_token_attention", "r2m_reward", "r2m_omega", "selfcheck"]
 
 
 def _impl(device: torch.device) -> str:
-    """'triton' for CUDA (or forced under the interpreter), else 'torch' (the absorbed torch form)."""
-    if device.type != "cuda" and _backend.current_backend() == "cpp":
-        return "torch"  # no C++ kernel for this family: see the module docstring
-    return "triton" if _backend.select(device) == "triton" else "torch"
+    """'triton' (CUDA, or forced under the interpreter), 'cpp' (CPU with the extension built), else
+    'torch' (the absorbed form in plain torch, ``reference.attention.s2t_attention_core``)."""
+    name = _backend.select(device, cpp_op="s2t_attention_core")
+    return name if name in ("triton", "cpp") else "torch"
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -67,13 +67,17 @@ def s2t_attention_core(
     q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """(c[B, H, D_p], lse[B, H]) in fp32 (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l."""
-    if _impl(q_tilde.device) == "triton":
+    impl = _impl(q_tilde.device)
+    if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
         c, lse = _tri.s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask)
-        dt = _acc_dtype(q_tilde.dtype)
-        return c.to(dt), lse.to(dt)
-    return _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    elif impl == "cpp":
+        c, lse = torch.ops.icrm_cpu.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    else:
+        c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    dt = _acc_dtype(q_tilde.dtype)
+    return c.to(dt).contiguous(), lse.to(dt).contiguous()
 
 
 @s2t_attention_core.register_fake
@@ -89,19 +93,23 @@ def s2t_attention_core_bwd(
     c: Tensor, lse: Tensor, need_dstates: bool,
 ) -> Tuple[Tensor, Tensor]:
     """(dq̃ in q̃'s dtype, d states in the states' dtype, or an empty tensor if not needed)."""
-    if _impl(q_tilde.device) == "triton":
+    impl = _impl(q_tilde.device)
+    if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
         dq, dx = _tri.s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates)
+    elif impl == "cpp":
+        dq, dx = torch.ops.icrm_cpu.s2t_attention_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse,
+                                                           need_dstates)
     else:
         dq, dx = _ref.s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens, key_padding_mask, need_dstates)
-    dx = dx.to(states.dtype) if need_dstates else states.new_empty(0)
-    return dq.to(q_tilde.dtype), dx
+    dx = dx.to(states.dtype).reshape(states.shape).contiguous() if need_dstates else states.new_empty(0)
+    return dq.to(q_tilde.dtype).contiguous(), dx
 
 
 @s2t_attention_core_bwd.register_fake
 def _(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
-    return torch.empty_like(q_tilde), (torch.empty_like(states) if need_dstates else states.new_empty(0))
+    return q_tilde.new_empty(q_tilde.shape), (states.new_empty(states.shape) if need_dstates else states.new_empty(0))
 
 
 def _core_setup_context(ctx, inputs, output):
@@ -128,14 +136,18 @@ def r2m_reward_core(
     q_tilde: Tensor, u: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """(y[B, H] = Σ_l softmax_l(q̃_h·h_l)(u_h·h_l), nonempty[B] bool); forward only."""
-    if _impl(q_tilde.device) == "triton":
+    impl = _impl(q_tilde.device)
+    if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
         y, nonempty = _tri.r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
-        return y.to(_acc_dtype(q_tilde.dtype)), nonempty
+        return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty.contiguous()
+    if impl == "cpp":
+        y, nonempty = torch.ops.icrm_cpu.r2m_reward_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
+        return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty
     c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
     y = (c * u.to(c.dtype).unsqueeze(0)).sum(-1)
-    return y, torch.isfinite(lse).all(dim=-1)
+    return y.contiguous(), torch.isfinite(lse).all(dim=-1)
 
 
 @r2m_reward_core.register_fake
