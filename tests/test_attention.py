@@ -316,3 +316,17 @@ def test_compile_fullgraph_cpu():
     for a, b, n in zip(args, args2, names):
         if b.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_opcheck_custom_ops(backend, device, layout):
+    """Schema, fake (shapes and strides), autograd registration of the custom ops."""
+    from icrm_kernels.ops import attention as ops
+
+    inp, _ = make_inputs(device, torch.float32, layout=layout, num_heads=2, d=4)
+    cu, mask, x = inp.get("cu_seqlens"), inp.get("key_padding_mask"), inp["states"]
+    q = torch.randn(4, 2, x.shape[-1], device=device).transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous
+    c, lse = ops.s2t_attention_core(q, x, cu, mask)
+    torch.library.opcheck(ops.s2t_attention_core, (q.requires_grad_(True), x.requires_grad_(True), cu, mask))
+    torch.library.opcheck(ops.s2t_attention_core_bwd, (torch.randn_like(c), q.detach(), x.detach(), cu, mask, c, lse, True))
+    torch.library.opcheck(ops.r2m_reward_core, (q.detach(), torch.randn(2, x.shape[-1], device=device), x.detach(), cu, mask))

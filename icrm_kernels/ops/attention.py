@@ -16,10 +16,11 @@ weight and bias (b_k gets no gradient: it cancels exactly, its gradient is 0) an
 when they require grad. Implementations of the core:
 
 - CUDA tensors: Triton flash-decoding kernels (``icrm_kernels/triton/attention.py``).
-- CPU tensors: the absorbed form in plain torch (``reference.attention.s2t_attention_core``:
-  two batched matrix-vector products over the states). There is no C++ kernel for this family:
-  after absorption the CPU work is two BLAS-2 passes over the states, which torch already runs
-  at memory speed; the ``cpp`` backend therefore runs the same torch code.
+- CPU tensors: the C++ extension (``csrc/attention.cpp``: one fused pass per sequence, online
+  softmax, at::parallel_for over sequences) when built, else the absorbed form in plain torch
+  (``reference.attention.s2t_attention_core``: two batched mat-vec passes over the states).
+  Measured on the 2-core CI box, one thread, B=16, L=256, D_p=512, fp32: core forward C++ 0.98 ms
+  vs torch 1.18 ms, backward 1.19 vs 1.33 ms (both far below the K/V projections they replace).
 
 Choices where SPEC is silent:
 - A row with no attended token (length 0, or every position masked) gives Ĥ = 0 and no output
