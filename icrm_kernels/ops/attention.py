@@ -217,8 +217,10 @@ def _query_tilde(query, w_q, b_q, w_k, num_heads, scale):
     q = query @ w_q
     if b_q is not None:
         q = q + b_q
-    q = q.view(query.shape[0], num_heads, dh) * scale
-    return torch.einsum("bhe,phe->bhp", q, w_k.view(w_k.shape[0], num_heads, dh))
+    q = q * scale
+    if num_heads == 1:  # plain GEMM (einsum would copy w_k into a batched layout)
+        return (q @ w_k.t()).unsqueeze(1)
+    return torch.einsum("bhe,phe->bhp", q.view(query.shape[0], num_heads, dh), w_k.view(w_k.shape[0], num_heads, dh))
 
 
 def seq_to_token_attention(
@@ -251,8 +253,11 @@ def seq_to_token_attention(
     dh = d // num_heads
     q_tilde = _query_tilde(query, w_q, b_q, w_k, num_heads, scale)
     c, lse = s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
-    o = torch.einsum("bhp,phe->bhe", c.to(query.dtype), w_v.view(w_v.shape[0], num_heads, dh))
-    o = o.reshape(query.shape[0], d)
+    if num_heads == 1:
+        o = c[:, 0].to(query.dtype) @ w_v
+    else:
+        o = torch.einsum("bhp,phe->bhe", c.to(query.dtype), w_v.view(w_v.shape[0], num_heads, dh))
+        o = o.reshape(query.shape[0], d)
     if b_v is not None:
         o = o + b_v
     out = o @ w_o
@@ -321,7 +326,10 @@ def r2m_reward(
         w_s = score_weight.reshape(-1).to(acc)
         q_tilde = _query_tilde(query, w_q, b_q, w_k, num_heads, scale)
         z = (w_o.to(acc) @ w_s).view(num_heads, dh)  # W_o,h w_s
-        u = torch.einsum("phe,he->hp", w_v.to(acc).view(w_v.shape[0], num_heads, dh), z)  # [H, D_p]
+        if num_heads == 1:
+            u = (w_v.to(acc) @ z[0]).unsqueeze(0)  # [1, D_p]
+        else:
+            u = torch.einsum("phe,he->hp", w_v.to(acc).view(w_v.shape[0], num_heads, dh), z)  # [H, D_p]
         const = (b_v.to(acc) @ z.reshape(-1)) if b_v is not None else torch.zeros((), dtype=acc, device=query.device)
         if b_o is not None:
             const = const + b_o.to(acc) @ w_s

@@ -89,7 +89,10 @@ def _s2t_fwd_kernel(
         p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
-        # sweep 2: the same tile again (cache hit), acc = acc·alpha + Σ_l p_l x_l
+        # sweep 2: the same tile again (cache hit), acc = acc·alpha + Σ_l p_l x_l. The partial acc
+        # is read back from the workspace this program wrote in the previous block: the barrier
+        # orders those stores before these loads whatever thread mapping the loads get.
+        tl.debug_barrier()
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             md = offs_d < D
@@ -181,6 +184,7 @@ def _s2t_bwd_kernel(
         keep = valid[:, None] & has_mass[None, :]
         p = tl.where(keep, tl.exp(s - lse_safe[None, :]), 0.0)
         ds = p * (g - delta[None, :])
+        tl.debug_barrier()  # the dq partial written in the previous block is read back below
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             md = offs_d < D
