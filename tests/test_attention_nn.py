@@ -151,3 +151,67 @@ def test_reward_head_checks():
         R2MRewardHead(nn.Linear(8, 1), PolicyFeedbackAttention(7, 6))
     head = R2MRewardHead(nn.Linear(8, 1), policy_dim=6, total_steps=10)
     assert head.attention.policy_dim == 6 and head.omega == 1.0
+
+
+# ---------------------------------------------------------------- Hugging Face integration
+class _Backbone(nn.Module):
+    def __init__(self, vocab=11, dim=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+
+    def forward(self, input_ids=None, attention_mask=None):
+        return (self.emb(input_ids).cumsum(1),)
+
+
+class _TinyClassifier(nn.Module):
+    """Shaped like a *ForSequenceClassification: `base_model` + a linear `score` (no transformers needed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = _Backbone()
+        self.score = nn.Linear(8, 1, bias=False)
+
+    @property
+    def base_model(self):
+        return self.backbone
+
+
+def test_hf_wrapper_on_a_classifier_shaped_module(device):
+    from icrm_kernels.integrations.hf_r2m import R2MRewardModel, reward_token_hidden
+
+    model = _TinyClassifier().to(device)
+    r2m = R2MRewardModel.wrap(model, policy_dim=6, attn_dim=4, total_steps=10)
+    assert r2m.head.score is model.score  # the RM's own head, shared
+    assert {id(p) for p in r2m.trainable_parameters()} == {id(p) for p in r2m.head.parameters()}
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    ids = torch.randint(0, 11, (3, 5), device=device)
+    am = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], device=device)  # right, left, none
+    h = reward_token_hidden(model.backbone(ids)[0], am)
+    full = model.backbone(ids)[0]
+    torch.testing.assert_close(h, torch.stack([full[0, 2], full[1, 4], full[2, 4]]))
+    states = torch.randn(3, 4, 6, device=device)
+    r2m.set_step(3)
+    r = r2m(ids, am, states)
+    expect = r2m.head(h, states)
+    torch.testing.assert_close(r, expect)
+    r.sum().backward()
+    assert model.score.weight.grad is not None
+
+
+def test_hf_tiny_llama_if_transformers_importable():
+    transformers = pytest.importorskip("transformers")
+    from icrm_kernels.integrations.hf_r2m import R2MRewardModel
+
+    cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    rm = transformers.LlamaForSequenceClassification(cfg).eval()
+    r2m = R2MRewardModel.wrap(rm, policy_dim=12, attn_dim=8, total_steps=4)
+    ids = torch.randint(1, 32, (2, 6))
+    am = torch.ones(2, 6, dtype=torch.long)
+    states = torch.randn(9, 12)
+    cu = torch.tensor([0, 4, 9])
+    r2m.set_step(0)  # ω = 1: the RM's own reward
+    with torch.no_grad():
+        r = r2m(ids, am, states, cu_seqlens=cu)
+        base = rm(input_ids=ids, attention_mask=am).logits.squeeze(-1)
+    torch.testing.assert_close(r, base, atol=1e-5, rtol=1e-5)
