@@ -386,7 +386,8 @@ def selfcheck(device) -> List[tuple]:
 
     for packed in (True, False):
         inp = _rand_inputs(device, torch.float32, packed=packed)
-        grads = ["query", "states", "w_q", "w_v", "w_o", "b_q", "b_v", "b_o"]
+        # packed: states require grad (backward writes d states); padded: states detached
+        grads = ["query", "w_q", "w_v", "w_o", "b_q", "b_v", "b_o"] + (["states"] if packed else [])
         leaves = {k: v.detach().clone().requires_grad_(True) if k in grads else v for k, v in inp.items()}
         ref_leaves = {k: _to_ref(v).requires_grad_(True) if k in grads else _to_ref(v) for k, v in inp.items()}
         y = seq_to_token_attention(**leaves)
@@ -396,7 +397,8 @@ def selfcheck(device) -> List[tuple]:
         g0 = torch.autograd.grad(y0, [ref_leaves[k] for k in grads], cot)
         err = max([rel(y, y0)] + [rel(a, b) for a, b in zip(g, g0)])
         layout = "packed" if packed else "padded"
-        out.append((f"seq_to_token_attention[{layout},fwd+bwd]", err < 1e-4, err, backend))
+        what = "fwd+bwd" if packed else "fwd+bwd,states detached"
+        out.append((f"seq_to_token_attention[{layout},{what}]", err < 1e-4, err, backend))
         sw = torch.randn(inp["query"].shape[1], dtype=torch.float64).to(device, torch.float32)
         kw = {k: v for k, v in inp.items()}
         r = r2m_reward(**kw, score_weight=sw, score_bias=0.25, omega=0.7)
