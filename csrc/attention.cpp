@@ -13,6 +13,7 @@
 // converted per element to fp32.
 #include "common.h"
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -66,6 +67,12 @@ struct Layout {
       x = states.contiguous();
     }
   }
+  // Sequences per thread chunk: at least ~2M state elements (about 1 ms of work) per chunk, so
+  // small batches stay on one thread (thread wake-up on a busy 2-core box costs more).
+  int64_t grain() const {
+    const int64_t per_seq = std::max<int64_t>(1, x.numel() / std::max<int64_t>(B, 1));
+    return std::max<int64_t>(1, (int64_t(1) << 21) / per_seq);
+  }
   int64_t begin(int64_t b) const { return padded ? b * L : cu[b]; }
   int64_t end(int64_t b) const { return padded ? (b + 1) * L : cu[b + 1]; }
   bool attended(int64_t row) const { return mask == nullptr || !mask[row]; }
@@ -92,7 +99,7 @@ void core_fwd(const Layout& lay, const acc_t* qt, int64_t H, acc_t* c, acc_t* ls
   const int64_t D = lay.D;
   const scalar_t* x = lay.x.data_ptr<scalar_t>();
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-  at::parallel_for(0, lay.B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, lay.B, lay.grain(), [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> row(D), m(H), l(H);
     for (int64_t b = b0; b < b1; ++b) {
       acc_t* cb = c + b * H * D;
@@ -137,7 +144,7 @@ void core_bwd(const Layout& lay, const acc_t* qt, const acc_t* dc, const acc_t* 
               acc_t* dq, scalar_t* dx) {
   const int64_t D = lay.D;
   const scalar_t* x = lay.x.data_ptr<scalar_t>();
-  at::parallel_for(0, lay.B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, lay.B, lay.grain(), [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> row(D), delta(H), p(H), ds(H), dxr(D);
     for (int64_t b = b0; b < b1; ++b) {
       const acc_t* qb = qt + b * H * D;
@@ -177,7 +184,7 @@ void reward_fwd(const Layout& lay, const acc_t* qt, const acc_t* u, int64_t H, a
   const int64_t D = lay.D;
   const scalar_t* x = lay.x.data_ptr<scalar_t>();
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-  at::parallel_for(0, lay.B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, lay.B, lay.grain(), [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> row(D), m(H), l(H), a(H);
     for (int64_t b = b0; b < b1; ++b) {
       const acc_t* qb = qt + b * H * D;
