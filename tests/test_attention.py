@@ -354,3 +354,10 @@ def test_triton_path_has_no_host_sync(device, monkeypatch):
         finally:
             monkeypatch.undo()
     assert out.shape == (4, 12) and r.shape == (4,)
+
+
+def test_wide_states_smaller_token_blocks(backend, device):
+    """D_p = 1100 fp32: the launcher shrinks BLOCK_L to 8 and the D loop has a ragged last chunk."""
+    inp, seed = make_inputs(device, torch.float32, lens=(3, 19, 0), d_p=1100, d=4, num_heads=2)
+    assert_matches_reference(seq_to_token_attention, ref.seq_to_token_attention, inp,
+                             grad=["query", "states", "w_k", "w_v"], seed=seed)

@@ -249,9 +249,15 @@ def _r2m_kernel(
 
 
 # ---------------------------------------------------------------- launchers
-def _blocks(num_heads: int, d: int):
+def _blocks(num_heads: int, d: int, elem_bytes: int):
+    """(BLOCK_L, BLOCK_H, BLOCK_D). A token block's full row tile (BLOCK_L x D_p) is read twice
+    (scores, then accumulation): keep it <= 64 KiB so the second sweep hits L1/L2 even with a few
+    programs per SM (BLOCK_L = 8 for bf16 D_p = 4096). The [BLOCK_L, BLOCK_H, BLOCK_D] product
+    is kept at <= 4096 fp32 values (32 per thread with 4 warps)."""
     block_h = triton.next_power_of_2(max(num_heads, 1))
     block_l = 16 if block_h <= 4 else 8
+    while block_l > 4 and block_l * d * elem_bytes > 64 * 1024:
+        block_l //= 2
     block_d = max(16, min(4096 // (block_l * block_h), 256, triton.next_power_of_2(max(d, 1))))
     return block_l, block_h, block_d
 
@@ -298,7 +304,7 @@ class _Layout:
 def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     """(c[B, H, D_p] fp32, lse[B, H] fp32); q_tilde [B, H, D_p] any float dtype."""
     bsz, heads, d = q_tilde.shape
-    block_l, block_h, block_d = _blocks(heads, d)
+    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
     dev = q_tilde.device
     c = torch.empty(bsz, heads, d, device=dev, dtype=torch.float32)
@@ -324,7 +330,7 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
 def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
     """(dq̃[B, H, D_p] fp32, d states in the states' dtype or None)."""
     bsz, heads, d = q_tilde.shape
-    block_l, block_h, block_d = _blocks(heads, d)
+    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
     dev = q_tilde.device
     dq = torch.zeros(bsz, heads, d, device=dev, dtype=torch.float32)
@@ -353,7 +359,7 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
 def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     """(y[B, H] = Σ_l p_hl (u_h·x_l) fp32, nonempty[B] bool); u [H, D_p]."""
     bsz, heads, d = q_tilde.shape
-    block_l, block_h, block_d = _blocks(heads, d)
+    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
     dev = q_tilde.device
     m = torch.empty(lay.P, heads, device=dev, dtype=torch.float32)
@@ -402,12 +408,13 @@ def _r2m_sig(dt):
 _COMBINE_SIG = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "work_off_ptr": "*i64", "out_ptr": "*fp32",
                 "lse_ptr": "*fp32", "H": "i32", "D": "i32"}
 
-_B1 = dict(BLOCK_L=16, BLOCK_H=1, BLOCK_D=256)  # one head, D_p = 4096 (SPEC §4 shape)
-_B8 = dict(BLOCK_L=8, BLOCK_H=8, BLOCK_D=64)  # eight heads
+_B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (SPEC §4 shape)
+_B1_F32 = dict(BLOCK_L=4, BLOCK_H=1, BLOCK_D=256)  # one head, fp32 D_p = 4096
+_B8 = dict(BLOCK_L=8, BLOCK_H=8, BLOCK_D=64)  # eight heads, D_p <= 1024 (bf16) / 2048 (fp32)
 
 AOT_SPECS = [
     AotSpec(_s2t_fwd_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,packed,H=1"),
-    AotSpec(_s2t_fwd_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_B1), label="fp32,padded,H=1"),
+    AotSpec(_s2t_fwd_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_B1_F32), label="fp32,padded,H=1"),
     AotSpec(_s2t_fwd_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_B8), label="bf16,packed,H=8"),
     AotSpec(_s2t_combine_kernel, _COMBINE_SIG, dict(SOFTMAX=True, BLOCK_D=1024), label="softmax"),
     AotSpec(_s2t_combine_kernel, _COMBINE_SIG, dict(SOFTMAX=False, BLOCK_D=1024), label="sum"),
@@ -416,4 +423,5 @@ AOT_SPECS = [
     AotSpec(_s2t_bwd_kernel, _bwd_sig("fp32"), dict(HAS_MASK=False, NEED_DX=True, **_B8), label="fp32,dx,H=8"),
     AotSpec(_r2m_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,H=1"),
     AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_B8), label="fp32,H=8"),
+    AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=False, **_B1_F32), label="fp32,H=1"),
 ]
