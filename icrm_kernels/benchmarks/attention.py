@@ -103,9 +103,17 @@ class _Problem:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=~self.mask[:, None, None, :])
         return o.reshape(b, -1) @ m.w_o
 
+    def flash_heads(self):
+        """flash-attn supports head_dim <= 256: wider heads are split (same FLOPs and bytes)."""
+        d = self.mod.attn_dim
+        h = self.heads
+        while d // h > 256 and d % (2 * h) == 0:
+            h *= 2
+        return h
+
     def flash_fwd(self, flash):
         m = self.mod
-        b, h = self.B, self.heads
+        b, h = self.B, self.flash_heads()
         q = (self.query @ m.w_q).view(b, h, -1)
         k = (self.packed @ m.w_k).view(self.T, h, -1)
         v = (self.packed @ m.w_v).view(self.T, h, -1)
@@ -139,6 +147,8 @@ def _attention_cases(p: _Problem, device: str, flash):
     params_mod = [p.query] + [x for x in p.mod.parameters()]
     p.query.requires_grad_(True)
     note_flash = "" if flash is not None else "flash-attn not importable: SDPA (padded + bool mask, efficient backend)"
+    fh = p.flash_heads()
+    flash_note = "" if fh == p.heads else f"head_dim {p.mod.attn_dim // p.heads} > 256: run as {fh} heads of {p.mod.attn_dim // fh}"
     for op, make in (
         ("s2t_attention fwd", lambda f, params: f),
         ("s2t_attention fwd+bwd", lambda f, params: p.fwd_bwd(f, params)),
@@ -162,7 +172,7 @@ def _attention_cases(p: _Problem, device: str, flash):
                           wrap(make(p.sdpa_fwd, params_mod)), device, note=note_flash))
         if flash is not None:
             cases.append(Case(FAMILY, op, "flash-attn varlen (explicit K/V)", p.shape, p.T, p.bytes,
-                              wrap(make(lambda: p.flash_fwd(flash), params_mod)), device))
+                              wrap(make(lambda: p.flash_fwd(flash), params_mod)), device, note=flash_note))
     # fused reward (forward only) vs the baselines' attention + blend + score head
     omega = 0.7
 
@@ -178,7 +188,7 @@ def _attention_cases(p: _Problem, device: str, flash):
                       device, note=note_flash))
     if flash is not None:
         cases.append(Case(FAMILY, "r2m_reward", "flash-attn varlen (explicit K/V)", p.shape, p.T, p.bytes,
-                          base_reward(lambda: p.flash_fwd(flash)), device))
+                          base_reward(lambda: p.flash_fwd(flash)), device, note=flash_note))
     return cases
 
 
