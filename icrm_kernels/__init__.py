@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 
 # --- family 2: sequence-to-token cross-attention, R2M (SPEC §2) -------------------------------
-# (imports of ops/attention.py go here)
+from icrm_kernels.ops.attention import r2m_omega, r2m_reward, seq_to_token_attention
 
 
 # --- family 3: Beta posterior math, ICRM (SPEC §3) --------------------------------------------

@@ -1,7 +1,7 @@
 """Modules that drop into a Hugging Face reward model."""
 
 # --- R2M (family 2) ---
-# (imports of nn/attention.py go here)
+from icrm_kernels.nn.attention import PolicyFeedbackAttention, R2MRewardHead
 
 
 # --- ICRM (family 3) ---

@@ -1,0 +1,192 @@
+"""R2M modules: the policy-feedback cross-attention and the reward head that blends it (SPEC §2)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from icrm_kernels.ops.attention import r2m_omega, r2m_reward, seq_to_token_attention
+
+__all__ = ["PolicyFeedbackAttention", "R2MRewardHead"]
+
+
+class PolicyFeedbackAttention(nn.Module):
+    """Sequence-to-token cross-attention: the reward-token embedding attends over policy states.
+
+    ``forward(query[B, rm_dim], states, cu_seqlens=None, key_padding_mask=None) -> [B, rm_dim]``
+    with ``states`` packed ``[T, policy_dim]`` + ``cu_seqlens[B+1]`` or padded
+    ``[B, L, policy_dim]`` (+ bool ``key_padding_mask``, True = ignore). Computes
+    Ĥ = concat_h(softmax(q_h k_hᵀ/√d_h) v_h) W_o (+ biases) via :func:`seq_to_token_attention`,
+    i.e. without ever projecting keys or values.
+
+    Parameters are stored in the ``x @ w`` convention: ``w_q [rm_dim, attn_dim]``,
+    ``w_k``/``w_v [policy_dim, attn_dim]``, ``w_o [attn_dim, rm_dim]``; with ``bias=True`` also
+    ``b_q``, ``b_k``, ``b_v [attn_dim]`` and ``b_o [rm_dim]``. ``attn_dim`` defaults to
+    ``rm_dim``; the paper's setting is one head, attn_dim = 2048, no biases. Initialisation
+    follows nn.MultiheadAttention (Xavier-uniform projections, zero biases).
+    """
+
+    def __init__(self, rm_dim: int, policy_dim: int, attn_dim: Optional[int] = None, num_heads: int = 1,
+                 bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        attn_dim = rm_dim if attn_dim is None else attn_dim
+        for name, v in (("rm_dim", rm_dim), ("policy_dim", policy_dim), ("attn_dim", attn_dim), ("num_heads", num_heads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if attn_dim % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide attn_dim={attn_dim}")
+        self.rm_dim, self.policy_dim, self.attn_dim, self.num_heads = rm_dim, policy_dim, attn_dim, num_heads
+        kw = dict(device=device, dtype=dtype)
+        self.w_q = nn.Parameter(torch.empty(rm_dim, attn_dim, **kw))
+        self.w_k = nn.Parameter(torch.empty(policy_dim, attn_dim, **kw))
+        self.w_v = nn.Parameter(torch.empty(policy_dim, attn_dim, **kw))
+        self.w_o = nn.Parameter(torch.empty(attn_dim, rm_dim, **kw))
+        if bias:
+            self.b_q = nn.Parameter(torch.empty(attn_dim, **kw))
+            self.b_k = nn.Parameter(torch.empty(attn_dim, **kw))
+            self.b_v = nn.Parameter(torch.empty(attn_dim, **kw))
+            self.b_o = nn.Parameter(torch.empty(rm_dim, **kw))
+        else:
+            for name in ("b_q", "b_k", "b_v", "b_o"):
+                self.register_parameter(name, None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for w in (self.w_q, self.w_k, self.w_v):
+            nn.init.xavier_uniform_(w)
+        bound = 1.0 / math.sqrt(self.attn_dim)  # nn.Linear's default for the output projection
+        nn.init.uniform_(self.w_o, -bound, bound)
+        for b in (self.b_q, self.b_k, self.b_v, self.b_o):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    def forward(self, query: Tensor, states: Tensor, cu_seqlens: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        return seq_to_token_attention(
+            query, states, self.w_q, self.w_k, self.w_v, self.w_o, cu_seqlens=cu_seqlens,
+            key_padding_mask=key_padding_mask, num_heads=self.num_heads,
+            b_q=self.b_q, b_k=self.b_k, b_v=self.b_v, b_o=self.b_o,
+        )
+
+    def weights(self) -> dict:
+        """The keyword arguments of the functional ops (w_* and b_*, num_heads)."""
+        return dict(w_q=self.w_q, w_k=self.w_k, w_v=self.w_v, w_o=self.w_o, b_q=self.b_q, b_k=self.b_k,
+                    b_v=self.b_v, b_o=self.b_o, num_heads=self.num_heads)
+
+    @classmethod
+    def from_multihead_attention(cls, mha: nn.MultiheadAttention) -> "PolicyFeedbackAttention":
+        """Exact conversion of ``nn.MultiheadAttention(embed_dim, num_heads, kdim=D_p, vdim=D_p, batch_first=True)``.
+
+        ``mha(q[:, None], h, h, key_padding_mask=m)[0][:, 0]`` equals the converted module's
+        ``(q, h, key_padding_mask=m)`` (same 1/sqrt(head_dim) scaling), except rows with every
+        key masked (NaN there, 0 here). Keys and values must share a width (both are the policy
+        states). ``add_bias_kv`` and ``add_zero_attn`` are not supported; dropout is dropped
+        (the converted module is deterministic, like ``mha.eval()``). Parameters are copied.
+        """
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"mha must be an nn.MultiheadAttention, got {type(mha).__name__}")
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("mha: add_bias_kv and add_zero_attn are not supported")
+        if mha.kdim != mha.vdim:
+            raise ValueError(f"mha: kdim ({mha.kdim}) and vdim ({mha.vdim}) must be equal (both are the policy width)")
+        e = mha.embed_dim
+        w = mha.in_proj_weight
+        has_bias = mha.in_proj_bias is not None
+        ref = w if w is not None else mha.q_proj_weight
+        mod = cls(e, mha.kdim, e, mha.num_heads, bias=has_bias, device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                wq, wk, wv = w[:e], w[e:2 * e], w[2 * e:]
+            else:
+                wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+            mod.w_q.copy_(wq.t())
+            mod.w_k.copy_(wk.t())
+            mod.w_v.copy_(wv.t())
+            mod.w_o.copy_(mha.out_proj.weight.t())
+            if has_bias:
+                bq, bk, bv = mha.in_proj_bias[:e], mha.in_proj_bias[e:2 * e], mha.in_proj_bias[2 * e:]
+                mod.b_q.copy_(bq)
+                mod.b_k.copy_(bk)
+                mod.b_v.copy_(bv)
+                if mha.out_proj.bias is not None:
+                    mod.b_o.copy_(mha.out_proj.bias)
+                else:
+                    mod.b_o.zero_()
+        return mod
+
+    def extra_repr(self) -> str:
+        return (f"rm_dim={self.rm_dim}, policy_dim={self.policy_dim}, attn_dim={self.attn_dim}, "
+                f"num_heads={self.num_heads}, bias={self.b_q is not None}")
+
+
+class R2MRewardHead(nn.Module):
+    """R2M's reward head: r = φ(ω(t)·H + (1 − ω(t))·Ĥ), Ĥ = PolicyFeedbackAttention(H, h).
+
+    Wraps a reward model's existing score head ``score`` (an ``nn.Linear(D_r, 1)``, e.g. the
+    ``score`` of a Hugging Face ``*ForSequenceClassification``) and a
+    :class:`PolicyFeedbackAttention`. Its trainable parameters are exactly the attention's and
+    the score head's (R2M updates only those with the GREBT loss). The ω schedule
+    ω(t) = max(½cos(πt/T) + ½, Ω) is held as plain Python numbers: call :meth:`set_step` each
+    RL step (``step`` is also saved in the state dict as a buffer for checkpointing).
+
+    ``forward(hidden[B, D_r], states, cu_seqlens=None, key_padding_mask=None) -> rewards[B]``:
+    with autograd recording (training the head) it runs the differentiable attention + score
+    head; under ``torch.no_grad()`` / inference mode it runs the fused :func:`r2m_reward` kernel.
+    """
+
+    def __init__(self, score: nn.Linear, attention: Optional[PolicyFeedbackAttention] = None, *,
+                 policy_dim: Optional[int] = None, attn_dim: Optional[int] = None, num_heads: int = 1,
+                 bias: bool = False, total_steps: int = 1, floor: float = 0.6):
+        super().__init__()
+        if not isinstance(score, nn.Linear):
+            raise TypeError(f"score must be an nn.Linear, got {type(score).__name__}")
+        if score.out_features != 1:
+            raise ValueError(f"score must have out_features=1 (a scalar reward head), got {score.out_features}")
+        if attention is None:
+            if policy_dim is None:
+                raise ValueError("give attention= or policy_dim= to build one")
+            attention = PolicyFeedbackAttention(score.in_features, policy_dim, attn_dim, num_heads, bias,
+                                                device=score.weight.device, dtype=score.weight.dtype)
+        if attention.rm_dim != score.in_features:
+            raise ValueError(f"attention.rm_dim ({attention.rm_dim}) must equal score.in_features ({score.in_features})")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        if not 0.0 <= float(floor) <= 1.0:
+            raise ValueError(f"floor must be in [0, 1], got {floor}")
+        self.score = score
+        self.attention = attention
+        self.total_steps = total_steps
+        self.floor = float(floor)
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=True)
+        self._step = 0
+
+    def set_step(self, step: int) -> None:
+        """Set the RL step t (0 ≤ t; past total_steps ω stays at the floor)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self._step = step
+        self.step.fill_(step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._step = int(self.step)
+
+    @property
+    def omega(self) -> float:
+        return r2m_omega(self._step, self.total_steps, self.floor)
+
+    def forward(self, hidden: Tensor, states: Tensor, cu_seqlens: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        omega = self.omega
+        if torch.is_grad_enabled():
+            h_hat = self.attention(hidden, states, cu_seqlens=cu_seqlens, key_padding_mask=key_padding_mask)
+            return self.score(omega * hidden + (1.0 - omega) * h_hat).squeeze(-1)
+        return r2m_reward(
+            hidden, states, **self.attention.weights(), score_weight=self.score.weight, score_bias=self.score.bias,
+            omega=omega, cu_seqlens=cu_seqlens, key_padding_mask=key_padding_mask,
+        ).to(hidden.dtype)
+
+    def extra_repr(self) -> str:
+        return f"total_steps={self.total_steps}, floor={self.floor}, step={self._step}"

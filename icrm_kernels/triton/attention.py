@@ -1,0 +1,427 @@
+"""Triton kernels for R2M's sequence-to-token cross-attention, absorbed form (SPEC §2).
+
+The projections are folded into the query side (q̃_h = scale · W_k,h q_h, width D_p), so the
+kernels only ever read the raw states ``x[rows, D_p]`` (bf16/fp16/fp32, fp32 math):
+
+- ``_s2t_fwd_kernel``: flash-decoding forward. One program per *work item* (a sequence's chunk
+  of at most ``tokens_per_program`` tokens). Per block of BLOCK_L tokens: sweep 1 over D_p in
+  BLOCK_D chunks computes the H scores of each token, online softmax; sweep 2 re-reads the same
+  tile (L1/L2 hit) and accumulates Σ p_l x_l into the program's fp32 partial [H, D_p] in a
+  workspace. Writes the partial (m, l, acc).
+- ``_s2t_combine_kernel``: merges the partials of each sequence (softmax mode: max/sum rescale,
+  gives c and lse; sum mode: plain sum, used for dq̃ in the backward).
+- ``_s2t_bwd_kernel``: one pass over the states: recomputes s_l, takes g_l = x_l·dc_h,
+  ds_l = p_l (g_l − c_h·dc_h), accumulates dq̃_h partials Σ_l ds_l x_l and (optionally) writes
+  dx_l = Σ_h p_l dc_h + ds_l q̃_h.
+- ``_r2m_kernel``: fused reward: two dot products per token per head (q̃_h·x_l and u_h·x_l),
+  online softmax of the first weighting the second; never materialises c. Partials
+  (m, l, a) per work item, merged with a few tiny torch ops.
+
+Work decomposition without host synchronisation: ``cu_seqlens`` stays on the device. With
+``tpp`` tokens per program, sequence b needs ceil(len_b/tpp) work items; their prefix sum
+``work_off[B+1]`` and the map work item -> sequence (``searchsorted``) are computed on the
+device. The grid size is the host-known upper bound ``T_total // tpp + B`` (Σ ceil(len_b/tpp) ≤
+T/tpp + B); programs past the last work item do nothing. ``tpp`` is a power of two chosen from
+T_total and the SM count (about 8 programs per SM, between BLOCK_L and 1024 tokens), so the
+fp32 workspace is ≤ (T/tpp + B)·H·D_p·4 bytes: ~1% of the states at the SPEC §4 shape.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from icrm_kernels.triton._aot import AotSpec
+
+# Tests set this to force tiny per-program shares so the interpreter exercises the combine.
+TOKENS_PER_PROGRAM = None
+
+
+@triton.jit
+def _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp):
+    seq = tl.load(work_seq_ptr + pid)
+    live = seq < B
+    seq = tl.minimum(seq, B - 1)
+    seq_start = tl.load(cu_ptr + seq)
+    seq_end = tl.load(cu_ptr + seq + 1)
+    chunk = pid - tl.load(work_off_ptr + seq)
+    start = seq_start + chunk * tpp
+    end = tl.minimum(seq_end, start + tpp)
+    end = tl.where(live, end, start)
+    return seq, start, end
+
+
+@triton.jit
+def _s2t_fwd_kernel(
+    x_ptr, q_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
+    m_ptr, l_ptr, acc_ptr,
+    B, H, D, stride_x, tpp,
+    HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    seq, start, end = _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_h = tl.arange(0, BLOCK_H)
+    mh = offs_h < H
+    q_base = q_ptr + seq * H * D
+    acc_base = acc_ptr + pid * H * D
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    n_blocks = tl.cdiv(end - start, BLOCK_L)
+    for i in range(0, n_blocks):
+        offs_l = start + i * BLOCK_L + tl.arange(0, BLOCK_L)
+        in_range = offs_l < end
+        valid = in_range
+        if HAS_MASK:
+            valid = valid & (tl.load(mask_ptr + offs_l, mask=in_range, other=1) == 0)
+        # sweep 1: H scores per token
+        s = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            md = offs_d < D
+            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
+                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
+            q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=mh[:, None] & md[None, :], other=0.0)
+            s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
+        s = tl.where(valid[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+        # sweep 2: the same tile again (cache hit), acc = acc·alpha + Σ_l p_l x_l. The partial acc
+        # is read back from the workspace this program wrote in the previous block: the barrier
+        # orders those stores before these loads whatever thread mapping the loads get.
+        tl.debug_barrier()
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            md = offs_d < D
+            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
+                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
+            a_ptrs = acc_base + offs_h[:, None] * D + offs_d[None, :]
+            am = mh[:, None] & md[None, :]
+            a = tl.load(a_ptrs, mask=am & (i > 0), other=0.0)
+            a = a * alpha[:, None] + tl.sum(p[:, :, None] * x[:, None, :], axis=0)
+            tl.store(a_ptrs, a, mask=am)
+    tl.store(m_ptr + pid * H + offs_h, m_i, mask=mh)
+    tl.store(l_ptr + pid * H + offs_h, l_i, mask=mh)
+
+
+@triton.jit
+def _s2t_combine_kernel(
+    m_ptr, l_ptr, acc_ptr, work_off_ptr, out_ptr, lse_ptr,
+    H, D,
+    SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    pd = tl.program_id(2)
+    w0 = tl.load(work_off_ptr + b)
+    w1 = tl.load(work_off_ptr + b + 1)
+    offs_d = pd * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    out = tl.zeros([BLOCK_D], tl.float32)
+    if SOFTMAX:
+        big_m = tl.load(m_ptr + w0 * H + h, mask=w0 < w1, other=float("-inf"))
+        for w in range(w0, w1):
+            big_m = tl.maximum(big_m, tl.load(m_ptr + w * H + h))
+        den = tl.sum(out, axis=0) * 0.0
+        for w in range(w0, w1):
+            mw = tl.load(m_ptr + w * H + h)
+            wt = tl.exp(mw - tl.where(big_m == float("-inf"), 0.0, big_m))  # 0 for an all-masked partial
+            den += wt * tl.load(l_ptr + w * H + h)
+            a = tl.load(acc_ptr + (w * H + h) * D + offs_d, mask=md, other=0.0)
+            out += wt * a
+        safe = tl.where(den > 0.0, den, 1.0)
+        out = tl.where(den > 0.0, out / safe, 0.0)
+        lse = tl.where(den > 0.0, big_m + tl.log(safe), float("-inf"))
+        if pd == 0:
+            tl.store(lse_ptr + b * H + h, lse)
+    else:
+        for w in range(w0, w1):
+            out += tl.load(acc_ptr + (w * H + h) * D + offs_d, mask=md, other=0.0)
+    tl.store(out_ptr + (b * H + h) * D + offs_d, out, mask=md)
+
+
+@triton.jit
+def _s2t_bwd_kernel(
+    x_ptr, q_ptr, dc_ptr, lse_ptr, delta_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
+    dq_ptr, dx_ptr,
+    B, H, D, stride_x, stride_dx, tpp,
+    HAS_MASK: tl.constexpr, NEED_DX: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    seq, start, end = _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_h = tl.arange(0, BLOCK_H)
+    mh = offs_h < H
+    q_base = q_ptr + seq * H * D
+    dc_base = dc_ptr + seq * H * D
+    dq_base = dq_ptr + pid * H * D
+    lse = tl.load(lse_ptr + seq * H + offs_h, mask=mh, other=float("-inf"))
+    delta = tl.load(delta_ptr + seq * H + offs_h, mask=mh, other=0.0)
+    has_mass = lse > float("-inf")
+    lse_safe = tl.where(has_mass, lse, 0.0)
+    n_blocks = tl.cdiv(end - start, BLOCK_L)
+    for i in range(0, n_blocks):
+        offs_l = start + i * BLOCK_L + tl.arange(0, BLOCK_L)
+        in_range = offs_l < end
+        valid = in_range
+        if HAS_MASK:
+            valid = valid & (tl.load(mask_ptr + offs_l, mask=in_range, other=1) == 0)
+        s = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        g = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            md = offs_d < D
+            hm = mh[:, None] & md[None, :]
+            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
+                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
+            q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+            dc = tl.load(dc_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+            s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
+            g += tl.sum(x[:, None, :] * dc[None, :, :], axis=2)
+        keep = valid[:, None] & has_mass[None, :]
+        p = tl.where(keep, tl.exp(s - lse_safe[None, :]), 0.0)
+        ds = p * (g - delta[None, :])
+        tl.debug_barrier()  # the dq partial written in the previous block is read back below
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            md = offs_d < D
+            hm = mh[:, None] & md[None, :]
+            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
+                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
+            a_ptrs = dq_base + offs_h[:, None] * D + offs_d[None, :]
+            a = tl.load(a_ptrs, mask=hm & (i > 0), other=0.0)
+            tl.store(a_ptrs, a + tl.sum(ds[:, :, None] * x[:, None, :], axis=0), mask=hm)
+            if NEED_DX:
+                q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+                dc = tl.load(dc_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+                dx = tl.sum(p[:, :, None] * dc[None, :, :] + ds[:, :, None] * q[None, :, :], axis=1)
+                tl.store(dx_ptr + offs_l[:, None] * stride_dx + offs_d[None, :],
+                         dx.to(dx_ptr.dtype.element_ty), mask=in_range[:, None] & md[None, :])
+
+
+@triton.jit
+def _r2m_kernel(
+    x_ptr, q_ptr, u_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
+    m_ptr, l_ptr, a_ptr,
+    B, H, D, stride_x, tpp,
+    HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    seq, start, end = _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_h = tl.arange(0, BLOCK_H)
+    mh = offs_h < H
+    q_base = q_ptr + seq * H * D
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    a_i = tl.zeros([BLOCK_H], tl.float32)
+    n_blocks = tl.cdiv(end - start, BLOCK_L)
+    for i in range(0, n_blocks):
+        offs_l = start + i * BLOCK_L + tl.arange(0, BLOCK_L)
+        valid = offs_l < end
+        if HAS_MASK:
+            valid = valid & (tl.load(mask_ptr + offs_l, mask=valid, other=1) == 0)
+        s = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        v = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            md = offs_d < D
+            hm = mh[:, None] & md[None, :]
+            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
+                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
+            q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+            u = tl.load(u_ptr + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+            s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
+            v += tl.sum(x[:, None, :] * u[None, :, :], axis=2)
+        s = tl.where(valid[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        a_i = a_i * alpha + tl.sum(p * v, axis=0)
+        m_i = m_new
+    tl.store(m_ptr + pid * H + offs_h, m_i, mask=mh)
+    tl.store(l_ptr + pid * H + offs_h, l_i, mask=mh)
+    tl.store(a_ptr + pid * H + offs_h, a_i, mask=mh)
+
+
+# ---------------------------------------------------------------- launchers
+def _blocks(num_heads: int, d: int, elem_bytes: int):
+    """(BLOCK_L, BLOCK_H, BLOCK_D). A token block's full row tile (BLOCK_L x D_p) is read twice
+    (scores, then accumulation): keep it <= 64 KiB so the second sweep hits L1/L2 even with a few
+    programs per SM (BLOCK_L = 8 for bf16 D_p = 4096). The [BLOCK_L, BLOCK_H, BLOCK_D] product
+    is kept at <= 4096 fp32 values (32 per thread with 4 warps)."""
+    block_h = triton.next_power_of_2(max(num_heads, 1))
+    block_l = 16 if block_h <= 4 else 8
+    while block_l > 4 and block_l * d * elem_bytes > 64 * 1024:
+        block_l //= 2
+    block_d = max(16, min(4096 // (block_l * block_h), 256, triton.next_power_of_2(max(d, 1))))
+    return block_l, block_h, block_d
+
+
+def _tokens_per_program(total_rows: int, device: torch.device, block_l: int) -> int:
+    if TOKENS_PER_PROGRAM is not None:
+        return int(TOKENS_PER_PROGRAM)
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    target = triton.cdiv(max(total_rows, 1), 8 * n_sm)
+    return max(block_l, min(1024, triton.next_power_of_2(target)))
+
+
+class _Layout:
+    """Rows of the states as a 2-D [rows, D_p] view plus device-side work decomposition."""
+
+    def __init__(self, states, cu_seqlens, mask, block_l):
+        if states.dim() == 3:
+            b, length, d = states.shape
+            cu = torch.arange(b + 1, device=states.device, dtype=torch.int64) * length
+            x = states.reshape(b * length, d)
+            self.mask = None if mask is None else mask.reshape(-1).to(torch.bool).contiguous().view(torch.uint8)
+        else:
+            x = states
+            b = cu_seqlens.numel() - 1
+            cu = cu_seqlens.to(torch.int64)
+            self.mask = None
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        self.x, self.cu, self.B, self.D = x, cu, b, x.shape[-1]
+        rows = x.shape[0]
+        self.tpp = _tokens_per_program(rows, states.device, block_l)
+        lengths = cu[1:] - cu[:-1]
+        work_off = torch.zeros(b + 1, dtype=torch.int64, device=states.device)
+        torch.cumsum((lengths + self.tpp - 1) // self.tpp, 0, out=work_off[1:])
+        self.work_off = work_off
+        self.P = rows // self.tpp + b
+        self.work_seq = torch.searchsorted(work_off[1:], torch.arange(self.P, device=states.device), right=True)
+
+    @property
+    def mask_arg(self):
+        return self.mask if self.mask is not None else self.cu  # dummy pointer when HAS_MASK is off
+
+
+def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
+    """(c[B, H, D_p] fp32, lse[B, H] fp32); q_tilde [B, H, D_p] any float dtype."""
+    bsz, heads, d = q_tilde.shape
+    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
+    lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
+    dev = q_tilde.device
+    c = torch.empty(bsz, heads, d, device=dev, dtype=torch.float32)
+    lse = torch.empty(bsz, heads, device=dev, dtype=torch.float32)
+    if bsz == 0:
+        return c, lse
+    q = q_tilde.to(torch.float32).contiguous()
+    m = torch.empty(lay.P, heads, device=dev, dtype=torch.float32)
+    l = torch.empty_like(m)
+    acc = torch.empty(lay.P, heads, d, device=dev, dtype=torch.float32)
+    _s2t_fwd_kernel[(lay.P,)](
+        lay.x, q, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, m, l, acc,
+        bsz, heads, d, lay.x.stride(0), lay.tpp,
+        HAS_MASK=lay.mask is not None, BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
+    )
+    cb = min(1024, triton.next_power_of_2(d))
+    _s2t_combine_kernel[(bsz, heads, triton.cdiv(d, cb))](
+        m, l, acc, lay.work_off, c, lse, heads, d, SOFTMAX=True, BLOCK_D=cb, num_warps=4,
+    )
+    return c, lse
+
+
+def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
+    """(dq̃[B, H, D_p] fp32, d states in the states' dtype or None)."""
+    bsz, heads, d = q_tilde.shape
+    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
+    lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
+    dev = q_tilde.device
+    dq = torch.zeros(bsz, heads, d, device=dev, dtype=torch.float32)
+    dx = torch.empty(lay.x.shape, device=dev, dtype=states.dtype) if need_dstates else None
+    if bsz == 0:
+        return dq, (dx.view(states.shape) if need_dstates else None)
+    q = q_tilde.to(torch.float32).contiguous()
+    dc = dc.to(torch.float32).contiguous()
+    delta = (c.to(torch.float32) * dc).sum(-1).contiguous()
+    lse = lse.to(torch.float32).contiguous()
+    part = torch.empty(lay.P, heads, d, device=dev, dtype=torch.float32)
+    _s2t_bwd_kernel[(lay.P,)](
+        lay.x, q, dc, lse, delta, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, part,
+        dx if need_dstates else part,
+        bsz, heads, d, lay.x.stride(0), d, lay.tpp,
+        HAS_MASK=lay.mask is not None, NEED_DX=need_dstates,
+        BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
+    )
+    cb = min(1024, triton.next_power_of_2(d))
+    _s2t_combine_kernel[(bsz, heads, triton.cdiv(d, cb))](
+        part, part, part, lay.work_off, dq, lse, heads, d, SOFTMAX=False, BLOCK_D=cb, num_warps=4,
+    )
+    return dq, (dx.view(states.shape) if need_dstates else None)
+
+
+def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
+    """(y[B, H] = Σ_l p_hl (u_h·x_l) fp32, nonempty[B] bool); u [H, D_p]."""
+    bsz, heads, d = q_tilde.shape
+    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
+    lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
+    dev = q_tilde.device
+    m = torch.empty(lay.P, heads, device=dev, dtype=torch.float32)
+    l = torch.empty_like(m)
+    a = torch.empty_like(m)
+    if bsz > 0:
+        _r2m_kernel[(lay.P,)](
+            lay.x, q_tilde.to(torch.float32).contiguous(), u.to(torch.float32).contiguous(), lay.mask_arg,
+            lay.cu, lay.work_off, lay.work_seq, m, l, a,
+            bsz, heads, d, lay.x.stride(0), lay.tpp,
+            HAS_MASK=lay.mask is not None, BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
+        )
+    # merge the partials of each sequence (tiny [P, H] tensors; programs past the end are dropped)
+    live = (lay.work_seq < bsz).unsqueeze(1)
+    seq = lay.work_seq.clamp(max=max(bsz - 1, 0)).unsqueeze(1).expand(-1, heads)
+    m = torch.where(live, m, float("-inf"))
+    big_m = torch.full((bsz, heads), float("-inf"), device=dev).scatter_reduce(0, seq, m, "amax")
+    mb = big_m.gather(0, seq)
+    wt = torch.where(live & (m > float("-inf")), torch.exp(m - torch.where(mb > float("-inf"), mb, 0.0)), 0.0)
+    den = torch.zeros(bsz, heads, device=dev).scatter_add(0, seq, torch.where(live, wt * l, 0.0))
+    num = torch.zeros(bsz, heads, device=dev).scatter_add(0, seq, torch.where(live, wt * a, 0.0))
+    y = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    return y, (den > 0).all(dim=1)
+
+
+# ---------------------------------------------------------------- ahead-of-time compile specs
+def _fwd_sig(dt):
+    return {"x_ptr": f"*{dt}", "q_ptr": "*fp32", "mask_ptr": "*u8", "cu_ptr": "*i64", "work_off_ptr": "*i64",
+            "work_seq_ptr": "*i64", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
+            "B": "i32", "H": "i32", "D": "i32", "stride_x": "i64", "tpp": "i32"}
+
+
+def _bwd_sig(dt):
+    return {"x_ptr": f"*{dt}", "q_ptr": "*fp32", "dc_ptr": "*fp32", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
+            "mask_ptr": "*u8", "cu_ptr": "*i64", "work_off_ptr": "*i64", "work_seq_ptr": "*i64",
+            "dq_ptr": "*fp32", "dx_ptr": f"*{dt}", "B": "i32", "H": "i32", "D": "i32",
+            "stride_x": "i64", "stride_dx": "i64", "tpp": "i32"}
+
+
+def _r2m_sig(dt):
+    return {"x_ptr": f"*{dt}", "q_ptr": "*fp32", "u_ptr": "*fp32", "mask_ptr": "*u8", "cu_ptr": "*i64",
+            "work_off_ptr": "*i64", "work_seq_ptr": "*i64", "m_ptr": "*fp32", "l_ptr": "*fp32", "a_ptr": "*fp32",
+            "B": "i32", "H": "i32", "D": "i32", "stride_x": "i64", "tpp": "i32"}
+
+
+_COMBINE_SIG = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "work_off_ptr": "*i64", "out_ptr": "*fp32",
+                "lse_ptr": "*fp32", "H": "i32", "D": "i32"}
+
+_B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (SPEC §4 shape)
+_B1_F32 = dict(BLOCK_L=4, BLOCK_H=1, BLOCK_D=256)  # one head, fp32 D_p = 4096
+_B8 = dict(BLOCK_L=8, BLOCK_H=8, BLOCK_D=64)  # eight heads, D_p <= 1024 (bf16) / 2048 (fp32)
+
+AOT_SPECS = [
+    AotSpec(_s2t_fwd_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,packed,H=1"),
+    AotSpec(_s2t_fwd_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_B1_F32), label="fp32,padded,H=1"),
+    AotSpec(_s2t_fwd_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_B8), label="bf16,packed,H=8"),
+    AotSpec(_s2t_combine_kernel, _COMBINE_SIG, dict(SOFTMAX=True, BLOCK_D=1024), label="softmax"),
+    AotSpec(_s2t_combine_kernel, _COMBINE_SIG, dict(SOFTMAX=False, BLOCK_D=1024), label="sum"),
+    AotSpec(_s2t_bwd_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_B1), label="bf16,no dx,H=1"),
+    AotSpec(_s2t_bwd_kernel, _bwd_sig("bf16"), dict(HAS_MASK=True, NEED_DX=True, **_B1), label="bf16,dx,H=1"),
+    AotSpec(_s2t_bwd_kernel, _bwd_sig("fp32"), dict(HAS_MASK=False, NEED_DX=True, **_B8), label="fp32,dx,H=8"),
+    AotSpec(_r2m_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,H=1"),
+    AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_B8), label="fp32,H=8"),
+    AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=False, **_B1_F32), label="fp32,H=1"),
+]
