@@ -1,0 +1,235 @@
+// CPU kernels of group_advantages (SPEC §1): one component of rewards, already aggregated.
+//
+//   A_i = (r_i - b_i) / (s_i + eps), then optionally whitened over the batch.
+//
+// Layouts: fixed (group_size > 0), ragged (cu[B+1]) or index (cu over the sorted rows plus
+// order[N], sorted position -> original row). Three phases, each parallel over a fixed
+// partition (so results do not depend on the thread count: deterministic):
+//   1. batch moments of the raw rewards (only for baseline=batch_mean / scale=batch_std),
+//   2. per group: n, mean, M2 (two passes over the group's rows, shifted by the group's first
+//      valid value so identical rewards give exactly 0), then A for every row,
+//   3. whitening (optional): weighted batch moments of A, then (A - mean) * spread.
+// All statistics accumulate in double. Option codes match icrm_kernels/ops/advantages.py.
+#include "common.h"
+
+#include <vector>
+
+namespace icrm {
+namespace {
+
+enum Baseline : int64_t { kBaseNone = 0, kGroupMean = 1, kLeaveOneOut = 2, kBatchMean = 3 };
+enum Scale : int64_t { kScaleNone = 0, kGroupStd = 1, kBatchStd = 2 };
+enum Whiten : int64_t { kWhitenNone = 0, kSample = 1, kToken = 2 };
+enum Singleton : int64_t { kZero = 0, kRaw = 1, kNan = 2 };
+enum WhitenStd : int64_t { kStdEps = 0, kRsqrtEps = 1, kRsqrtClamp = 2 };
+
+constexpr int64_t kChunk = 1 << 16;  // fixed partition of the batch reductions
+
+struct Moments {
+  double W = 0.0, mean = 0.0, M2 = 0.0;
+};
+
+// Chan et al.'s exact merge; an empty side leaves the other unchanged (bitwise).
+inline Moments merge(const Moments& a, const Moments& b) {
+  if (b.W == 0.0) return a;
+  if (a.W == 0.0) return b;
+  Moments m;
+  m.W = a.W + b.W;
+  const double delta = b.mean - a.mean;
+  const double frac = b.W / m.W;
+  m.mean = a.mean + delta * frac;
+  m.M2 = a.M2 + b.M2 + delta * delta * a.W * frac;
+  return m;
+}
+
+// Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when omit.
+template <typename T>
+Moments chunk_moments(const T* x, const double* w, int64_t lo, int64_t hi, bool omit) {
+  Moments m;
+  double pivot = 0.0;
+  bool have = false;
+  double W = 0.0, S = 0.0;
+  for (int64_t i = lo; i < hi; ++i) {
+    const double v = static_cast<double>(x[i]);
+    const double wi = w ? w[i] : 1.0;
+    if ((omit && std::isnan(v)) || wi == 0.0) continue;
+    if (!have) { pivot = v; have = true; }
+    W += wi;
+    S += wi * (v - pivot);
+  }
+  if (W == 0.0) return m;
+  const double mean = pivot + S / W;
+  double M2 = 0.0;
+  for (int64_t i = lo; i < hi; ++i) {
+    const double v = static_cast<double>(x[i]);
+    const double wi = w ? w[i] : 1.0;
+    if ((omit && std::isnan(v)) || wi == 0.0) continue;
+    M2 += wi * (v - mean) * (v - mean);
+  }
+  m.W = W;
+  m.mean = mean;
+  m.M2 = M2;
+  return m;
+}
+
+template <typename T>
+Moments batch_moments(const T* x, const double* w, int64_t n, bool omit) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<Moments> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) parts[c] = chunk_moments(x, w, c * kChunk, std::min(n, (c + 1) * kChunk), omit);
+  });
+  Moments total;
+  for (const auto& p : parts) total = merge(total, p);  // fixed order: deterministic
+  return total;
+}
+
+struct Options {
+  int64_t baseline, scale, whiten, singleton, whiten_std;
+  double eps, whiten_eps;
+  bool unbiased, omit;
+};
+
+template <typename T>
+void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                      int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
+  const bool group_level = o.baseline == kGroupMean || o.baseline == kLeaveOneOut || o.scale == kGroupStd;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
+  at::parallel_for(0, num_groups, grain, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t lo = group_size > 0 ? g * group_size : cu[g];
+      const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
+      if (hi <= lo) continue;
+      auto row = [&](int64_t j) { return order ? order[j] : j; };
+      // pass 1: count, pivot (first valid value), shifted sum
+      double n = 0.0, pivot = 0.0, S1 = 0.0;
+      bool have = false;
+      for (int64_t j = lo; j < hi; ++j) {
+        const double v = static_cast<double>(r[row(j)]);
+        if (o.omit && std::isnan(v)) continue;
+        if (!have) { pivot = v; have = true; }
+        n += 1.0;
+        S1 += v - pivot;
+      }
+      const double mean = pivot + S1 / n;
+      // pass 2: M2 around the mean
+      double M2 = 0.0;
+      if (o.scale == kGroupStd) {
+        for (int64_t j = lo; j < hi; ++j) {
+          const double v = static_cast<double>(r[row(j)]);
+          if (o.omit && std::isnan(v)) continue;
+          M2 += (v - mean) * (v - mean);
+        }
+      }
+      const bool single = n == 1.0;
+      const bool raw_single = single && o.singleton == kRaw;
+      double s = 1.0;
+      if (o.scale == kGroupStd) s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
+      else if (o.scale == kBatchStd) s = batch_std;
+      const double denom = s + o.eps;
+      // pass 3: write
+      for (int64_t j = lo; j < hi; ++j) {
+        const int64_t i = row(j);
+        const double v = static_cast<double>(r[i]);
+        double a;
+        if (o.omit && std::isnan(v)) {
+          a = 0.0;
+        } else if (group_level && single && o.singleton != kRaw) {
+          a = o.singleton == kZero ? 0.0 : nan;
+        } else {
+          double centered;  // r - b, written so identical rewards give exactly 0
+          switch (o.baseline) {
+            case kGroupMean: centered = raw_single ? v : (v - pivot) - S1 / n; break;
+            case kLeaveOneOut: centered = raw_single ? v : ((v - pivot) - S1 / n) * n / (n - 1.0); break;
+            case kBatchMean: centered = v - batch_mean; break;
+            default: centered = v;
+          }
+          a = centered / denom;
+        }
+        out[i] = static_cast<T>(a);
+      }
+    }
+  });
+}
+
+template <typename T>
+void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
+  const Moments m = batch_moments(a, w, n, o.omit);
+  const double var = m.M2 / (o.unbiased ? m.W - 1.0 : m.W);
+  double mul;
+  if (o.whiten_std == kStdEps) mul = 1.0 / (std::sqrt(var) + o.whiten_eps);
+  else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
+  else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
+  const double mean = m.mean;
+  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const double v = static_cast<double>(a[i]);
+      const double wi = w ? w[i] : 1.0;
+      // rows left out (weight 0) keep A = 0 (or their NaN)
+      a[i] = static_cast<T>(wi == 0.0 ? (std::isnan(v) ? v : 0.0) : (v - mean) * mul);
+    }
+  });
+}
+
+at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<at::Tensor>& cu_opt,
+                                const c10::optional<at::Tensor>& order_opt, int64_t group_size,
+                                const c10::optional<at::Tensor>& weights_opt, int64_t baseline, int64_t scale,
+                                int64_t whiten, double eps, bool unbiased, int64_t singleton, bool omit,
+                                double whiten_eps, int64_t whiten_std) {
+  check_cpu(rewards, "rewards");
+  TORCH_CHECK(rewards.dim() == 1, "rewards must be 1-D");
+  TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
+              "rewards must be float32 or float64");
+  const at::Tensor r = rewards.contiguous();
+  const int64_t n = r.numel();
+  at::Tensor out = at::empty_like(r);
+  if (n == 0) return out;
+  at::Tensor cu, order;
+  int64_t num_groups;
+  if (group_size > 0) {
+    TORCH_CHECK(n % group_size == 0, "group_size must divide the number of rows");
+    num_groups = n / group_size;
+  } else {
+    TORCH_CHECK(cu_opt.has_value(), "cu is required without group_size");
+    cu = cu_opt->to(at::kLong).contiguous();
+    num_groups = cu.numel() - 1;
+    if (order_opt.has_value()) order = order_opt->to(at::kLong).contiguous();
+  }
+  at::Tensor weights;  // whitening weights (token counts), float64
+  if (weights_opt.has_value()) weights = weights_opt->to(at::kDouble).contiguous();
+  Options o{baseline, scale, whiten, singleton, whiten_std, eps, whiten_eps, unbiased, omit};
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "group_advantages_cpu", [&] {
+    const scalar_t* rp = r.data_ptr<scalar_t>();
+    double bmean = 0.0, bstd = 1.0;
+    if (baseline == kBatchMean || scale == kBatchStd) {
+      const Moments m = batch_moments(rp, nullptr, n, omit);
+      bmean = m.mean;
+      bstd = std::sqrt(m.M2 / (unbiased ? m.W - 1.0 : m.W));
+    }
+    normalize_groups(rp, out.data_ptr<scalar_t>(), cu.defined() ? cu.data_ptr<int64_t>() : nullptr,
+                     order.defined() ? order.data_ptr<int64_t>() : nullptr, group_size, num_groups, o, bmean, bstd);
+    if (whiten != kWhitenNone) {
+      // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r
+      at::Tensor w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
+      if (omit) w.masked_fill_(at::isnan(r), 0.0);
+      // whitening reads A, where omitted rows are 0 (not NaN): skip by weight only
+      Options ow = o;
+      ow.omit = false;
+      whiten_inplace(out.data_ptr<scalar_t>(), w.data_ptr<double>(), n, ow);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace icrm
+
+TORCH_LIBRARY_FRAGMENT(icrm_cpu, m) {
+  m.def(
+      "group_advantages(Tensor rewards, Tensor? cu, Tensor? order, int group_size, Tensor? whiten_weights, "
+      "int baseline, int scale, int whiten, float eps, bool unbiased, int singleton, bool omit, float whiten_eps, "
+      "int whiten_std) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) { m.impl("group_advantages", &icrm::group_advantages_cpu); }
