@@ -322,7 +322,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         block_l = min(max(triton.next_power_of_2(max(avg, 1)), 16), 256)
     tokens_here = mask is not None and wcode == 0
     block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 64) if tokens_here else 1
-    block_b = max(1, (2048 if not tokens_here else 4096 // block_t) // block_l)
+    block_b = max(1, (2048 if not tokens_here else 2048 // block_t) // block_l)
     a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     grid = (triton.cdiv(max(num_groups, 1), block_b),)
     dummy = r
@@ -333,25 +333,26 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
         OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
         BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=triton.next_power_of_2(P),
+        num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
     )
     if wcode == 0:
         return out
     parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64)
     block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
-    block_r = max(1, 4096 // block_t) if mask is not None else 1024
+    block_r = max(1, 2048 // block_t) if mask is not None else 1024
     _whiten_kernel[(triton.cdiv(n, block_r),)](
         a_buf, whiten_weights if whiten_weights is not None else a_buf, r, parts2, out,
         mask if mask is not None else a_buf, n, P2, T, mask.stride(0) if mask is not None else 0, float(whiten_eps),
         FORM=WHITEN_STD[whiten_std], UNBIASED=bool(std_unbiased), HAS_W=whiten_weights is not None,
         OMIT=bool(omit), TOKENS=mask is not None, F64=f64, BLOCK_R=block_r, BLOCK_T=block_t,
-        BLOCK_P=triton.next_power_of_2(P2),
+        BLOCK_P=triton.next_power_of_2(P2), num_warps=8 if block_r * block_t >= 2048 else 4,
     )
     return out
 
 
 # ------------------------------------------------------------------------ AOT specs
 def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=False, omit=False, block_b=256,
-                block_l=8, block_t=1):
+                block_l=8, block_t=1, num_warps=8):
     return AotSpec(
         _group_kernel,
         signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
@@ -360,7 +361,7 @@ def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=
         constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale, "SINGLETON": 1,
                     "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": False, "BLOCK_B": block_b,
                     "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256},
-        num_warps=4, label=label,
+        num_warps=num_warps, label=label,
     )
 
 
@@ -369,8 +370,9 @@ AOT_SPECS = [
     _group_spec("fp32", "fixed G=8 grpo fp32"),
     _group_spec("fp32", "fixed G=8 rloo fp32 omit", baseline=2, scale=0, omit=True),
     _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=2, block_b=32, block_l=64),
-    _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16),
-    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=8, block_l=8, block_t=64),
+    _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=128, block_l=16, num_warps=8),
+    _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16, num_warps=8),
+    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=4, block_l=8, block_t=64),
     AotSpec(_moments_kernel,
             signature={"x_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32", "n": "i64",
                        "iters": "i32"},
@@ -380,6 +382,13 @@ AOT_SPECS = [
                        "out_ptr": "*bf16", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
                        "stride_mask": "i64", "weps": "fp32"},
             constexprs={"FORM": 1, "UNBIASED": True, "HAS_W": True, "OMIT": False, "TOKENS": True, "F64": False,
-                        "BLOCK_R": 32, "BLOCK_T": 128, "BLOCK_P": 256},
-            num_warps=4, label="tokens bf16"),
+                        "BLOCK_R": 16, "BLOCK_T": 128, "BLOCK_P": 256},
+            num_warps=8, label="tokens bf16"),
+    AotSpec(_whiten_kernel,
+            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32",
+                       "out_ptr": "*fp32", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
+                       "stride_mask": "i64", "weps": "fp32"},
+            constexprs={"FORM": 0, "UNBIASED": True, "HAS_W": False, "OMIT": True, "TOKENS": False, "F64": False,
+                        "BLOCK_R": 1024, "BLOCK_T": 1, "BLOCK_P": 256},
+            num_warps=4, label="sample fp32"),
 ]
