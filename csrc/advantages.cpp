@@ -90,67 +90,110 @@ struct Options {
   bool unbiased, omit;
 };
 
-template <typename T>
-void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
-                      int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
-  const bool group_level = o.baseline == kGroupMean || o.baseline == kLeaveOneOut || o.scale == kGroupStd;
-  const double nan = std::numeric_limits<double>::quiet_NaN();
+// One group: rows lo..hi of the (sorted) layout; compile-time flags keep the loops tight.
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi, const Options& o,
+                                double batch_mean, double batch_std) {
+  constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
+  auto row = [&](int64_t j) -> int64_t {
+    if constexpr (ORDER) return order[j];
+    else return j;
+  };
+  // pass 1: count, pivot (first valid value), shifted sum
+  double n = 0.0, pivot = 0.0, S1 = 0.0;
+  int64_t first = lo;
+  if constexpr (OMIT) {
+    while (first < hi && std::isnan(static_cast<double>(r[row(first)]))) ++first;
+  }
+  if (first < hi) pivot = static_cast<double>(r[row(first)]);
+  for (int64_t j = first; j < hi; ++j) {
+    const double v = static_cast<double>(r[row(j)]);
+    if constexpr (OMIT) {
+      if (std::isnan(v)) continue;
+    }
+    n += 1.0;
+    S1 += v - pivot;
+  }
+  const double shift = S1 / n;  // mean = pivot + shift
+  const bool single = n == 1.0;
+  const bool raw_single = single && o.singleton == kRaw;
+  double s = 1.0;
+  if constexpr (SCALE == kGroupStd) {
+    double M2 = 0.0;
+    for (int64_t j = first; j < hi; ++j) {
+      const double v = static_cast<double>(r[row(j)]);
+      if constexpr (OMIT) {
+        if (std::isnan(v)) continue;
+      }
+      const double d = (v - pivot) - shift;
+      M2 += d * d;
+    }
+    s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
+  } else if constexpr (SCALE == kBatchStd) {
+    s = batch_std;
+  }
+  const double inv = 1.0 / (s + o.eps);
+  const double loo = n / (n - 1.0);
+  const bool to_const = group_level && single && o.singleton != kRaw;
+  const double const_value = o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+  // pass 2: write (r - b) * inv, written so identical rewards give exactly 0
+  for (int64_t j = lo; j < hi; ++j) {
+    const int64_t i = row(j);
+    const double v = static_cast<double>(r[i]);
+    double a;
+    if (OMIT && std::isnan(v)) {
+      a = 0.0;
+    } else if (to_const) {
+      a = const_value;
+    } else {
+      double centered;
+      if constexpr (BASE == kGroupMean) centered = raw_single ? v : (v - pivot) - shift;
+      else if constexpr (BASE == kLeaveOneOut) centered = raw_single ? v : ((v - pivot) - shift) * loo;
+      else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+      else centered = v;
+      a = centered * inv;
+    }
+    out[i] = static_cast<T>(a);
+  }
+}
+
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                        int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
   at::parallel_for(0, num_groups, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t lo = group_size > 0 ? g * group_size : cu[g];
       const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
-      if (hi <= lo) continue;
-      auto row = [&](int64_t j) { return order ? order[j] : j; };
-      // pass 1: count, pivot (first valid value), shifted sum
-      double n = 0.0, pivot = 0.0, S1 = 0.0;
-      bool have = false;
-      for (int64_t j = lo; j < hi; ++j) {
-        const double v = static_cast<double>(r[row(j)]);
-        if (o.omit && std::isnan(v)) continue;
-        if (!have) { pivot = v; have = true; }
-        n += 1.0;
-        S1 += v - pivot;
-      }
-      const double mean = pivot + S1 / n;
-      // pass 2: M2 around the mean
-      double M2 = 0.0;
-      if (o.scale == kGroupStd) {
-        for (int64_t j = lo; j < hi; ++j) {
-          const double v = static_cast<double>(r[row(j)]);
-          if (o.omit && std::isnan(v)) continue;
-          M2 += (v - mean) * (v - mean);
-        }
-      }
-      const bool single = n == 1.0;
-      const bool raw_single = single && o.singleton == kRaw;
-      double s = 1.0;
-      if (o.scale == kGroupStd) s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
-      else if (o.scale == kBatchStd) s = batch_std;
-      const double denom = s + o.eps;
-      // pass 3: write
-      for (int64_t j = lo; j < hi; ++j) {
-        const int64_t i = row(j);
-        const double v = static_cast<double>(r[i]);
-        double a;
-        if (o.omit && std::isnan(v)) {
-          a = 0.0;
-        } else if (group_level && single && o.singleton != kRaw) {
-          a = o.singleton == kZero ? 0.0 : nan;
-        } else {
-          double centered;  // r - b, written so identical rewards give exactly 0
-          switch (o.baseline) {
-            case kGroupMean: centered = raw_single ? v : (v - pivot) - S1 / n; break;
-            case kLeaveOneOut: centered = raw_single ? v : ((v - pivot) - S1 / n) * n / (n - 1.0); break;
-            case kBatchMean: centered = v - batch_mean; break;
-            default: centered = v;
-          }
-          a = centered / denom;
-        }
-        out[i] = static_cast<T>(a);
-      }
+      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, lo, hi, o, batch_mean, batch_std);
     }
   });
+}
+
+template <typename T, bool OMIT, bool ORDER>
+void dispatch_options(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                      int64_t num_groups, const Options& o, double bm, double bs) {
+#define ICRM_CASE(B, S)                                                                                         \
+  if (o.baseline == B && o.scale == S)                                                                          \
+    return normalize_groups_t<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  ICRM_CASE(kBaseNone, kScaleNone) ICRM_CASE(kBaseNone, kGroupStd) ICRM_CASE(kBaseNone, kBatchStd)
+  ICRM_CASE(kGroupMean, kScaleNone) ICRM_CASE(kGroupMean, kGroupStd) ICRM_CASE(kGroupMean, kBatchStd)
+  ICRM_CASE(kLeaveOneOut, kScaleNone) ICRM_CASE(kLeaveOneOut, kGroupStd) ICRM_CASE(kLeaveOneOut, kBatchStd)
+  ICRM_CASE(kBatchMean, kScaleNone) ICRM_CASE(kBatchMean, kGroupStd) ICRM_CASE(kBatchMean, kBatchStd)
+#undef ICRM_CASE
+  TORCH_CHECK(false, "group_advantages: unknown baseline/scale code");
+}
+
+template <typename T>
+void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                      int64_t num_groups, const Options& o, double bm, double bs) {
+  if (o.omit) {
+    if (order) dispatch_options<T, true, true>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    else dispatch_options<T, true, false>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  } else {
+    if (order) dispatch_options<T, false, true>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    else dispatch_options<T, false, false>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  }
 }
 
 template <typename T>
