@@ -18,7 +18,7 @@ namespace icrm {
 namespace {
 
 enum Baseline : int64_t { kBaseNone = 0, kGroupMean = 1, kLeaveOneOut = 2, kBatchMean = 3 };
-enum Scale : int64_t { kScaleNone = 0, kGroupStd = 1, kBatchStd = 2 };
+enum Scale : int64_t { kScaleNone = 0, kGroupStd = 1, kBatchStd = 2, kBnpo = 3 };
 enum Whiten : int64_t { kWhitenNone = 0, kSample = 1, kToken = 2 };
 enum Singleton : int64_t { kZero = 0, kRaw = 1, kNan = 2 };
 enum WhitenStd : int64_t { kStdEps = 0, kRsqrtEps = 1, kRsqrtClamp = 2 };
@@ -196,6 +196,77 @@ void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* orde
   }
 }
 
+// BNPO (scale code 3): s = clamp((r - lo) / (hi - lo), 0, 1); p_g = group mean of s (0 for a
+// singleton under the original rules); alpha, beta from the mean and unbiased variance of p over
+// the groups; A_i = clamp(1 / BetaPDF(p_g; alpha, beta), 0, 1e6) * (s_i - p_g).
+template <typename T>
+void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
+          const Options& o, double lo, double hi) {
+  const double inv_range = 1.0 / (hi - lo);
+  auto scaled = [&](double v) { return std::isnan(v) ? v : std::min(std::max((v - lo) * inv_range, 0.0), 1.0); };
+  std::vector<double> p(num_groups), n(num_groups), w(num_groups);
+  auto bounds = [&](int64_t g, int64_t& a, int64_t& b) {
+    a = group_size > 0 ? g * group_size : cu[g];
+    b = group_size > 0 ? a + group_size : cu[g + 1];
+  };
+  auto row = [&](int64_t j) { return order ? order[j] : j; };
+  at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      int64_t a, b;
+      bounds(g, a, b);
+      double cnt = 0.0, pivot = 0.0, S1 = 0.0;
+      bool have = false;
+      for (int64_t j = a; j < b; ++j) {
+        const double s = scaled(static_cast<double>(r[row(j)]));
+        if (o.omit && std::isnan(s)) continue;
+        if (!have) { pivot = s; have = true; }
+        cnt += 1.0;
+        S1 += s - pivot;
+      }
+      double pg = cnt > 0 ? pivot + S1 / cnt : 0.0;
+      const bool single = cnt == 1.0;
+      bool in_stats = cnt > 0 && (o.singleton == kRaw || !single);
+      if (single && o.singleton == kRaw) pg = 0.0;  // the original code: p = 0 for a singleton
+      p[g] = in_stats ? pg : 0.0;
+      n[g] = cnt;
+      w[g] = in_stats ? 1.0 : 0.0;
+    }
+  });
+  const Moments m = chunk_moments(p.data(), w.data(), 0, num_groups, false);
+  const bool one = m.W <= 1.0;
+  const double mean = one ? 0.0 : m.mean;
+  const double v = one ? 1.0 : m.M2 / (m.W - 1.0);
+  const double c = mean * (1.0 - mean) / v - 1.0;
+  double alpha = 1.0 + c * mean / 3.0, beta = 1.0 + c * (1.0 - mean) / 3.0;
+  if (!std::isnan(alpha)) alpha = std::max(alpha, 1.0);
+  if (!std::isnan(beta)) beta = std::max(beta, 1.0);
+  if (v == 0.0) alpha = beta = 1.0;  // guard v = 0: uniform weights instead of NaN
+  const double lnB = std::lgamma(alpha) + std::lgamma(beta) - std::lgamma(alpha + beta);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      int64_t a, b;
+      bounds(g, a, b);
+      if (b <= a) continue;
+      const double pg = p[g];
+      const double xa = alpha == 1.0 ? 0.0 : (alpha - 1.0) * std::log(pg);
+      const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
+      const double wg = std::min(std::exp(lnB - xa - xb), 1e6);
+      const bool single = n[g] == 1.0;
+      for (int64_t j = a; j < b; ++j) {
+        const int64_t i = row(j);
+        const double s = scaled(static_cast<double>(r[i]));
+        double out_v;
+        if (o.omit && std::isnan(s)) out_v = 0.0;
+        else if (single && o.singleton == kZero) out_v = 0.0;
+        else if (single && o.singleton == kNan) out_v = nan;
+        else out_v = wg * (s - pg);
+        out[i] = static_cast<T>(out_v);
+      }
+    }
+  });
+}
+
 template <typename T>
 void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
   const Moments m = batch_moments(a, w, n, o.omit);
@@ -219,7 +290,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
                                 const c10::optional<at::Tensor>& order_opt, int64_t group_size,
                                 const c10::optional<at::Tensor>& weights_opt, int64_t baseline, int64_t scale,
                                 int64_t whiten, double eps, bool unbiased, int64_t singleton, bool omit,
-                                double whiten_eps, int64_t whiten_std) {
+                                double whiten_eps, int64_t whiten_std, double bnpo_low, double bnpo_high) {
   check_cpu(rewards, "rewards");
   TORCH_CHECK(rewards.dim() == 1, "rewards must be 1-D");
   TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
@@ -250,8 +321,10 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
       bmean = m.mean;
       bstd = std::sqrt(m.M2 / (unbiased ? m.W - 1.0 : m.W));
     }
-    normalize_groups(rp, out.data_ptr<scalar_t>(), cu.defined() ? cu.data_ptr<int64_t>() : nullptr,
-                     order.defined() ? order.data_ptr<int64_t>() : nullptr, group_size, num_groups, o, bmean, bstd);
+    const int64_t* cup = cu.defined() ? cu.data_ptr<int64_t>() : nullptr;
+    const int64_t* op = order.defined() ? order.data_ptr<int64_t>() : nullptr;
+    if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bnpo_low, bnpo_high);
+    else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bmean, bstd);
     if (whiten != kWhitenNone) {
       // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r
       at::Tensor w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
@@ -272,7 +345,7 @@ TORCH_LIBRARY_FRAGMENT(icrm_cpu, m) {
   m.def(
       "group_advantages(Tensor rewards, Tensor? cu, Tensor? order, int group_size, Tensor? whiten_weights, "
       "int baseline, int scale, int whiten, float eps, bool unbiased, int singleton, bool omit, float whiten_eps, "
-      "int whiten_std) -> Tensor");
+      "int whiten_std, float bnpo_low=0., float bnpo_high=1.) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) { m.impl("group_advantages", &icrm::group_advantages_cpu); }

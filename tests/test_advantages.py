@@ -45,6 +45,8 @@ OPTION_SETS = [
     dict(baseline="group_mean", scale="group_std", singleton="raw", whiten="sample", whiten_std="rsqrt_clamp",
          whiten_eps=1e-8, std_unbiased=False),
     dict(baseline="group_mean", scale="bnpo", singleton="zero", bnpo_bounds=(-3.0, 3.0)),
+    dict(baseline="group_mean", scale="bnpo", singleton="raw", bnpo_bounds=(-2.0, 2.0), whiten="sample"),
+    dict(baseline="group_mean", scale="bnpo", singleton="nan", bnpo_bounds=(-1.0, 1.0)),
 ]
 
 
@@ -86,6 +88,15 @@ def test_multi_component(backend, device, aggregation, nan_policy):
                                         nan_policy=nan_policy, scale="group_std"))["out"]
     if nan_policy == "omit":
         assert out[9] == 0 and torch.isfinite(out).all()
+
+
+def test_single_component_with_weight(backend, device):
+    r = _rand(16, 1, device=device)
+    for preset in ("verl_grpo", "trl_batch", "bnpo"):
+        rr = (r > 0).float() if preset == "bnpo" else r
+        assert_matches_reference(group_advantages, group_advantages_reference,
+                                 dict(rewards=rr, group_size=4, reward_weights=torch.tensor([2.5], device=device),
+                                      preset=preset, scale="none" if preset == "trl_batch" else None))
 
 
 def test_multi_component_bnpo(backend, device):

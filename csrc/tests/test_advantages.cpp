@@ -9,14 +9,14 @@
 
 using Opt = std::optional<at::Tensor>;
 using Sig = at::Tensor(const at::Tensor&, const Opt&, const Opt&, int64_t, const Opt&, int64_t, int64_t, int64_t,
-                       double, bool, int64_t, bool, double, int64_t);
+                       double, bool, int64_t, bool, double, int64_t, double, double);
 
 static at::Tensor call(const at::Tensor& r, Opt cu, Opt order, int64_t G, Opt w, int64_t baseline, int64_t scale,
                        int64_t whiten, double eps, bool unbiased, int64_t singleton, bool omit, double weps,
-                       int64_t wstd) {
+                       int64_t wstd, double lo = 0.0, double hi = 1.0) {
   static auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("icrm_cpu::group_advantages", "").typed<Sig>();
-  return op.call(r, cu, order, G, w, baseline, scale, whiten, eps, unbiased, singleton, omit, weps, wstd);
+  return op.call(r, cu, order, G, w, baseline, scale, whiten, eps, unbiased, singleton, omit, weps, wstd, lo, hi);
 }
 
 static bool close(const at::Tensor& a, const at::Tensor& b, double tol = 1e-5) {
@@ -86,6 +86,14 @@ int main() {
   at::Tensor ed = ((vd - vd.mean(1, true)) / (vd.std({1}, true, true) + 1e-6)).flatten();
   at::Tensor od = call(rd, {}, {}, 4, {}, 1, 1, 0, 1e-6, true, 0, false, 0.0, 0);
   CHECK(od.scalar_type() == at::kDouble && at::allclose(od, ed, 1e-12, 1e-12));
+
+  // BNPO: every group has p = 0.5 -> v = 0 -> alpha = beta = 1 -> A = s - p
+  at::Tensor bin = at::tensor({1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 1.0f, 1.0f, 0.0f});
+  CHECK(close(call(bin, {}, {}, 4, {}, 1, 3, 0, 0.0, true, 1, false, 0.0, 0), bin - 0.5));
+  // bounds (0, 10): the same as rewards / 10
+  at::Tensor r10 = at::rand({16}, f32) * 10;
+  CHECK(close(call(r10, {}, {}, 4, {}, 1, 3, 0, 0.0, true, 1, false, 0.0, 0, 0.0, 10.0),
+              call(r10 / 10, {}, {}, 4, {}, 1, 3, 0, 0.0, true, 1, false, 0.0, 0)));
 
   // empty input
   CHECK(call(at::empty({0}, f32), {}, {}, 4, {}, 1, 1, 0, 1e-6, true, 0, false, 0.0, 0).numel() == 0);

@@ -28,7 +28,7 @@ __all__ = ["group_advantages", "PRESETS", "selfcheck"]
 
 _CPP_CODES = dict(
     baseline={"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3},
-    scale={"none": 0, "group_std": 1, "batch_std": 2},
+    scale={"none": 0, "group_std": 1, "batch_std": 2, "bnpo": 3},
     whiten={"none": 0, "sample": 1, "token": 2},
     singleton={"zero": 0, "raw": 1, "nan": 2},
     whiten_std={"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2},
@@ -60,12 +60,13 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
             r.contiguous(), group_size=G, cu=cu, order=order, num_slots=slots, baseline=baseline, scale=scale,
             whiten=whiten, eps=eps, std_unbiased=o["std_unbiased"], singleton=o["singleton"], omit=omit,
             whiten_eps=whiten_eps, whiten_std=whiten_std, whiten_weights=whiten_weights, mask=mask,
-            out_dtype=out_dtype)
+            out_dtype=out_dtype, bnpo_bounds=o["bnpo_bounds"])
     work = r if r.dtype in (torch.float32, torch.float64) else r.float()
     A = torch.ops.icrm_cpu.group_advantages(
         work.contiguous(), cu, order, G or 0, whiten_weights, _CPP_CODES["baseline"][baseline],
         _CPP_CODES["scale"][scale], _CPP_CODES["whiten"][whiten], float(eps), bool(o["std_unbiased"]),
-        _CPP_CODES["singleton"][o["singleton"]], bool(omit), float(whiten_eps), _CPP_CODES["whiten_std"][whiten_std])
+        _CPP_CODES["singleton"][o["singleton"]], bool(omit), float(whiten_eps), _CPP_CODES["whiten_std"][whiten_std],
+        float(o["bnpo_bounds"][0]), float(o["bnpo_bounds"][1]))
     if mask is not None:
         return (A.unsqueeze(1) * mask.to(A.dtype)).to(out_dtype)
     return A.to(out_dtype)
@@ -82,9 +83,21 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
     if o["whiten"] == "token":
         tok_w = mask.sum(1, dtype=torch.float64 if R.dtype == torch.float64 else torch.float32)
     common = dict(eps=o["eps"], whiten_eps=o["whiten_eps"], whiten_std=o["whiten_std"], omit=omit)
+    if o["scale"] == "bnpo" and K > 1:  # each component separately, then the weighted mean
+        acc = torch.float64 if R.dtype == torch.float64 else torch.float32
+        w = weights.to(acc) if weights is not None else torch.ones(K, dtype=acc, device=R.device)
+        A = sum(w[k] * _core(backend, R[:, k].contiguous(), lay, o, baseline=o["baseline"], scale="bnpo",
+                             whiten="none", mask=None, whiten_weights=None, out_dtype=acc, **common)
+                for k in range(K)) / w.sum()
+        if omit:
+            A = torch.where(torch.isnan(R).all(1), torch.full_like(A, math.nan), A)
+        return _core(backend, A, lay, o, baseline="none", scale="none", whiten=o["whiten"], mask=mask,
+                     whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
     if K == 1 or o["aggregation"] == "sum_then_normalize":
         if K == 1:
             r = R[:, 0]
+            if weights is not None and o["scale"] != "bnpo":  # (bnpo: a weighted mean of one component)
+                r = r * weights.to(r.dtype)[0]
         else:
             w = weights.to(R.dtype) if weights is not None else torch.ones(K, dtype=R.dtype, device=R.device)
             Rw = R.float() * w.float() if R.dtype in (torch.float16, torch.bfloat16) else R * w
@@ -141,7 +154,7 @@ def _group_advantages_op(
     o = _opts(baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_low, bnpo_high,
               whiten_eps, whiten_std)
     backend = _backend.select(rewards.device, cpp_op="group_advantages")
-    if backend == "reference" or scale == "bnpo":
+    if backend == "reference":
         return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
     return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
 

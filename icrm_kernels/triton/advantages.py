@@ -24,7 +24,7 @@ from icrm_kernels.triton._aot import AotSpec
 
 # option codes (shared with csrc/advantages.cpp and ops/advantages.py)
 BASELINE = {"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3}
-SCALE = {"none": 0, "group_std": 1, "batch_std": 2}
+SCALE = {"none": 0, "group_std": 1, "batch_std": 2, "bnpo": 3}
 WHITEN = {"none": 0, "sample": 1, "token": 2}
 SINGLETON = {"zero": 0, "raw": 1, "nan": 2}
 WHITEN_STD = {"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2}
@@ -272,6 +272,110 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
         tl.store(out_ptr + rows, res.to(out_ptr.dtype.element_ty), mask=rm)
 
 
+@triton.jit
+def _lgamma_ge1(x):
+    """log Gamma(x) for x >= 1 in plain tl: shift to x >= 8, then Stirling's series (|err| < 1e-9)."""
+    z = x
+    prod = x * 0.0 + 1.0
+    for _ in tl.static_range(8):
+        small = z < 8.0
+        prod = tl.where(small, prod * z, prod)
+        z = tl.where(small, z + 1.0, z)
+    zi = 1.0 / z
+    zi2 = zi * zi
+    series = zi * (1.0 / 12.0 - zi2 * (1.0 / 360.0 - zi2 * (1.0 / 1260.0)))
+    return (z - 0.5) * tl.log(z) - z + 0.91893853320467274178 + series - tl.log(prod)
+
+
+@triton.jit
+def _bnpo_scaled(x, lo, inv_range):
+    s = tl.minimum(tl.maximum((x - lo) * inv_range, 0.0), 1.0)
+    return tl.where(x == x, s, x)  # keep NaN (max/min drop it)
+
+
+@triton.jit
+def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr, nbuf_ptr, wbuf_ptr,
+                 num_groups, G, P, T, stride_mask, lo, inv_range,
+                 FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, PHASE: tl.constexpr, SINGLETON: tl.constexpr,
+                 OMIT: tl.constexpr, TOKENS: tl.constexpr, F64: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
+    """BNPO. PHASE 1: p_g (group mean of the min-max scaled rewards), n_g and the weight of the
+    group in the over-group moments. PHASE 2: Beta(alpha, beta) from those moments, then
+    A_i = clamp(1 / BetaPDF(p_g), 0, 1e6) * (s_i - p_g)."""
+    pid = tl.program_id(0).to(tl.int64)
+    gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    gmask = gb < num_groups
+    if FIXED:
+        start = gb * G
+        length = tl.where(gmask, G, 0).to(tl.int64)
+    else:
+        start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
+        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
+    maxlen = tl.max(length, axis=0)
+    cols = tl.arange(0, BLOCK_L)
+    if PHASE == 1:
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, HAS_ORDER, OMIT, F64)
+        sv = _bnpo_scaled(x, lo, inv_range)
+        pivot = tl.max(tl.where(valid, sv, float("-inf")), axis=1)
+        pivot = tl.where(pivot == float("-inf"), 0.0, pivot)
+        n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+        S1 = tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
+        for c in range(BLOCK_L, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+            sv = _bnpo_scaled(x, lo, inv_range)
+            n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+            S1 += tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
+        p = pivot + S1 / tl.where(n > 0, n, 1.0)
+        single = n == 1.0
+        if SINGLETON == 1:  # the original code: p = 0 for a singleton, which stays in the moments
+            p = tl.where(single, 0.0, p)
+            in_stats = n > 0
+        else:
+            in_stats = (n > 0) & (n != 1.0)
+        p = tl.where(in_stats, p, 0.0)
+        tl.store(pbuf_ptr + gb, p, mask=gmask)
+        tl.store(nbuf_ptr + gb, n, mask=gmask)
+        tl.store(wbuf_ptr + gb, tl.where(in_stats, 1.0, 0.0).to(x.dtype), mask=gmask)
+    else:
+        W, m, M2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
+        one = W <= 1.0
+        mean = tl.where(one, 0.0, m)
+        v = tl.where(one, 1.0, M2 / tl.where(one, 1.0, W - 1.0))
+        c = mean * (1.0 - mean) / v - 1.0
+        a_raw = 1.0 + c * mean / 3.0
+        b_raw = 1.0 + c * (1.0 - mean) / 3.0
+        alpha = tl.where(a_raw != a_raw, a_raw, tl.maximum(a_raw, 1.0))
+        beta = tl.where(b_raw != b_raw, b_raw, tl.maximum(b_raw, 1.0))
+        alpha = tl.where(v == 0.0, 1.0, alpha)  # guard v = 0: uniform weights instead of NaN
+        beta = tl.where(v == 0.0, 1.0, beta)
+        lnB = _lgamma_ge1(alpha) + _lgamma_ge1(beta) - _lgamma_ge1(alpha + beta)
+        p = tl.load(pbuf_ptr + gb, mask=gmask, other=0.0)
+        n = tl.load(nbuf_ptr + gb, mask=gmask, other=0.0)
+        xa = tl.where(alpha == 1.0, 0.0, (alpha - 1.0) * tl.log(p))
+        xb = tl.where(beta == 1.0, 0.0, (beta - 1.0) * tl.log(1.0 - p))
+        w = tl.minimum(tl.exp(lnB - xa - xb), 1e6)
+        single = n == 1.0
+        for c0 in range(0, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c0, cols, HAS_ORDER, OMIT, F64)
+            sv = _bnpo_scaled(x, lo, inv_range)
+            a = w[:, None] * (sv - p[:, None])
+            if SINGLETON == 0:
+                a = tl.where(single[:, None], 0.0, a)
+            elif SINGLETON == 2:
+                a = tl.where(single[:, None], float("nan"), a)
+            a = tl.where(valid, a, 0.0)
+            if TOKENS:
+                for t0 in range(0, T, BLOCK_T):
+                    tt = t0 + tl.arange(0, BLOCK_T)
+                    m3 = inb[:, :, None] & (tt[None, None, :] < T)
+                    mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
+                    val = a[:, :, None] * mk.to(a.dtype)
+                    tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty),
+                             mask=m3)
+            else:
+                tl.store(out_ptr + rows, a.to(out_ptr.dtype.element_ty), mask=inb)
+
+
 # ------------------------------------------------------------------------ launchers
 _MOMENT_BLOCK = 1024
 _MAX_PARTS = 256
@@ -290,9 +394,34 @@ def _moments(x, w, ref, omit, f64):
     return parts, P
 
 
+def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, omit, f64, fixed, block_b, block_l,
+          block_t, grid):
+    """BNPO: phase 1 (p_g, n_g), moments of p_g over the groups, phase 2 (weights and A): 3 launches."""
+    import torch
+
+    acc = torch.float64 if f64 else torch.float32
+    slots = max(num_groups, 1)
+    pbuf = torch.empty(slots, dtype=acc, device=r.device)
+    nbuf = torch.empty(slots, dtype=acc, device=r.device)
+    wbuf = torch.zeros(slots, dtype=acc, device=r.device)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    args = dict(FIXED=fixed, HAS_ORDER=order is not None, SINGLETON=SINGLETON[singleton], OMIT=bool(omit),
+                TOKENS=mask is not None, F64=f64, BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t,
+                num_warps=8 if block_b * block_l * block_t >= 2048 else 4)
+    common = (cu if cu is not None else r, order if order is not None else r)
+    tail = (num_groups, group_size or 0)
+    _bnpo_kernel[grid](r, out, *common, pbuf, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, 1, 0, 0,
+                       lo, 1.0 / (hi - lo), PHASE=1, BLOCK_P=2, **args)
+    parts, P = _moments(pbuf, wbuf, None, False, f64)
+    T = mask.shape[1] if mask is not None else 0
+    _bnpo_kernel[grid](r, out, *common, parts, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, P, T,
+                       mask.stride(0) if mask is not None else 0, lo, 1.0 / (hi - lo), PHASE=2,
+                       BLOCK_P=triton.next_power_of_2(P), **args)
+
+
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
                           singleton, omit, whiten_eps, whiten_std, whiten_weights=None, mask=None,
-                          out_dtype=None):
+                          out_dtype=None, bnpo_bounds=(0.0, 1.0)):
     """A[N] (or A[N, T] with ``mask``) of one component ``r`` (contiguous, float). See module doc."""
     import torch
 
@@ -326,15 +455,19 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     grid = (triton.cdiv(max(num_groups, 1), block_b),)
     dummy = r
-    _group_kernel[grid](
-        r, a_buf, cu if cu is not None else dummy, order if order is not None else dummy, parts,
-        mask if tokens_here else dummy, num_groups, group_size or 0, P, T,
-        mask.stride(0) if tokens_here else 0, float(eps),
-        FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
-        OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
-        BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=triton.next_power_of_2(P),
-        num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
-    )
+    if s == 3:
+        _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,
+              omit, f64, fixed, block_b, block_l, block_t, grid)
+    else:
+        _group_kernel[grid](
+            r, a_buf, cu if cu is not None else dummy, order if order is not None else dummy, parts,
+            mask if tokens_here else dummy, num_groups, group_size or 0, P, T,
+            mask.stride(0) if tokens_here else 0, float(eps),
+            FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
+            OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
+            BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=triton.next_power_of_2(P),
+            num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
+        )
     if wcode == 0:
         return out
     parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64)
@@ -373,6 +506,15 @@ AOT_SPECS = [
     _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=128, block_l=16, num_warps=8),
     _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16, num_warps=8),
     _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=4, block_l=8, block_t=64),
+    *[AotSpec(_bnpo_kernel,
+              signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
+                         "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
+                         "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "P": "i32", "T": "i64",
+                         "stride_mask": "i64", "lo": "fp32", "inv_range": "fp32"},
+              constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": 1, "OMIT": False,
+                          "TOKENS": False, "F64": False, "BLOCK_B": 256, "BLOCK_L": 8, "BLOCK_T": 1,
+                          "BLOCK_P": 256 if phase == 2 else 2},
+              num_warps=8, label=f"phase {phase} fixed G=8 bf16") for phase in (1, 2)],
     AotSpec(_moments_kernel,
             signature={"x_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32", "n": "i64",
                        "iters": "i32"},
