@@ -1,5 +1,10 @@
 """group_advantages with process_group: two gloo ranks on localhost give the single-process
-result on the concatenated batch (groups never straddle ranks)."""
+result on the concatenated batch (groups never straddle ranks).
+
+One spawn covers both paths: "auto" (on the CPU: the float64 reference with all-gathered
+summaries) and, where Triton runs (interpreter or GPU), the kernels with each batch summary
+all-gathered between launches.
+"""
 import os
 import socket
 
@@ -19,7 +24,14 @@ CASES = {
     "batch_mean_std_whiten": dict(baseline="batch_mean", scale="batch_std", whiten="sample"),
     "normalize_then_sum": dict(aggregation="normalize_then_sum", k=2),
 }
+TRITON_CASES = ("trl_batch", "reinforce_pp", "bnpo", "normalize_then_sum")  # the interpreter is slow
 G = 4
+
+
+def _backends():
+    from icrm_kernels import _backend
+
+    return ["auto"] + (["triton"] if _backend.HAS_TRITON and (_backend.triton_interpreting() or torch.cuda.is_available()) else [])
 
 
 def _inputs(seed, n):
@@ -27,7 +39,7 @@ def _inputs(seed, n):
     out = {}
     for name, case in CASES.items():
         k = case.get("k", 1)
-        r = torch.randn(n, k, generator=gen).squeeze(1) if k > 1 else torch.randn(n, generator=gen)
+        r = torch.randn(n, k, generator=gen) if k > 1 else torch.randn(n, generator=gen)
         if case.get("binary"):
             r = (r > 0).float()
         mask = (torch.rand(n, 5, generator=gen) > 0.3) if case.get("mask") else None
@@ -36,20 +48,25 @@ def _inputs(seed, n):
     return out
 
 
-def _worker(rank, world, port, seed, n_per_rank, tmpdir):
+def _worker(rank, world, port, seed, n_per_rank, tmpdir, backends):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from icrm_kernels import group_advantages
+        from icrm_kernels import group_advantages, use_backend
 
         results = {}
-        for name, (r, mask, kw) in _inputs(seed, n_per_rank * world).items():
-            sl = slice(rank * n_per_rank, (rank + 1) * n_per_rank)
-            results[name] = group_advantages(r[sl], group_size=G, response_mask=None if mask is None else mask[sl],
-                                             process_group=dist.group.WORLD, **kw)
-            if name == "dler":  # without the process group: statistics of this rank only
-                results["local"] = group_advantages(r[sl], group_size=G, **kw)
+        sl = slice(rank * n_per_rank, (rank + 1) * n_per_rank)
+        for backend in backends:
+            with use_backend(backend):
+                for name, (r, mask, kw) in _inputs(seed, n_per_rank * world).items():
+                    if backend == "triton" and name not in TRITON_CASES:
+                        continue
+                    results[backend, name] = group_advantages(
+                        r[sl], group_size=G, response_mask=None if mask is None else mask[sl],
+                        process_group=dist.group.WORLD, **kw)
+                    if name == "trl_batch":  # without the process group: this rank's statistics only
+                        results[backend, "local"] = group_advantages(r[sl], group_size=G, **kw)
         torch.save(results, os.path.join(tmpdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -65,12 +82,18 @@ def _free_port():
 def test_two_ranks_equal_single_process(tmp_path):
     from icrm_kernels import group_advantages
 
-    seed, world, n_per_rank = fresh_seed(), 2, 12
-    mp.spawn(_worker, args=(world, _free_port(), seed, n_per_rank, str(tmp_path)), nprocs=world, join=True)
+    seed, world, n_per_rank, backends = fresh_seed(), 2, 12, _backends()
+    mp.spawn(_worker, args=(world, _free_port(), seed, n_per_rank, str(tmp_path), backends), nprocs=world, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    for name, (r, mask, kw) in _inputs(seed, n_per_rank * world).items():
+    inputs = _inputs(seed, n_per_rank * world)
+    for (backend, name) in parts[0]:
+        if name == "local":
+            continue
+        r, mask, kw = inputs[name]
         single = group_advantages(r, group_size=G, response_mask=mask, **kw)
-        both = torch.cat([p[name] for p in parts])
-        assert_close(both, single, atol=1e-5, rtol=1e-5, what=f"{name} (seed {seed})")
-    local = torch.cat([p["local"] for p in parts])
-    assert not torch.allclose(local, torch.cat([p["dler"] for p in parts]))  # the all-reduce mattered
+        both = torch.cat([p[backend, name] for p in parts])
+        assert_close(both, single, atol=1e-5, rtol=1e-5, what=f"{backend} {name} (seed {seed})")
+    for backend in backends:  # the all-gather mattered
+        local = torch.cat([p[backend, "local"] for p in parts])
+        assert not torch.allclose(local, torch.cat([p[backend, "trl_batch"] for p in parts]))
+    assert ("triton", "bnpo") in parts[0] or "triton" not in backends

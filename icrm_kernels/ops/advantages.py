@@ -50,7 +50,7 @@ def _layout(n, device, group_size, cu_groups, group_index):
 
 
 def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, whiten_std, omit, mask, whiten_weights,
-          out_dtype):
+          out_dtype, process_group=None):
     """One component through the C++ or Triton kernels."""
     G, cu, order, slots = lay
     if backend == "triton":
@@ -60,7 +60,7 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
             r.contiguous(), group_size=G, cu=cu, order=order, num_slots=slots, baseline=baseline, scale=scale,
             whiten=whiten, eps=eps, std_unbiased=o["std_unbiased"], singleton=o["singleton"], omit=omit,
             whiten_eps=whiten_eps, whiten_std=whiten_std, whiten_weights=whiten_weights, mask=mask,
-            out_dtype=out_dtype, bnpo_bounds=o["bnpo_bounds"])
+            out_dtype=out_dtype, bnpo_bounds=o["bnpo_bounds"], process_group=process_group)
     work = r if r.dtype in (torch.float32, torch.float64) else r.float()
     A = torch.ops.icrm_cpu.group_advantages(
         work.contiguous(), cu, order, G or 0, whiten_weights, _CPP_CODES["baseline"][baseline],
@@ -72,7 +72,7 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
     return A.to(out_dtype)
 
 
-def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o):
+def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
     """Kernel path: aggregation and multi-component composition around the one-component kernel."""
     R = rewards if rewards.dim() == 2 else rewards.unsqueeze(1)
     N, K = R.shape
@@ -82,7 +82,8 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
     tok_w = None
     if o["whiten"] == "token":
         tok_w = mask.sum(1, dtype=torch.float64 if R.dtype == torch.float64 else torch.float32)
-    common = dict(eps=o["eps"], whiten_eps=o["whiten_eps"], whiten_std=o["whiten_std"], omit=omit)
+    common = dict(eps=o["eps"], whiten_eps=o["whiten_eps"], whiten_std=o["whiten_std"], omit=omit,
+                  process_group=process_group)
     if o["scale"] == "bnpo" and K > 1:  # each component separately, then the weighted mean
         acc = torch.float64 if R.dtype == torch.float64 else torch.float32
         w = weights.to(acc) if weights is not None else torch.ones(K, dtype=acc, device=R.device)
@@ -119,7 +120,7 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
     last = o["whiten"] == "none"
     A = _core(backend, S, lay, o, baseline="none", scale="none", whiten="sample", eps=0.0, whiten_eps=o["eps"],
               whiten_std="std_eps", omit=True, mask=mask if last else None, whiten_weights=None,
-              out_dtype=out_dtype if last else acc)
+              out_dtype=out_dtype if last else acc, process_group=process_group)
     if last:
         return A
     A = torch.where(row_nan, torch.full_like(A, math.nan), A)
@@ -267,8 +268,9 @@ def group_advantages(
       each component is normalized separately and A is the weighted mean of the K advantages.
     - ``process_group``: batch statistics (batch mean/std, whitening, BNPO's over-group moments)
       are merged over the ranks (all-gather of (count, mean, M2), merged in rank order). Groups
-      must not straddle ranks. This path runs the float64 torch reference on the device (not
-      the fused kernels) and is not traced by torch.compile.
+      must not straddle ranks. On the GPU the kernels run with each batch summary all-gathered
+      between launches; on the CPU the float64 torch reference runs. Options without batch
+      statistics ignore ``process_group``. Not traced by torch.compile.
     - ``preset``: one of :data:`PRESETS` (see docs/advantages.md for the peer functions).
 
     Identical rewards in a group give exactly 0: every mean is computed shifted by a member of
@@ -320,7 +322,13 @@ def group_advantages(
     if o["nan_policy"] == "raise":
         o["nan_policy"] = "propagate"
 
-    if process_group is not None:
+    batch_stats = (o["baseline"] == "batch_mean" or o["scale"] in ("batch_std", "bnpo") or o["whiten"] != "none"
+                   or (K > 1 and o["aggregation"] == "normalize_then_sum"))
+    if process_group is not None and batch_stats:
+        backend = _backend.select(rewards.device, cpp_op=None)
+        if backend == "triton":  # the kernels, with each batch summary all-gathered between launches
+            return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
+                         process_group=process_group)
         return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
                           process_group=process_group)
     return _group_advantages_op(

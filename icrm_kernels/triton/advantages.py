@@ -381,7 +381,32 @@ _MOMENT_BLOCK = 1024
 _MAX_PARTS = 256
 
 
-def _moments(x, w, ref, omit, f64):
+def merge_parts(parts):
+    """Merge summaries [P, 3] (W, mean, M2) into one [3] with torch ops (exact for equal means)."""
+    import torch
+
+    W, m, M2 = parts[:, 0], parts[:, 1], parts[:, 2]
+    used = W > 0
+    Wt = W.sum()
+    pivot = torch.where(used, m, torch.full_like(m, float("-inf"))).amax()
+    pivot = torch.where(Wt > 0, pivot, torch.zeros_like(pivot))
+    mean = pivot + torch.where(used, W * (m - pivot), torch.zeros_like(m)).sum() / torch.where(Wt > 0, Wt, 1.0)
+    dm = torch.where(used, m - mean, torch.zeros_like(m))
+    return torch.stack([Wt, mean, M2.sum() + (W * dm * dm).sum()])
+
+
+def _all_reduce_parts(parts, P, process_group):
+    """Local partials -> one summary, all-gathered and merged in rank order: P = 1 afterwards."""
+    import torch
+    import torch.distributed as dist
+
+    local = merge_parts(parts.view(P, 3))
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(gathered, local, group=process_group)
+    return merge_parts(torch.stack(gathered)).contiguous(), 1
+
+
+def _moments(x, w, ref, omit, f64, process_group=None):
     import torch
 
     n = x.numel()
@@ -391,11 +416,13 @@ def _moments(x, w, ref, omit, f64):
     parts = torch.empty(P * 3, dtype=torch.float64 if f64 else torch.float32, device=x.device)
     _moments_kernel[(P,)](x, w if w is not None else x, ref if ref is not None else x, parts, n, iters,
                           HAS_W=w is not None, OMIT=bool(omit), F64=f64, BLOCK=_MOMENT_BLOCK)
+    if process_group is not None:
+        return _all_reduce_parts(parts, P, process_group)
     return parts, P
 
 
 def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, omit, f64, fixed, block_b, block_l,
-          block_t, grid):
+          block_t, grid, process_group=None):
     """BNPO: phase 1 (p_g, n_g), moments of p_g over the groups, phase 2 (weights and A): 3 launches."""
     import torch
 
@@ -412,7 +439,7 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
     tail = (num_groups, group_size or 0)
     _bnpo_kernel[grid](r, out, *common, pbuf, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, 1, 0, 0,
                        lo, 1.0 / (hi - lo), PHASE=1, BLOCK_P=2, **args)
-    parts, P = _moments(pbuf, wbuf, None, False, f64)
+    parts, P = _moments(pbuf, wbuf, None, False, f64, process_group)
     T = mask.shape[1] if mask is not None else 0
     _bnpo_kernel[grid](r, out, *common, parts, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, P, T,
                        mask.stride(0) if mask is not None else 0, lo, 1.0 / (hi - lo), PHASE=2,
@@ -421,8 +448,12 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
 
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
                           singleton, omit, whiten_eps, whiten_std, whiten_weights=None, mask=None,
-                          out_dtype=None, bnpo_bounds=(0.0, 1.0)):
-    """A[N] (or A[N, T] with ``mask``) of one component ``r`` (contiguous, float). See module doc."""
+                          out_dtype=None, bnpo_bounds=(0.0, 1.0), process_group=None):
+    """A[N] (or A[N, T] with ``mask``) of one component ``r`` (contiguous, float). See module doc.
+
+    ``process_group``: every batch summary is merged over the ranks (all-gather of one
+    (W, mean, M2) per rank, merged in rank order) before the launch that consumes it.
+    """
     import torch
 
     n = r.numel()
@@ -440,7 +471,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     b, s, wcode = BASELINE[baseline], SCALE[scale], WHITEN[whiten]
     parts, P = (r, 1)
     if b == 3 or s == 2:
-        parts, P = _moments(r, None, r if omit else None, omit, f64)
+        parts, P = _moments(r, None, r if omit else None, omit, f64, process_group)
     fixed = group_size is not None
     if fixed:
         block_l = min(max(triton.next_power_of_2(group_size), 2), 256)
@@ -457,7 +488,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     dummy = r
     if s == 3:
         _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,
-              omit, f64, fixed, block_b, block_l, block_t, grid)
+              omit, f64, fixed, block_b, block_l, block_t, grid, process_group)
     else:
         _group_kernel[grid](
             r, a_buf, cu if cu is not None else dummy, order if order is not None else dummy, parts,
@@ -470,7 +501,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         )
     if wcode == 0:
         return out
-    parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64)
+    parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64, process_group)
     block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
     block_r = max(1, 2048 // block_t) if mask is not None else 1024
     _whiten_kernel[(triton.cdiv(n, block_r),)](
