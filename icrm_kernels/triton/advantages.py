@@ -516,14 +516,14 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
 
 # ------------------------------------------------------------------------ AOT specs
 def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=False, omit=False, block_b=256,
-                block_l=8, block_t=1, num_warps=8):
+                block_l=8, block_t=1, num_warps=8, f64=False):
     return AotSpec(
         _group_kernel,
         signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
-                   "part_ptr": "*fp32", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64", "P": "i32",
+                   "part_ptr": "*fp64" if f64 else "*fp32", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64", "P": "i32",
                    "T": "i64", "stride_mask": "i64", "eps": "fp32"},
         constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale, "SINGLETON": 1,
-                    "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": False, "BLOCK_B": block_b,
+                    "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": f64, "BLOCK_B": block_b,
                     "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256},
         num_warps=num_warps, label=label,
     )
@@ -537,6 +537,7 @@ AOT_SPECS = [
     _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=128, block_l=16, num_warps=8),
     _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16, num_warps=8),
     _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=4, block_l=8, block_t=64),
+    _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=3, scale=1, block_b=128, block_l=16, f64=True),
     *[AotSpec(_bnpo_kernel,
               signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
                          "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
