@@ -12,6 +12,8 @@
 // All statistics accumulate in double. Option codes match icrm_kernels/ops/advantages.py.
 #include "common.h"
 
+#include <algorithm>
+#include <tuple>
 #include <vector>
 
 namespace icrm {
@@ -338,6 +340,47 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
   return out;
 }
 
+
+// Index layout on the CPU: ids[N] (any integers, any order) -> (cu, order), a stable grouping:
+// order lists the rows group by group (ascending id, original order inside a group) and
+// cu[g]..cu[g+1] are group g's positions in it. Ids spanning a range below 4N take a counting
+// sort (O(N + range), groups of absent ids are empty); others a stable comparison sort.
+std::tuple<at::Tensor, at::Tensor> group_order_cpu(const at::Tensor& ids_in) {
+  check_cpu(ids_in, "group_index");
+  TORCH_CHECK(ids_in.dim() == 1, "group_index must be 1-D");
+  const at::Tensor ids = ids_in.to(at::kLong).contiguous();
+  const int64_t n = ids.numel();
+  const int64_t* id = ids.data_ptr<int64_t>();
+  at::Tensor order = at::empty({n}, ids.options());
+  int64_t* ord = order.data_ptr<int64_t>();
+  if (n == 0) return {at::zeros({1}, ids.options()), order};
+  int64_t lo = id[0], hi = id[0];
+  for (int64_t i = 1; i < n; ++i) {
+    lo = std::min(lo, id[i]);
+    hi = std::max(hi, id[i]);
+  }
+  const uint64_t range = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo) + 1;
+  if (range <= static_cast<uint64_t>(4 * n)) {
+    at::Tensor cu = at::zeros({static_cast<int64_t>(range) + 1}, ids.options());
+    int64_t* c = cu.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) ++c[id[i] - lo + 1];
+    for (uint64_t g = 0; g < range; ++g) c[g + 1] += c[g];
+    std::vector<int64_t> next(c, c + range);
+    for (int64_t i = 0; i < n; ++i) ord[next[id[i] - lo]++] = i;
+    return {cu, order};
+  }
+  for (int64_t i = 0; i < n; ++i) ord[i] = i;
+  std::stable_sort(ord, ord + n, [&](int64_t a, int64_t b) { return id[a] < id[b]; });
+  std::vector<int64_t> starts;
+  starts.reserve(1024);
+  for (int64_t j = 0; j < n; ++j)
+    if (j == 0 || id[ord[j]] != id[ord[j - 1]]) starts.push_back(j);
+  starts.push_back(n);
+  at::Tensor cu = at::empty({static_cast<int64_t>(starts.size())}, ids.options());
+  std::copy(starts.begin(), starts.end(), cu.data_ptr<int64_t>());
+  return {cu, order};
+}
+
 }  // namespace
 }  // namespace icrm
 
@@ -346,6 +389,10 @@ TORCH_LIBRARY_FRAGMENT(icrm_cpu, m) {
       "group_advantages(Tensor rewards, Tensor? cu, Tensor? order, int group_size, Tensor? whiten_weights, "
       "int baseline, int scale, int whiten, float eps, bool unbiased, int singleton, bool omit, float whiten_eps, "
       "int whiten_std, float bnpo_low=0., float bnpo_high=1.) -> Tensor");
+  m.def("group_order(Tensor group_index) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) { m.impl("group_advantages", &icrm::group_advantages_cpu); }
+TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) {
+  m.impl("group_advantages", &icrm::group_advantages_cpu);
+  m.impl("group_order", &icrm::group_order_cpu);
+}

@@ -201,6 +201,10 @@ def test_unsorted_ids_and_noncontiguous(backend, device):
     a = group_advantages(r, group_size=4, preset="trl_group")
     b = group_advantages(r[perm], group_index=ids[perm] * 13 + 5, preset="trl_group")
     assert_close(b, a[perm], atol=1e-6, rtol=1e-5)
+    wide = ids[perm] * 10**12 - 7  # ids spanning a wide range (the C++ path sorts instead of counting)
+    assert_close(group_advantages(r[perm], group_index=wide, preset="trl_group"), a[perm], atol=1e-6, rtol=1e-5)
+    assert_close(group_advantages(r[perm], group_index=ids[perm].int(), preset="trl_group"), a[perm], atol=1e-6,
+                 rtol=1e-5)
 
 
 def test_int32_offsets_and_int64_index_math(backend, device):

@@ -95,6 +95,17 @@ int main() {
   CHECK(close(call(r10, {}, {}, 4, {}, 1, 3, 0, 0.0, true, 1, false, 0.0, 0, 0.0, 10.0),
               call(r10 / 10, {}, {}, 4, {}, 1, 3, 0, 0.0, true, 1, false, 0.0, 0)));
 
+  // group_order: counting sort (small id range) and comparison sort (wide range) agree
+  using OrderSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&);
+  static auto order_op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("icrm_cpu::group_order", "").typed<OrderSig>();
+  at::Tensor ids = at::floor_divide(at::randperm(16, i64), 4);
+  auto [cu_a, ord_a] = order_op.call(ids);
+  auto [cu_b, ord_b] = order_op.call(ids * 1000000007LL);
+  CHECK(at::equal(ord_a, ord_b) && at::equal(cu_a, at::arange(0, 17, 4, i64)) && at::equal(cu_b, cu_a));
+  CHECK(close(call(r.index_select(0, perm), cu_a, ord_a, 0, {}, 1, 1, 0, 1e-6, true, 0, false, 0.0, 0),
+              call(r.index_select(0, perm), cu_b, ord_b, 0, {}, 1, 1, 0, 1e-6, true, 0, false, 0.0, 0)));
+
   // empty input
   CHECK(call(at::empty({0}, f32), {}, {}, 4, {}, 1, 1, 0, 1e-6, true, 0, false, 0.0, 0).numel() == 0);
   return icrm_test::finish();

@@ -36,7 +36,7 @@ _CPP_CODES = dict(
 
 
 # ------------------------------------------------------------------------ kernels: one component
-def _layout(n, device, group_size, cu_groups, group_index):
+def _layout(n, device, group_size, cu_groups, group_index, backend="triton"):
     """(group_size or None, cu int64 or None, order or None, number of group slots)."""
     if group_size:
         return group_size, None, None, n // group_size
@@ -45,7 +45,10 @@ def _layout(n, device, group_size, cu_groups, group_index):
     if cu_groups is not None:
         cu = cu_groups.to(torch.int64).contiguous()
         return None, cu, None, cu.numel() - 1
-    order, cu, _ = sort_index(group_index, n)
+    if backend == "cpp" and _backend.has_cpp_op("group_order"):  # counting sort in C++ (CPU only)
+        cu, order = torch.ops.icrm_cpu.group_order(group_index)
+        return None, cu, order, cu.numel() - 1
+    order, cu, _ = sort_index(group_index, n)  # on the GPU: no host sync, N group slots
     return None, cu, order, n
 
 
@@ -77,7 +80,7 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
     R = rewards if rewards.dim() == 2 else rewards.unsqueeze(1)
     N, K = R.shape
     out_dtype = rewards.dtype
-    lay = _layout(N, R.device, group_size, cu_groups, group_index)
+    lay = _layout(N, R.device, group_size, cu_groups, group_index, backend)
     omit = o["nan_policy"] == "omit"
     tok_w = None
     if o["whiten"] == "token":
