@@ -130,6 +130,16 @@ def test_token_broadcast(backend, device, mask_dtype, whiten):
         assert_close(out, flat[:, None] * mask.float(), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["verl_grpo", "verl_reinforce_pp_baseline", "bnpo"])
+def test_long_responses(backend, device, preset):
+    # T long enough that the kernels split the tokens of a row over several programs
+    n, t = 8, 300
+    r = (torch.rand(n, device=device) > 0.5).float() if preset == "bnpo" else _rand(n, device=device)
+    mask = torch.rand(n, t, device=device) > 0.2
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, group_size=4, response_mask=mask, preset=preset))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dtypes(backend, device, dtype):
     r = _rand(32, device=device, dtype=dtype)

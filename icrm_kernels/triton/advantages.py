@@ -136,6 +136,15 @@ def _load_rows(r_ptr, order_ptr, start, length, c, cols,
 
 
 @triton.jit
+def _token_range(T, BLOCK_T: tl.constexpr):
+    """The tokens [t_lo, t_hi) of this program: axis 1 of the grid splits T into equal chunks."""
+    per = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
+    t_lo = tl.program_id(1).to(tl.int64) * per
+    t_hi = tl.minimum(t_lo + per, T)
+    return t_lo, t_hi
+
+
+@triton.jit
 def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
                   num_groups, G, P, T, stride_mask, eps,
                   FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, BASELINE: tl.constexpr, SCALE: tl.constexpr,
@@ -218,9 +227,10 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
                 a = tl.where(single[:, None], float("nan"), a)
         a = tl.where(valid, a, 0.0)
         if TOKENS:
-            for t0 in range(0, T, BLOCK_T):
+            t_lo, t_hi = _token_range(T, BLOCK_T)
+            for t0 in range(t_lo, t_hi, BLOCK_T):
                 tt = t0 + tl.arange(0, BLOCK_T)
-                m3 = inb[:, :, None] & (tt[None, None, :] < T)
+                m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
                 mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
                 val = a[:, :, None] * mk.to(a.dtype)
                 tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty), mask=m3)
@@ -262,9 +272,10 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
         keep = keep & (rr == rr)
     res = tl.where(keep, (a - mean) * mul, tl.where(a == a, 0.0, a))
     if TOKENS:
-        for t0 in range(0, T, BLOCK_T):
+        t_lo, t_hi = _token_range(T, BLOCK_T)
+        for t0 in range(t_lo, t_hi, BLOCK_T):
             tt = t0 + tl.arange(0, BLOCK_T)
-            m2 = rm[:, None] & (tt[None, :] < T)
+            m2 = rm[:, None] & (tt[None, :] < t_hi)
             mk = tl.load(mask_ptr + rows[:, None] * stride_mask + tt[None, :], mask=m2, other=0)
             val = res[:, None] * mk.to(res.dtype)
             tl.store(out_ptr + rows[:, None] * T + tt[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
@@ -365,9 +376,10 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
                 a = tl.where(single[:, None], float("nan"), a)
             a = tl.where(valid, a, 0.0)
             if TOKENS:
-                for t0 in range(0, T, BLOCK_T):
+                t_lo, t_hi = _token_range(T, BLOCK_T)
+                for t0 in range(t_lo, t_hi, BLOCK_T):
                     tt = t0 + tl.arange(0, BLOCK_T)
-                    m3 = inb[:, :, None] & (tt[None, None, :] < T)
+                    m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
                     mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
                     val = a[:, :, None] * mk.to(a.dtype)
                     tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty),
@@ -437,7 +449,7 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
                 num_warps=8 if block_b * block_l * block_t >= 2048 else 4)
     common = (cu if cu is not None else r, order if order is not None else r)
     tail = (num_groups, group_size or 0)
-    _bnpo_kernel[grid](r, out, *common, pbuf, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, 1, 0, 0,
+    _bnpo_kernel[grid[:1]](r, out, *common, pbuf, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, 1, 0, 0,
                        lo, 1.0 / (hi - lo), PHASE=1, BLOCK_P=2, **args)
     parts, P = _moments(pbuf, wbuf, None, False, f64, process_group)
     T = mask.shape[1] if mask is not None else 0
@@ -481,10 +493,12 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         avg = n // max(1, cu.numel() - 1) if order is None else 16
         block_l = min(max(triton.next_power_of_2(max(avg, 1)), 16), 256)
     tokens_here = mask is not None and wcode == 0
-    block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 64) if tokens_here else 1
+    block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if tokens_here else 1
     block_b = max(1, (2048 if not tokens_here else 2048 // block_t) // block_l)
     a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
-    grid = (triton.cdiv(max(num_groups, 1), block_b),)
+    # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
+    t_splits = triton.cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
+    grid = (triton.cdiv(max(num_groups, 1), block_b), t_splits)
     dummy = r
     if s == 3:
         _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,
@@ -504,7 +518,8 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64, process_group)
     block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
     block_r = max(1, 2048 // block_t) if mask is not None else 1024
-    _whiten_kernel[(triton.cdiv(n, block_r),)](
+    t_splits = triton.cdiv(T, 2 * block_t) if mask is not None and T > 0 else 1
+    _whiten_kernel[(triton.cdiv(n, block_r), t_splits)](
         a_buf, whiten_weights if whiten_weights is not None else a_buf, r, parts2, out,
         mask if mask is not None else a_buf, n, P2, T, mask.stride(0) if mask is not None else 0, float(whiten_eps),
         FORM=WHITEN_STD[whiten_std], UNBIASED=bool(std_unbiased), HAS_W=whiten_weights is not None,
@@ -536,7 +551,7 @@ AOT_SPECS = [
     _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=2, block_b=32, block_l=64),
     _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=128, block_l=16, num_warps=8),
     _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16, num_warps=8),
-    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=4, block_l=8, block_t=64),
+    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=2, block_l=8, block_t=128),
     _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=3, scale=1, block_b=128, block_l=16, f64=True),
     *[AotSpec(_bnpo_kernel,
               signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
