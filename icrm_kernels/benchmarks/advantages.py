@@ -1,7 +1,7 @@
 """Benchmarks of group_advantages against verl (loop and vectorized), TRL and our reference.
 
 GPU (non-quick): N = 4K, 64K, 1M at G = 8 (GRPO preset), ragged and unsorted-index at 64K,
-trl_batch at 64K, token broadcast T = 1024 at N = 4K; the verl loop only up to 64K (it is slow).
+trl_batch, dler and bnpo at 64K, token broadcast T = 1024 at N = 4K; the verl loop only up to 64K (it is slow).
 CPU: N = 1M, G = 8 (quick: 64K). bytes = rewards read + advantages written (+ mask read and
 token output written).
 """
@@ -50,7 +50,8 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
     if loop and n <= 65536:
         ids_list = ids.tolist()
         rc = r.cpu()
-        cases.append(Case(FAMILY, op, "verl-loop", shape, n, nbytes, lambda: peers.verl_grpo_loop(rc, ids_list), dev))
+        cases.append(Case(FAMILY, op, "verl-loop", shape, n, nbytes, lambda: peers.verl_grpo_loop(rc, ids_list), dev,
+                          note="CPU tensors and Python lists, as verl's driver runs it"))
     if n <= 65536:
         def _ref():
             with use_backend("reference"):
@@ -70,6 +71,27 @@ def _trl_batch_cases(n, g, device):
     return [
         Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_batch"), dev),
         Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "batch"), dev),
+    ]
+
+
+def _whiten_and_bnpo_cases(n, g, device):
+    dev = str(device)
+    r = _rewards(n, device)
+    b = (r > 0).float()
+    shape = f"N={n} G={g}"
+    nbytes = 2 * n * r.element_size()
+
+    def _bnpo_ref():
+        with use_backend("reference"):
+            return group_advantages(b, group_size=g, preset="bnpo")
+
+    return [
+        Case(FAMILY, "group_advantages[dler]", "icrm", shape, n, nbytes,
+             lambda: group_advantages(r, group_size=g, preset="dler"), dev),
+        Case(FAMILY, "group_advantages[dler]", "torch-eager", shape, n, nbytes, lambda: peers.dler_eager(r, g), dev),
+        Case(FAMILY, "group_advantages[bnpo]", "icrm", shape, n, nbytes,
+             lambda: group_advantages(b, group_size=g, preset="bnpo"), dev),
+        Case(FAMILY, "group_advantages[bnpo]", "icrm-ref", shape, n, nbytes, _bnpo_ref, dev),
     ]
 
 
@@ -102,10 +124,12 @@ def cases(device, quick=False):
         if not quick:
             out += _grpo_cases(65536, 64, device, loop=False)
             out += _grpo_cases(65536, 4, device, loop=False)
+        out += _whiten_and_bnpo_cases(65536, 8, device)
         out += _token_cases(4096, 8, 1024, device)
         return out
     n = 65536 if quick else 1 << 20
     out += _grpo_cases(n, 8, device, loop=quick)
     out += _trl_batch_cases(n, 8, device)
     out += _grpo_cases(n if quick else 1 << 18, 8, device, index=True, loop=False)
+    out += _whiten_and_bnpo_cases(n, 8, device)
     return out

@@ -5,6 +5,7 @@
 - ``verl_grpo_vectorized``: verl's vectorized GRPO estimator — dense group ids from the uids,
   scatter-add sums and squares, unbiased std, singleton mean 0 / std 1, then
   ``(scores - mean[g]) / (std[g] + eps)``.
+- ``dler_eager``: DLER's group-mean baseline plus batch whitening, written as eager torch.
 - ``trl_grpo``: TRL ``GRPOTrainer`` advantage code — nansum over reward functions, ``view(-1, G)``
   mean / std, ``repeat_interleave``, divide by ``std + 1e-4``.
 """
@@ -69,3 +70,10 @@ def trl_grpo(rewards_per_func, reward_weights, num_generations, scale_rewards="g
     if scale_rewards != "none":
         advantages = advantages / (std + 1e-4)
     return advantages
+
+
+def dler_eager(rewards, num_generations, eps=1e-6):
+    """DLER in eager torch: group-mean baseline, then batch whitening with the unbiased std."""
+    a = rewards.view(-1, num_generations)
+    a = (a - a.mean(dim=1, keepdim=True)).flatten()
+    return (a - a.mean()) / (a.std() + eps)
