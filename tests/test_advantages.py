@@ -495,6 +495,14 @@ def test_tensors_on_different_devices():
         group_advantages(r, group_index=ids)
 
 
+def test_direct_launcher(backend, device):
+    r = _rand(24, device=device)
+    mask = torch.rand(24, 5, device=device) > 0.3
+    for kw in (dict(group_size=4, preset="verl_grpo"), dict(group_index=torch.randint(0, 4, (24,), device=device),
+                                                             preset="verl_reinforce_pp_baseline", response_mask=mask)):
+        assert_close(ik.group_advantages_direct(r, **kw), group_advantages(r, **kw), atol=1e-6, rtol=1e-6)
+
+
 def test_unchecked_skips_value_checks():
     r = torch.tensor([1.0, float("nan"), 2.0, 3.0])
     with ik.unchecked():

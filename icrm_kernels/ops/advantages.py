@@ -1,7 +1,8 @@
 """``group_advantages``: grouped reward normalization for GRPO, RLOO, Dr. GRPO, REINFORCE++,
 DLER, BNPO and the verl / TRL / OpenRLHF conventions (SPEC §1).
 
-Public API: :func:`group_advantages`, :data:`PRESETS`, :func:`selfcheck`.
+Public API: :func:`group_advantages` (the torch.library op), :func:`group_advantages_direct`
+(thin launcher, no checks), :data:`PRESETS`, :func:`selfcheck`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from icrm_kernels._checks import (
 from icrm_kernels.reference import advantages as ref
 from icrm_kernels.reference.advantages import PRESETS, resolve_options
 
-__all__ = ["group_advantages", "PRESETS", "selfcheck"]
+__all__ = ["group_advantages", "group_advantages_direct", "PRESETS", "selfcheck"]
 
 _CPP_CODES = dict(
     baseline={"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3},
@@ -338,6 +339,22 @@ def group_advantages(
         rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o["baseline"], o["scale"],
         o["whiten"], o["eps"], o["std_unbiased"], o["singleton"], o["nan_policy"], o["aggregation"], lo, hi,
         o["whiten_eps"], o["whiten_std"])
+
+
+def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_index=None, reward_weights=None,
+                            response_mask=None, preset=None, **options):
+    """Thin launcher for hot loops: :func:`group_advantages` without validation, without the
+    torch.library dispatcher and without autograd (the result never requires grad). Same
+    options; malformed inputs give unspecified results. Not for torch.compile (use the op).
+    """
+    o = resolve_options(preset, **options)
+    if o["nan_policy"] == "raise":
+        o["nan_policy"] = "propagate"
+    backend = _backend.select(rewards.device, cpp_op="group_advantages")
+    with torch.no_grad():
+        if backend == "reference":
+            return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+        return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
 
 
 # ------------------------------------------------------------------------ selfcheck
