@@ -79,13 +79,16 @@ def test_nan_policies(backend, device, layout, nan_policy):
 def test_multi_component(backend, device, aggregation, nan_policy):
     n, k = 16, 3
     r = _rand(n, k, device=device)
+    r[3, 1] = float("nan")  # one component: nansum'd under omit
     if nan_policy == "omit":
-        r[3, 1] = float("nan")  # one component: nansum'd
         r[9, :] = float("nan")  # every component: the row is omitted
     w = torch.rand(k, device=device) + 0.5
     out = assert_matches_reference(group_advantages, group_advantages_reference,
                                    dict(rewards=r, group_size=4, reward_weights=w, aggregation=aggregation,
                                         nan_policy=nan_policy, scale="group_std"))["out"]
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, group_size=4, reward_weights=w, aggregation=aggregation,
+                                  nan_policy=nan_policy, whiten="sample", baseline="leave_one_out", scale="none"))
     if nan_policy == "omit":
         assert out[9] == 0 and torch.isfinite(out).all()
 

@@ -123,13 +123,13 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
     S = torch.where(row_nan, torch.full_like(S, math.nan), S)
     last = o["whiten"] == "none"
     A = _core(backend, S, lay, o, baseline="none", scale="none", whiten="sample", eps=0.0, whiten_eps=o["eps"],
-              whiten_std="std_eps", omit=True, mask=mask if last else None, whiten_weights=None,
+              whiten_std="std_eps", omit=omit, mask=mask if last else None, whiten_weights=None,
               out_dtype=out_dtype if last else acc, process_group=process_group)
     if last:
         return A
     A = torch.where(row_nan, torch.full_like(A, math.nan), A)
     return _core(backend, A, lay, o, baseline="none", scale="none", whiten=o["whiten"], mask=mask,
-                 whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0, omit=True))
+                 whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
 
 
 def _reference(rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):

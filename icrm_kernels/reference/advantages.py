@@ -308,7 +308,7 @@ def group_advantages_reference(
         A = normalize_one(r, gid, B, o, reduce=reduce)
     else:  # normalize_then_sum (TRL GDPO): per component, weighted sum, then batch normalization
         A = sum(w[k] * normalize_one(R[:, k], gid, B, o, reduce=reduce) for k in range(K))
-        keep = (~row_nan).to(A.dtype)
+        keep = (~row_nan).to(A.dtype) if omit else torch.ones_like(A)  # propagate: a NaN poisons the batch
         A = whiten_values(A, keep, eps=o["eps"], unbiased=o["std_unbiased"], form="std_eps", reduce=reduce)
 
     if o["whiten"] != "none":
