@@ -44,34 +44,43 @@ inline Moments merge(const Moments& a, const Moments& b) {
   return m;
 }
 
-// Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when omit.
+// Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
+// shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
+// for identical values), four independent accumulators (fixed order: deterministic).
+template <typename T, bool OMIT, bool HAS_W>
+Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
+  Moments m;
+  int64_t first = lo;
+  while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
+  if (first == hi) return m;
+  const double pivot = static_cast<double>(x[first]);
+  double W[4] = {0, 0, 0, 0}, S1[4] = {0, 0, 0, 0}, S2[4] = {0, 0, 0, 0};
+  for (int64_t i = first; i < hi; ++i) {
+    const double v = static_cast<double>(x[i]);
+    double wi = HAS_W ? w[i] : 1.0;
+    double d = v - pivot;
+    if (OMIT && std::isnan(v)) { wi = 0.0; d = 0.0; }
+    if (HAS_W && wi == 0.0) d = 0.0;
+    const int k = static_cast<int>(i & 3);
+    W[k] += wi;
+    S1[k] += wi * d;
+    S2[k] += wi * d * d;
+  }
+  const double Wt = (W[0] + W[1]) + (W[2] + W[3]);
+  const double St = (S1[0] + S1[1]) + (S1[2] + S1[3]);
+  const double S2t = (S2[0] + S2[1]) + (S2[2] + S2[3]);
+  if (Wt == 0.0) return m;
+  m.W = Wt;
+  m.mean = pivot + St / Wt;
+  m.M2 = std::max(S2t - St * St / Wt, 0.0);
+  if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
+  return m;
+}
+
 template <typename T>
 Moments chunk_moments(const T* x, const double* w, int64_t lo, int64_t hi, bool omit) {
-  Moments m;
-  double pivot = 0.0;
-  bool have = false;
-  double W = 0.0, S = 0.0;
-  for (int64_t i = lo; i < hi; ++i) {
-    const double v = static_cast<double>(x[i]);
-    const double wi = w ? w[i] : 1.0;
-    if ((omit && std::isnan(v)) || wi == 0.0) continue;
-    if (!have) { pivot = v; have = true; }
-    W += wi;
-    S += wi * (v - pivot);
-  }
-  if (W == 0.0) return m;
-  const double mean = pivot + S / W;
-  double M2 = 0.0;
-  for (int64_t i = lo; i < hi; ++i) {
-    const double v = static_cast<double>(x[i]);
-    const double wi = w ? w[i] : 1.0;
-    if ((omit && std::isnan(v)) || wi == 0.0) continue;
-    M2 += wi * (v - mean) * (v - mean);
-  }
-  m.W = W;
-  m.mean = mean;
-  m.M2 = M2;
-  return m;
+  if (omit) return w ? chunk_moments_t<T, true, true>(x, w, lo, hi) : chunk_moments_t<T, true, false>(x, w, lo, hi);
+  return w ? chunk_moments_t<T, false, true>(x, w, lo, hi) : chunk_moments_t<T, false, false>(x, w, lo, hi);
 }
 
 template <typename T>
@@ -101,7 +110,7 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
     if constexpr (ORDER) return order[j];
     else return j;
   };
-  // pass 1: count, pivot (first valid value), shifted sum
+  // pass 1: count, pivot (first valid value), shifted sum (branch-free: NaN rows add 0 when OMIT)
   double n = 0.0, pivot = 0.0, S1 = 0.0;
   int64_t first = lo;
   if constexpr (OMIT) {
@@ -111,10 +120,13 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   for (int64_t j = first; j < hi; ++j) {
     const double v = static_cast<double>(r[row(j)]);
     if constexpr (OMIT) {
-      if (std::isnan(v)) continue;
+      const bool ok = v == v;
+      n += ok ? 1.0 : 0.0;
+      S1 += ok ? v - pivot : 0.0;
+    } else {
+      n += 1.0;
+      S1 += v - pivot;
     }
-    n += 1.0;
-    S1 += v - pivot;
   }
   const double shift = S1 / n;  // mean = pivot + shift
   const bool single = n == 1.0;
@@ -124,10 +136,8 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
     double M2 = 0.0;
     for (int64_t j = first; j < hi; ++j) {
       const double v = static_cast<double>(r[row(j)]);
-      if constexpr (OMIT) {
-        if (std::isnan(v)) continue;
-      }
-      const double d = (v - pivot) - shift;
+      double d = (v - pivot) - shift;
+      if constexpr (OMIT) d = v == v ? d : 0.0;
       M2 += d * d;
     }
     s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
@@ -142,19 +152,13 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   for (int64_t j = lo; j < hi; ++j) {
     const int64_t i = row(j);
     const double v = static_cast<double>(r[i]);
-    double a;
-    if (OMIT && std::isnan(v)) {
-      a = 0.0;
-    } else if (to_const) {
-      a = const_value;
-    } else {
-      double centered;
-      if constexpr (BASE == kGroupMean) centered = raw_single ? v : (v - pivot) - shift;
-      else if constexpr (BASE == kLeaveOneOut) centered = raw_single ? v : ((v - pivot) - shift) * loo;
-      else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
-      else centered = v;
-      a = centered * inv;
-    }
+    double centered;
+    if constexpr (BASE == kGroupMean) centered = raw_single ? v : (v - pivot) - shift;
+    else if constexpr (BASE == kLeaveOneOut) centered = raw_single ? v : ((v - pivot) - shift) * loo;
+    else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+    else centered = v;
+    double a = to_const ? const_value : centered * inv;
+    if constexpr (OMIT) a = v == v ? a : 0.0;
     out[i] = static_cast<T>(a);
   }
 }
