@@ -55,7 +55,8 @@ OPTION_SETS = [
 def test_options_match_reference(backend, device, layout, opts):
     n = 24
     r = _rand(n, device=device)
-    assert_matches_reference(group_advantages, group_advantages_reference, dict(rewards=r, **_layout(layout, n, device), **opts))
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, **_layout(layout, n, device), **opts))
 
 
 @pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
@@ -67,7 +68,8 @@ def test_nan_policies(backend, device, layout, nan_policy):
     for opts in (dict(baseline="group_mean", scale="group_std"), dict(baseline="group_mean", scale="batch_std"),
                  dict(baseline="leave_one_out", scale="none", whiten="sample")):
         out = assert_matches_reference(group_advantages, group_advantages_reference,
-                                       dict(rewards=r, nan_policy=nan_policy, **_layout(layout, n, device), **opts))["out"]
+                                       dict(rewards=r, nan_policy=nan_policy, **_layout(layout, n, device),
+                                            **opts))["out"]
         if nan_policy == "omit":
             assert torch.isfinite(out).all() and out[2] == 0 and out[13] == 0
         else:

@@ -2,8 +2,8 @@
 result on the concatenated batch (groups never straddle ranks).
 
 One spawn covers both paths: "auto" (on the CPU: the float64 reference with all-gathered
-summaries) and, where Triton runs (interpreter or GPU), the kernels with each batch summary
-all-gathered between launches.
+summaries) and, under the Triton interpreter, the kernels with each batch summary all-gathered
+between launches (the same launcher code the GPU runs).
 """
 import os
 import socket
@@ -31,7 +31,8 @@ G = 4
 def _backends():
     from icrm_kernels import _backend
 
-    return ["auto"] + (["triton"] if _backend.HAS_TRITON and (_backend.triton_interpreting() or torch.cuda.is_available()) else [])
+    # gloo runs on CPU tensors: the kernels take part only through the interpreter
+    return ["auto"] + (["triton"] if _backend.HAS_TRITON and _backend.triton_interpreting() else [])
 
 
 def _inputs(seed, n):

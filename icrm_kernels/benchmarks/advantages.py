@@ -12,7 +12,6 @@ import torch
 from icrm_kernels import group_advantages, use_backend
 from icrm_kernels.benchmarks import baselines_advantages as peers
 from icrm_kernels.benchmarks.harness import Case
-from icrm_kernels.reference.advantages import group_advantages_reference
 
 FAMILY = "grouped"
 

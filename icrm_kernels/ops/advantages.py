@@ -318,7 +318,8 @@ def group_advantages(
     if response_mask is not None:
         check_tensor(response_mask, "response_mask", ndim=2)
         if response_mask.shape[0] != n:
-            raise ValueError(f"response_mask must have one row per reward ({n}), got shape {tuple(response_mask.shape)}")
+            raise ValueError(f"response_mask must have one row per reward ({n}), "
+                             f"got shape {tuple(response_mask.shape)}")
     if o["whiten"] == "token" and response_mask is None:
         raise ValueError("whiten='token' needs response_mask[N, T] (each sample is weighted by its valid tokens)")
     if o["nan_policy"] == "raise" and value_checks_enabled() and n and bool(torch.isnan(rewards).any()):

@@ -12,7 +12,7 @@ Also home of the preset table (pure Python, shared by the ops and the tests).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -129,7 +129,8 @@ def merge_moments(parts) -> torch.Tensor:
         frac = torch.where(W > 0, p[0] / W, torch.zeros_like(W))
         mean = torch.where(total[0] > 0, total[1] + delta * frac, p[1])
         mean = torch.where(p[0] > 0, mean, total[1])
-        M2 = total[2] + p[2] + torch.where((total[0] > 0) & (p[0] > 0), delta * delta * total[0] * frac, torch.zeros_like(W))
+        both = (total[0] > 0) & (p[0] > 0)
+        M2 = total[2] + p[2] + torch.where(both, delta * delta * total[0] * frac, torch.zeros_like(W))
         total = torch.stack([W, mean, M2])
     return total
 
