@@ -54,21 +54,33 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
   while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
   if (first == hi) return m;
   const double pivot = static_cast<double>(x[first]);
-  double W[4] = {0, 0, 0, 0}, S1[4] = {0, 0, 0, 0}, S2[4] = {0, 0, 0, 0};
-  for (int64_t i = first; i < hi; ++i) {
+  // four independent accumulators (registers), combined in a fixed order
+  double W0 = 0, W1 = 0, W2 = 0, W3 = 0, A0 = 0, A1 = 0, A2 = 0, A3 = 0, B0 = 0, B1 = 0, B2 = 0, B3 = 0;
+  auto term = [&](int64_t i, double& Wk, double& Ak, double& Bk) {
     const double v = static_cast<double>(x[i]);
     double wi = HAS_W ? w[i] : 1.0;
     double d = v - pivot;
-    if (OMIT && std::isnan(v)) { wi = 0.0; d = 0.0; }
-    if (HAS_W && wi == 0.0) d = 0.0;
-    const int k = static_cast<int>(i & 3);
-    W[k] += wi;
-    S1[k] += wi * d;
-    S2[k] += wi * d * d;
+    if (OMIT) {
+      const bool ok = v == v;
+      wi = ok ? wi : 0.0;
+      d = ok ? d : 0.0;
+    }
+    if (HAS_W) d = wi == 0.0 ? 0.0 : d;
+    Wk += wi;
+    Ak += wi * d;
+    Bk += wi * d * d;
+  };
+  int64_t i = first;
+  for (; i + 4 <= hi; i += 4) {
+    term(i, W0, A0, B0);
+    term(i + 1, W1, A1, B1);
+    term(i + 2, W2, A2, B2);
+    term(i + 3, W3, A3, B3);
   }
-  const double Wt = (W[0] + W[1]) + (W[2] + W[3]);
-  const double St = (S1[0] + S1[1]) + (S1[2] + S1[3]);
-  const double S2t = (S2[0] + S2[1]) + (S2[2] + S2[3]);
+  for (; i < hi; ++i) term(i, W0, A0, B0);
+  const double Wt = (W0 + W1) + (W2 + W3);
+  const double St = (A0 + A1) + (A2 + A3);
+  const double S2t = (B0 + B1) + (B2 + B3);
   if (Wt == 0.0) return m;
   m.W = Wt;
   m.mean = pivot + St / Wt;
@@ -102,9 +114,12 @@ struct Options {
 };
 
 // One group: rows lo..hi of the (sorted) layout; compile-time flags keep the loops tight.
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi, const Options& o,
-                                double batch_mean, double batch_std) {
+// GS > 0: the group size is a compile-time constant (fixed layouts with G = 4, 8 or 16), so
+// the loops unroll; NaN rows are masked (branch-free), so every loop runs over lo..hi.
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi_rt,
+                                const Options& o, double batch_mean, double batch_std) {
+  const int64_t hi = GS > 0 ? lo + GS : hi_rt;
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
   auto row = [&](int64_t j) -> int64_t {
     if constexpr (ORDER) return order[j];
@@ -117,7 +132,7 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
     while (first < hi && std::isnan(static_cast<double>(r[row(first)]))) ++first;
   }
   if (first < hi) pivot = static_cast<double>(r[row(first)]);
-  for (int64_t j = first; j < hi; ++j) {
+  for (int64_t j = lo; j < hi; ++j) {
     const double v = static_cast<double>(r[row(j)]);
     if constexpr (OMIT) {
       const bool ok = v == v;
@@ -134,7 +149,7 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   double s = 1.0;
   if constexpr (SCALE == kGroupStd) {
     double M2 = 0.0;
-    for (int64_t j = first; j < hi; ++j) {
+    for (int64_t j = lo; j < hi; ++j) {
       const double v = static_cast<double>(r[row(j)]);
       double d = (v - pivot) - shift;
       if constexpr (OMIT) d = v == v ? d : 0.0;
@@ -163,7 +178,7 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   }
 }
 
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
 void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
                         int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
@@ -171,9 +186,22 @@ void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* or
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t lo = group_size > 0 ? g * group_size : cu[g];
       const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
-      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, lo, hi, o, batch_mean, batch_std);
+      if (hi > lo)
+        normalize_one_group<T, OMIT, ORDER, BASE, SCALE, GS>(r, out, order, lo, hi, o, batch_mean, batch_std);
     }
   });
+}
+
+template <typename T, bool OMIT, bool ORDER, int64_t B, int64_t S>
+void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
+                const Options& o, double bm, double bs) {
+  if constexpr (!ORDER) {
+    if (group_size == 4) return normalize_groups_t<T, OMIT, false, B, S, 4>(r, out, cu, order, 4, num_groups, o, bm, bs);
+    if (group_size == 8) return normalize_groups_t<T, OMIT, false, B, S, 8>(r, out, cu, order, 8, num_groups, o, bm, bs);
+    if (group_size == 16)
+      return normalize_groups_t<T, OMIT, false, B, S, 16>(r, out, cu, order, 16, num_groups, o, bm, bs);
+  }
+  normalize_groups_t<T, OMIT, ORDER, B, S, 0>(r, out, cu, order, group_size, num_groups, o, bm, bs);
 }
 
 template <typename T, bool OMIT, bool ORDER>
@@ -181,7 +209,7 @@ void dispatch_options(const T* r, T* out, const int64_t* cu, const int64_t* orde
                       int64_t num_groups, const Options& o, double bm, double bs) {
 #define ICRM_CASE(B, S)                                                                                         \
   if (o.baseline == B && o.scale == S)                                                                          \
-    return normalize_groups_t<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    return fixed_size<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
   ICRM_CASE(kBaseNone, kScaleNone) ICRM_CASE(kBaseNone, kGroupStd) ICRM_CASE(kBaseNone, kBatchStd)
   ICRM_CASE(kGroupMean, kScaleNone) ICRM_CASE(kGroupMean, kGroupStd) ICRM_CASE(kGroupMean, kBatchStd)
   ICRM_CASE(kLeaveOneOut, kScaleNone) ICRM_CASE(kLeaveOneOut, kGroupStd) ICRM_CASE(kLeaveOneOut, kBatchStd)
