@@ -12,7 +12,8 @@ from icrm_kernels._checks import unchecked
 __version__ = "0.1.0"
 
 # --- family 1a: grouped advantages, GRPO/RLOO/.../BNPO (SPEC §1) -----------------------------
-# (imports of ops/advantages.py go here)
+from icrm_kernels.ops.advantages import PRESETS as ADVANTAGE_PRESETS  # noqa: E402
+from icrm_kernels.ops.advantages import group_advantages, group_advantages_direct  # noqa: E402
 
 
 # --- family 1b: pairwise group ops, Pref-GRPO win rate and R2M's GREBT loss (SPEC §1) ---------

@@ -1,0 +1,430 @@
+// CPU kernels of group_advantages (SPEC §1): one component of rewards, already aggregated.
+//
+//   A_i = (r_i - b_i) / (s_i + eps), then optionally whitened over the batch.
+//
+// Layouts: fixed (group_size > 0), ragged (cu[B+1]) or index (cu over the sorted rows plus
+// order[N], sorted position -> original row). Three phases, each parallel over a fixed
+// partition (so results do not depend on the thread count: deterministic):
+//   1. batch moments of the raw rewards (only for baseline=batch_mean / scale=batch_std),
+//   2. per group: n, mean, M2 (two passes over the group's rows, shifted by the group's first
+//      valid value so identical rewards give exactly 0), then A for every row,
+//   3. whitening (optional): weighted batch moments of A, then (A - mean) * spread.
+// All statistics accumulate in double. Option codes match icrm_kernels/ops/advantages.py.
+#include "common.h"
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+namespace icrm {
+namespace {
+
+enum Baseline : int64_t { kBaseNone = 0, kGroupMean = 1, kLeaveOneOut = 2, kBatchMean = 3 };
+enum Scale : int64_t { kScaleNone = 0, kGroupStd = 1, kBatchStd = 2, kBnpo = 3 };
+enum Whiten : int64_t { kWhitenNone = 0, kSample = 1, kToken = 2 };
+enum Singleton : int64_t { kZero = 0, kRaw = 1, kNan = 2 };
+enum WhitenStd : int64_t { kStdEps = 0, kRsqrtEps = 1, kRsqrtClamp = 2 };
+
+constexpr int64_t kChunk = 1 << 16;  // fixed partition of the batch reductions
+
+struct Moments {
+  double W = 0.0, mean = 0.0, M2 = 0.0;
+};
+
+// Chan et al.'s exact merge; an empty side leaves the other unchanged (bitwise).
+inline Moments merge(const Moments& a, const Moments& b) {
+  if (b.W == 0.0) return a;
+  if (a.W == 0.0) return b;
+  Moments m;
+  m.W = a.W + b.W;
+  const double delta = b.mean - a.mean;
+  const double frac = b.W / m.W;
+  m.mean = a.mean + delta * frac;
+  m.M2 = a.M2 + b.M2 + delta * delta * a.W * frac;
+  return m;
+}
+
+// Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
+// shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
+// for identical values), four independent accumulators (fixed order: deterministic).
+template <typename T, bool OMIT, bool HAS_W>
+Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
+  Moments m;
+  int64_t first = lo;
+  while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
+  if (first == hi) return m;
+  const double pivot = static_cast<double>(x[first]);
+  // four independent accumulators (registers), combined in a fixed order
+  double W0 = 0, W1 = 0, W2 = 0, W3 = 0, A0 = 0, A1 = 0, A2 = 0, A3 = 0, B0 = 0, B1 = 0, B2 = 0, B3 = 0;
+  auto term = [&](int64_t i, double& Wk, double& Ak, double& Bk) {
+    const double v = static_cast<double>(x[i]);
+    double wi = HAS_W ? w[i] : 1.0;
+    double d = v - pivot;
+    if (OMIT) {
+      const bool ok = v == v;
+      wi = ok ? wi : 0.0;
+      d = ok ? d : 0.0;
+    }
+    if (HAS_W) d = wi == 0.0 ? 0.0 : d;
+    Wk += wi;
+    Ak += wi * d;
+    Bk += wi * d * d;
+  };
+  int64_t i = first;
+  for (; i + 4 <= hi; i += 4) {
+    term(i, W0, A0, B0);
+    term(i + 1, W1, A1, B1);
+    term(i + 2, W2, A2, B2);
+    term(i + 3, W3, A3, B3);
+  }
+  for (; i < hi; ++i) term(i, W0, A0, B0);
+  const double Wt = (W0 + W1) + (W2 + W3);
+  const double St = (A0 + A1) + (A2 + A3);
+  const double S2t = (B0 + B1) + (B2 + B3);
+  if (Wt == 0.0) return m;
+  m.W = Wt;
+  m.mean = pivot + St / Wt;
+  m.M2 = std::max(S2t - St * St / Wt, 0.0);
+  if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
+  return m;
+}
+
+template <typename T>
+Moments chunk_moments(const T* x, const double* w, int64_t lo, int64_t hi, bool omit) {
+  if (omit) return w ? chunk_moments_t<T, true, true>(x, w, lo, hi) : chunk_moments_t<T, true, false>(x, w, lo, hi);
+  return w ? chunk_moments_t<T, false, true>(x, w, lo, hi) : chunk_moments_t<T, false, false>(x, w, lo, hi);
+}
+
+template <typename T>
+Moments batch_moments(const T* x, const double* w, int64_t n, bool omit) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<Moments> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) parts[c] = chunk_moments(x, w, c * kChunk, std::min(n, (c + 1) * kChunk), omit);
+  });
+  Moments total;
+  for (const auto& p : parts) total = merge(total, p);  // fixed order: deterministic
+  return total;
+}
+
+struct Options {
+  int64_t baseline, scale, whiten, singleton, whiten_std;
+  double eps, whiten_eps;
+  bool unbiased, omit;
+};
+
+// One group: rows lo..hi of the (sorted) layout; compile-time flags keep the loops tight.
+// GS > 0: the group size is a compile-time constant (fixed layouts with G = 4, 8 or 16), so
+// the loops unroll; NaN rows are masked (branch-free), so every loop runs over lo..hi.
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi_rt,
+                                const Options& o, double batch_mean, double batch_std) {
+  const int64_t hi = GS > 0 ? lo + GS : hi_rt;
+  constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
+  auto row = [&](int64_t j) -> int64_t {
+    if constexpr (ORDER) return order[j];
+    else return j;
+  };
+  // pass 1: count, pivot (first valid value), shifted sum (branch-free: NaN rows add 0 when OMIT)
+  double n = 0.0, pivot = 0.0, S1 = 0.0;
+  int64_t first = lo;
+  if constexpr (OMIT) {
+    while (first < hi && std::isnan(static_cast<double>(r[row(first)]))) ++first;
+  }
+  if (first < hi) pivot = static_cast<double>(r[row(first)]);
+  for (int64_t j = lo; j < hi; ++j) {
+    const double v = static_cast<double>(r[row(j)]);
+    if constexpr (OMIT) {
+      const bool ok = v == v;
+      n += ok ? 1.0 : 0.0;
+      S1 += ok ? v - pivot : 0.0;
+    } else {
+      n += 1.0;
+      S1 += v - pivot;
+    }
+  }
+  const double shift = S1 / n;  // mean = pivot + shift
+  const bool single = n == 1.0;
+  const bool raw_single = single && o.singleton == kRaw;
+  double s = 1.0;
+  if constexpr (SCALE == kGroupStd) {
+    double M2 = 0.0;
+    for (int64_t j = lo; j < hi; ++j) {
+      const double v = static_cast<double>(r[row(j)]);
+      double d = (v - pivot) - shift;
+      if constexpr (OMIT) d = v == v ? d : 0.0;
+      M2 += d * d;
+    }
+    s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
+  } else if constexpr (SCALE == kBatchStd) {
+    s = batch_std;
+  }
+  const double inv = 1.0 / (s + o.eps);
+  const double loo = n / (n - 1.0);
+  const bool to_const = group_level && single && o.singleton != kRaw;
+  const double const_value = o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+  // pass 2: write (r - b) * inv, written so identical rewards give exactly 0
+  for (int64_t j = lo; j < hi; ++j) {
+    const int64_t i = row(j);
+    const double v = static_cast<double>(r[i]);
+    double centered;
+    if constexpr (BASE == kGroupMean) centered = raw_single ? v : (v - pivot) - shift;
+    else if constexpr (BASE == kLeaveOneOut) centered = raw_single ? v : ((v - pivot) - shift) * loo;
+    else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+    else centered = v;
+    double a = to_const ? const_value : centered * inv;
+    if constexpr (OMIT) a = v == v ? a : 0.0;
+    out[i] = static_cast<T>(a);
+  }
+}
+
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
+void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                        int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
+  at::parallel_for(0, num_groups, grain, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t lo = group_size > 0 ? g * group_size : cu[g];
+      const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
+      if (hi > lo)
+        normalize_one_group<T, OMIT, ORDER, BASE, SCALE, GS>(r, out, order, lo, hi, o, batch_mean, batch_std);
+    }
+  });
+}
+
+template <typename T, bool OMIT, bool ORDER, int64_t B, int64_t S>
+void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
+                const Options& o, double bm, double bs) {
+  if constexpr (!ORDER) {
+    if (group_size == 4) return normalize_groups_t<T, OMIT, false, B, S, 4>(r, out, cu, order, 4, num_groups, o, bm, bs);
+    if (group_size == 8) return normalize_groups_t<T, OMIT, false, B, S, 8>(r, out, cu, order, 8, num_groups, o, bm, bs);
+    if (group_size == 16)
+      return normalize_groups_t<T, OMIT, false, B, S, 16>(r, out, cu, order, 16, num_groups, o, bm, bs);
+  }
+  normalize_groups_t<T, OMIT, ORDER, B, S, 0>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+}
+
+template <typename T, bool OMIT, bool ORDER>
+void dispatch_options(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                      int64_t num_groups, const Options& o, double bm, double bs) {
+#define ICRM_CASE(B, S)                                                                                         \
+  if (o.baseline == B && o.scale == S)                                                                          \
+    return fixed_size<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  ICRM_CASE(kBaseNone, kScaleNone) ICRM_CASE(kBaseNone, kGroupStd) ICRM_CASE(kBaseNone, kBatchStd)
+  ICRM_CASE(kGroupMean, kScaleNone) ICRM_CASE(kGroupMean, kGroupStd) ICRM_CASE(kGroupMean, kBatchStd)
+  ICRM_CASE(kLeaveOneOut, kScaleNone) ICRM_CASE(kLeaveOneOut, kGroupStd) ICRM_CASE(kLeaveOneOut, kBatchStd)
+  ICRM_CASE(kBatchMean, kScaleNone) ICRM_CASE(kBatchMean, kGroupStd) ICRM_CASE(kBatchMean, kBatchStd)
+#undef ICRM_CASE
+  TORCH_CHECK(false, "group_advantages: unknown baseline/scale code");
+}
+
+template <typename T>
+void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+                      int64_t num_groups, const Options& o, double bm, double bs) {
+  if (o.omit) {
+    if (order) dispatch_options<T, true, true>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    else dispatch_options<T, true, false>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  } else {
+    if (order) dispatch_options<T, false, true>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    else dispatch_options<T, false, false>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  }
+}
+
+// BNPO (scale code 3): s = clamp((r - lo) / (hi - lo), 0, 1); p_g = group mean of s (0 for a
+// singleton under the original rules); alpha, beta from the mean and unbiased variance of p over
+// the groups; A_i = clamp(1 / BetaPDF(p_g; alpha, beta), 0, 1e6) * (s_i - p_g).
+template <typename T>
+void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
+          const Options& o, double lo, double hi) {
+  const double inv_range = 1.0 / (hi - lo);
+  auto scaled = [&](double v) { return std::isnan(v) ? v : std::min(std::max((v - lo) * inv_range, 0.0), 1.0); };
+  std::vector<double> p(num_groups), n(num_groups), w(num_groups);
+  auto bounds = [&](int64_t g, int64_t& a, int64_t& b) {
+    a = group_size > 0 ? g * group_size : cu[g];
+    b = group_size > 0 ? a + group_size : cu[g + 1];
+  };
+  auto row = [&](int64_t j) { return order ? order[j] : j; };
+  at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      int64_t a, b;
+      bounds(g, a, b);
+      double cnt = 0.0, pivot = 0.0, S1 = 0.0;
+      bool have = false;
+      for (int64_t j = a; j < b; ++j) {
+        const double s = scaled(static_cast<double>(r[row(j)]));
+        if (o.omit && std::isnan(s)) continue;
+        if (!have) { pivot = s; have = true; }
+        cnt += 1.0;
+        S1 += s - pivot;
+      }
+      double pg = cnt > 0 ? pivot + S1 / cnt : 0.0;
+      const bool single = cnt == 1.0;
+      bool in_stats = cnt > 0 && (o.singleton == kRaw || !single);
+      if (single && o.singleton == kRaw) pg = 0.0;  // the original code: p = 0 for a singleton
+      p[g] = in_stats ? pg : 0.0;
+      n[g] = cnt;
+      w[g] = in_stats ? 1.0 : 0.0;
+    }
+  });
+  const Moments m = chunk_moments(p.data(), w.data(), 0, num_groups, false);
+  const bool one = m.W <= 1.0;
+  const double mean = one ? 0.0 : m.mean;
+  const double v = one ? 1.0 : m.M2 / (m.W - 1.0);
+  const double c = mean * (1.0 - mean) / v - 1.0;
+  double alpha = 1.0 + c * mean / 3.0, beta = 1.0 + c * (1.0 - mean) / 3.0;
+  if (!std::isnan(alpha)) alpha = std::max(alpha, 1.0);
+  if (!std::isnan(beta)) beta = std::max(beta, 1.0);
+  if (v == 0.0) alpha = beta = 1.0;  // guard v = 0: uniform weights instead of NaN
+  const double lnB = std::lgamma(alpha) + std::lgamma(beta) - std::lgamma(alpha + beta);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      int64_t a, b;
+      bounds(g, a, b);
+      if (b <= a) continue;
+      const double pg = p[g];
+      const double xa = alpha == 1.0 ? 0.0 : (alpha - 1.0) * std::log(pg);
+      const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
+      const double wg = std::min(std::exp(lnB - xa - xb), 1e6);
+      const bool single = n[g] == 1.0;
+      for (int64_t j = a; j < b; ++j) {
+        const int64_t i = row(j);
+        const double s = scaled(static_cast<double>(r[i]));
+        double out_v;
+        if (o.omit && std::isnan(s)) out_v = 0.0;
+        else if (single && o.singleton == kZero) out_v = 0.0;
+        else if (single && o.singleton == kNan) out_v = nan;
+        else out_v = wg * (s - pg);
+        out[i] = static_cast<T>(out_v);
+      }
+    }
+  });
+}
+
+template <typename T>
+void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
+  const Moments m = batch_moments(a, w, n, o.omit);
+  const double var = m.M2 / (o.unbiased ? m.W - 1.0 : m.W);
+  double mul;
+  if (o.whiten_std == kStdEps) mul = 1.0 / (std::sqrt(var) + o.whiten_eps);
+  else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
+  else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
+  const double mean = m.mean;
+  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const double v = static_cast<double>(a[i]);
+      const double wi = w ? w[i] : 1.0;
+      // rows left out (weight 0) keep A = 0 (or their NaN)
+      a[i] = static_cast<T>(wi == 0.0 ? (std::isnan(v) ? v : 0.0) : (v - mean) * mul);
+    }
+  });
+}
+
+at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<at::Tensor>& cu_opt,
+                                const c10::optional<at::Tensor>& order_opt, int64_t group_size,
+                                const c10::optional<at::Tensor>& weights_opt, int64_t baseline, int64_t scale,
+                                int64_t whiten, double eps, bool unbiased, int64_t singleton, bool omit,
+                                double whiten_eps, int64_t whiten_std, double bnpo_low, double bnpo_high) {
+  check_cpu(rewards, "rewards");
+  TORCH_CHECK(rewards.dim() == 1, "rewards must be 1-D");
+  TORCH_CHECK(rewards.scalar_type() == at::kFloat || rewards.scalar_type() == at::kDouble,
+              "rewards must be float32 or float64");
+  const at::Tensor r = rewards.contiguous();
+  const int64_t n = r.numel();
+  at::Tensor out = at::empty_like(r);
+  if (n == 0) return out;
+  at::Tensor cu, order;
+  int64_t num_groups;
+  if (group_size > 0) {
+    TORCH_CHECK(n % group_size == 0, "group_size must divide the number of rows");
+    num_groups = n / group_size;
+  } else {
+    TORCH_CHECK(cu_opt.has_value(), "cu is required without group_size");
+    cu = cu_opt->to(at::kLong).contiguous();
+    num_groups = cu.numel() - 1;
+    if (order_opt.has_value()) order = order_opt->to(at::kLong).contiguous();
+  }
+  at::Tensor weights;  // whitening weights (token counts), float64
+  if (weights_opt.has_value()) weights = weights_opt->to(at::kDouble).contiguous();
+  Options o{baseline, scale, whiten, singleton, whiten_std, eps, whiten_eps, unbiased, omit};
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "group_advantages_cpu", [&] {
+    const scalar_t* rp = r.data_ptr<scalar_t>();
+    double bmean = 0.0, bstd = 1.0;
+    if (baseline == kBatchMean || scale == kBatchStd) {
+      const Moments m = batch_moments(rp, nullptr, n, omit);
+      bmean = m.mean;
+      bstd = std::sqrt(m.M2 / (unbiased ? m.W - 1.0 : m.W));
+    }
+    const int64_t* cup = cu.defined() ? cu.data_ptr<int64_t>() : nullptr;
+    const int64_t* op = order.defined() ? order.data_ptr<int64_t>() : nullptr;
+    if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bnpo_low, bnpo_high);
+    else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bmean, bstd);
+    if (whiten != kWhitenNone) {
+      // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r
+      at::Tensor w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
+      if (omit) w.masked_fill_(at::isnan(r), 0.0);
+      // whitening reads A, where omitted rows are 0 (not NaN): skip by weight only
+      Options ow = o;
+      ow.omit = false;
+      whiten_inplace(out.data_ptr<scalar_t>(), w.data_ptr<double>(), n, ow);
+    }
+  });
+  return out;
+}
+
+
+// Index layout on the CPU: ids[N] (any integers, any order) -> (cu, order), a stable grouping:
+// order lists the rows group by group (ascending id, original order inside a group) and
+// cu[g]..cu[g+1] are group g's positions in it. Ids spanning a range below 4N take a counting
+// sort (O(N + range), groups of absent ids are empty); others a stable comparison sort.
+std::tuple<at::Tensor, at::Tensor> group_order_cpu(const at::Tensor& ids_in) {
+  check_cpu(ids_in, "group_index");
+  TORCH_CHECK(ids_in.dim() == 1, "group_index must be 1-D");
+  const at::Tensor ids = ids_in.to(at::kLong).contiguous();
+  const int64_t n = ids.numel();
+  const int64_t* id = ids.data_ptr<int64_t>();
+  at::Tensor order = at::empty({n}, ids.options());
+  int64_t* ord = order.data_ptr<int64_t>();
+  if (n == 0) return {at::zeros({1}, ids.options()), order};
+  int64_t lo = id[0], hi = id[0];
+  for (int64_t i = 1; i < n; ++i) {
+    lo = std::min(lo, id[i]);
+    hi = std::max(hi, id[i]);
+  }
+  const uint64_t range = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo) + 1;
+  if (range <= static_cast<uint64_t>(4 * n)) {
+    at::Tensor cu = at::zeros({static_cast<int64_t>(range) + 1}, ids.options());
+    int64_t* c = cu.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) ++c[id[i] - lo + 1];
+    for (uint64_t g = 0; g < range; ++g) c[g + 1] += c[g];
+    std::vector<int64_t> next(c, c + range);
+    for (int64_t i = 0; i < n; ++i) ord[next[id[i] - lo]++] = i;
+    return {cu, order};
+  }
+  for (int64_t i = 0; i < n; ++i) ord[i] = i;
+  std::stable_sort(ord, ord + n, [&](int64_t a, int64_t b) { return id[a] < id[b]; });
+  std::vector<int64_t> starts;
+  starts.reserve(1024);
+  for (int64_t j = 0; j < n; ++j)
+    if (j == 0 || id[ord[j]] != id[ord[j - 1]]) starts.push_back(j);
+  starts.push_back(n);
+  at::Tensor cu = at::empty({static_cast<int64_t>(starts.size())}, ids.options());
+  std::copy(starts.begin(), starts.end(), cu.data_ptr<int64_t>());
+  return {cu, order};
+}
+
+}  // namespace
+}  // namespace icrm
+
+TORCH_LIBRARY_FRAGMENT(icrm_cpu, m) {
+  m.def(
+      "group_advantages(Tensor rewards, Tensor? cu, Tensor? order, int group_size, Tensor? whiten_weights, "
+      "int baseline, int scale, int whiten, float eps, bool unbiased, int singleton, bool omit, float whiten_eps, "
+      "int whiten_std, float bnpo_low=0., float bnpo_high=1.) -> Tensor");
+  m.def("group_order(Tensor group_index) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) {
+  m.impl("group_advantages", &icrm::group_advantages_cpu);
+  m.impl("group_order", &icrm::group_order_cpu);
+}

@@ -1,0 +1,134 @@
+"""Benchmarks of group_advantages against verl (loop and vectorized), TRL and our reference.
+
+GPU (non-quick): N = 4K, 64K, 1M at G = 8 (GRPO preset), ragged and unsorted-index at 64K,
+trl_batch, dler and bnpo at 64K, token broadcast T = 1024 at N = 4K; the verl loop only up to 64K (it is slow).
+CPU: N = 1M, G = 8 (quick: 64K). bytes = rewards read + advantages written (+ mask read and
+token output written).
+"""
+from __future__ import annotations
+
+import torch
+
+from icrm_kernels import group_advantages, use_backend
+from icrm_kernels.benchmarks import baselines_advantages as peers
+from icrm_kernels.benchmarks.harness import Case
+
+FAMILY = "grouped"
+
+
+def _rewards(n, device):
+    return torch.rand(n, device=device) * 2 - 1  # random, never zeros
+
+
+def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
+    dev = str(device)
+    r = _rewards(n, device)
+    shape = f"N={n} G={g}" + (" ragged" if ragged else "") + (" unsorted ids" if index else "")
+    nbytes = 2 * n * r.element_size()
+    op = "group_advantages[verl_grpo]"
+    if ragged:
+        sizes = torch.randint(g // 2, g + g // 2 + 1, (n // g + 1,))
+        cu = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+        cu = cu[cu < n]
+        cu = torch.cat([cu, torch.tensor([n])]).to(device)
+        layout = dict(cu_groups=cu)
+        ids = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=device), cu[1:] - cu[:-1])
+    elif index:
+        ids = torch.randperm(n, device=device) // g
+        layout = dict(group_index=ids)
+    else:
+        ids = torch.arange(n, device=device) // g
+        layout = dict(group_size=g)
+    cases = [Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, preset="verl_grpo", **layout), dev)]
+    cases.append(Case(FAMILY, op, "verl-vectorized", shape, n, nbytes,
+                      lambda: peers.verl_grpo_vectorized(r, ids), dev))
+    if not ragged and not index:
+        rpf = r.unsqueeze(1)
+        w = torch.ones(1, device=device)
+        cases.append(Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "group"), dev))
+    if loop and n <= 65536:
+        ids_list = ids.tolist()
+        rc = r.cpu()
+        cases.append(Case(FAMILY, op, "verl-loop", shape, n, nbytes, lambda: peers.verl_grpo_loop(rc, ids_list), dev,
+                          note="CPU tensors and Python lists, as verl's driver runs it"))
+    if n <= 65536:
+        def _ref():
+            with use_backend("reference"):
+                return group_advantages(r, preset="verl_grpo", **layout)
+        cases.append(Case(FAMILY, op, "icrm-ref", shape, n, nbytes, _ref, dev))
+    return cases
+
+
+def _trl_batch_cases(n, g, device):
+    dev = str(device)
+    r = _rewards(n, device)
+    rpf = r.unsqueeze(1)
+    w = torch.ones(1, device=device)
+    shape = f"N={n} G={g}"
+    nbytes = 2 * n * r.element_size()
+    op = "group_advantages[trl_batch]"
+    return [
+        Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_batch"), dev),
+        Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "batch"), dev),
+    ]
+
+
+def _whiten_and_bnpo_cases(n, g, device):
+    dev = str(device)
+    r = _rewards(n, device)
+    b = (r > 0).float()
+    shape = f"N={n} G={g}"
+    nbytes = 2 * n * r.element_size()
+
+    def _bnpo_ref():
+        with use_backend("reference"):
+            return group_advantages(b, group_size=g, preset="bnpo")
+
+    return [
+        Case(FAMILY, "group_advantages[dler]", "icrm", shape, n, nbytes,
+             lambda: group_advantages(r, group_size=g, preset="dler"), dev),
+        Case(FAMILY, "group_advantages[dler]", "torch-eager", shape, n, nbytes, lambda: peers.dler_eager(r, g), dev),
+        Case(FAMILY, "group_advantages[bnpo]", "icrm", shape, n, nbytes,
+             lambda: group_advantages(b, group_size=g, preset="bnpo"), dev),
+        Case(FAMILY, "group_advantages[bnpo]", "icrm-ref", shape, n, nbytes, _bnpo_ref, dev),
+    ]
+
+
+def _token_cases(n, g, t, device):
+    dev = str(device)
+    r = _rewards(n, device)
+    mask = torch.rand(n, t, device=device) > 0.2
+    shape = f"N={n} G={g} T={t}"
+    nbytes = n * r.element_size() + n * t * (1 + r.element_size()) + n * r.element_size() * 0
+    op = "group_advantages[verl_grpo,tokens]"
+    ids = torch.arange(n, device=device) // g
+    return [
+        Case(FAMILY, op, "icrm", shape, n * t, nbytes,
+             lambda: group_advantages(r, group_size=g, preset="verl_grpo", response_mask=mask), dev),
+        Case(FAMILY, op, "verl-vectorized", shape, n * t, nbytes,
+             lambda: peers.verl_grpo_vectorized(r, ids).unsqueeze(-1) * mask, dev),
+    ]
+
+
+def cases(device, quick=False):
+    device = torch.device(device)
+    out = []
+    if device.type == "cuda":
+        sizes = [4096, 65536] if quick else [4096, 65536, 1 << 20]
+        for n in sizes:
+            out += _grpo_cases(n, 8, device)
+        out += _grpo_cases(65536, 8, device, ragged=True)
+        out += _grpo_cases(65536, 8, device, index=True)
+        out += _trl_batch_cases(65536, 8, device)
+        if not quick:
+            out += _grpo_cases(65536, 64, device, loop=False)
+            out += _grpo_cases(65536, 4, device, loop=False)
+        out += _whiten_and_bnpo_cases(65536, 8, device)
+        out += _token_cases(4096, 8, 1024, device)
+        return out
+    n = 65536 if quick else 1 << 20
+    out += _grpo_cases(n, 8, device, loop=quick)
+    out += _trl_batch_cases(n, 8, device)
+    out += _grpo_cases(n if quick else 1 << 18, 8, device, index=True, loop=False)
+    out += _whiten_and_bnpo_cases(n, 8, device)
+    return out

@@ -1,0 +1,391 @@
+"""``group_advantages``: grouped reward normalization for GRPO, RLOO, Dr. GRPO, REINFORCE++,
+DLER, BNPO and the verl / TRL / OpenRLHF conventions (SPEC §1).
+
+Public API: :func:`group_advantages` (the torch.library op), :func:`group_advantages_direct`
+(thin launcher, no checks), :data:`PRESETS`, :func:`selfcheck`.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+
+from icrm_kernels import _backend
+from icrm_kernels._checks import (
+    check_choice,
+    check_finite_float,
+    check_index,
+    check_offsets,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+    value_checks_enabled,
+)
+from icrm_kernels.reference import advantages as ref
+from icrm_kernels.reference.advantages import PRESETS, resolve_options
+
+__all__ = ["group_advantages", "group_advantages_direct", "PRESETS", "selfcheck"]
+
+_CPP_CODES = dict(
+    baseline={"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3},
+    scale={"none": 0, "group_std": 1, "batch_std": 2, "bnpo": 3},
+    whiten={"none": 0, "sample": 1, "token": 2},
+    singleton={"zero": 0, "raw": 1, "nan": 2},
+    whiten_std={"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2},
+)
+
+
+# ------------------------------------------------------------------------ kernels: one component
+def _layout(n, device, group_size, cu_groups, group_index, backend="triton"):
+    """(group_size or None, cu int64 or None, order or None, number of group slots)."""
+    if group_size:
+        return group_size, None, None, n // group_size
+    from icrm_kernels._layout import sort_index
+
+    if cu_groups is not None:
+        cu = cu_groups.to(torch.int64).contiguous()
+        return None, cu, None, cu.numel() - 1
+    if backend == "cpp" and _backend.has_cpp_op("group_order"):  # counting sort in C++ (CPU only)
+        cu, order = torch.ops.icrm_cpu.group_order(group_index)
+        return None, cu, order, cu.numel() - 1
+    order, cu, _ = sort_index(group_index, n)  # on the GPU: no host sync, N group slots
+    return None, cu, order, n
+
+
+def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, whiten_std, omit, mask, whiten_weights,
+          out_dtype, process_group=None):
+    """One component through the C++ or Triton kernels."""
+    G, cu, order, slots = lay
+    if backend == "triton":
+        from icrm_kernels.triton.advantages import group_advantages_core
+
+        return group_advantages_core(
+            r.contiguous(), group_size=G, cu=cu, order=order, num_slots=slots, baseline=baseline, scale=scale,
+            whiten=whiten, eps=eps, std_unbiased=o["std_unbiased"], singleton=o["singleton"], omit=omit,
+            whiten_eps=whiten_eps, whiten_std=whiten_std, whiten_weights=whiten_weights, mask=mask,
+            out_dtype=out_dtype, bnpo_bounds=o["bnpo_bounds"], process_group=process_group)
+    work = r if r.dtype in (torch.float32, torch.float64) else r.float()
+    A = torch.ops.icrm_cpu.group_advantages(
+        work.contiguous(), cu, order, G or 0, whiten_weights, _CPP_CODES["baseline"][baseline],
+        _CPP_CODES["scale"][scale], _CPP_CODES["whiten"][whiten], float(eps), bool(o["std_unbiased"]),
+        _CPP_CODES["singleton"][o["singleton"]], bool(omit), float(whiten_eps), _CPP_CODES["whiten_std"][whiten_std],
+        float(o["bnpo_bounds"][0]), float(o["bnpo_bounds"][1]))
+    if mask is not None:
+        return (A.unsqueeze(1) * mask.to(A.dtype)).to(out_dtype)
+    return A.to(out_dtype)
+
+
+def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
+    """Kernel path: aggregation and multi-component composition around the one-component kernel."""
+    R = rewards if rewards.dim() == 2 else rewards.unsqueeze(1)
+    N, K = R.shape
+    out_dtype = rewards.dtype
+    lay = _layout(N, R.device, group_size, cu_groups, group_index, backend)
+    omit = o["nan_policy"] == "omit"
+    tok_w = None
+    if o["whiten"] == "token":
+        tok_w = mask.sum(1, dtype=torch.float64 if R.dtype == torch.float64 else torch.float32)
+    common = dict(eps=o["eps"], whiten_eps=o["whiten_eps"], whiten_std=o["whiten_std"], omit=omit,
+                  process_group=process_group)
+    if o["scale"] == "bnpo" and K > 1:  # each component separately, then the weighted mean
+        acc = torch.float64 if R.dtype == torch.float64 else torch.float32
+        w = weights.to(acc) if weights is not None else torch.ones(K, dtype=acc, device=R.device)
+        A = sum(w[k] * _core(backend, R[:, k].contiguous(), lay, o, baseline=o["baseline"], scale="bnpo",
+                             whiten="none", mask=None, whiten_weights=None, out_dtype=acc, **common)
+                for k in range(K)) / w.sum()
+        if omit:
+            A = torch.where(torch.isnan(R).all(1), torch.full_like(A, math.nan), A)
+        return _core(backend, A, lay, o, baseline="none", scale="none", whiten=o["whiten"], mask=mask,
+                     whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
+    if K == 1 or o["aggregation"] == "sum_then_normalize":
+        if K == 1:
+            r = R[:, 0]
+            if weights is not None and o["scale"] != "bnpo":  # (bnpo: a weighted mean of one component)
+                r = r * weights.to(r.dtype)[0]
+        else:
+            w = weights.to(R.dtype) if weights is not None else torch.ones(K, dtype=R.dtype, device=R.device)
+            Rw = R.float() * w.float() if R.dtype in (torch.float16, torch.bfloat16) else R * w
+            r = Rw.nansum(1) if omit else Rw.sum(1)
+            if omit:
+                r = torch.where(torch.isnan(R).all(1), torch.full_like(r, math.nan), r)
+        return _core(backend, r, lay, o, baseline=o["baseline"], scale=o["scale"], whiten=o["whiten"], mask=mask,
+                     whiten_weights=tok_w, out_dtype=out_dtype, **common)
+    # normalize_then_sum: each component in its group, weighted sum, batch normalization, whitening
+    acc = torch.float64 if R.dtype == torch.float64 else torch.float32
+    w = weights.to(acc) if weights is not None else torch.ones(K, dtype=acc, device=R.device)
+    S = None
+    for k in range(K):
+        a = _core(backend, R[:, k].contiguous(), lay, o, baseline=o["baseline"], scale=o["scale"], whiten="none",
+                  mask=None, whiten_weights=None, out_dtype=acc, **common)
+        S = a * w[k] if S is None else S + a * w[k]
+    row_nan = torch.isnan(R).all(1) if omit else torch.zeros(N, dtype=torch.bool, device=R.device)
+    S = torch.where(row_nan, torch.full_like(S, math.nan), S)
+    last = o["whiten"] == "none"
+    A = _core(backend, S, lay, o, baseline="none", scale="none", whiten="sample", eps=0.0, whiten_eps=o["eps"],
+              whiten_std="std_eps", omit=omit, mask=mask if last else None, whiten_weights=None,
+              out_dtype=out_dtype if last else acc, process_group=process_group)
+    if last:
+        return A
+    A = torch.where(row_nan, torch.full_like(A, math.nan), A)
+    return _core(backend, A, lay, o, baseline="none", scale="none", whiten=o["whiten"], mask=mask,
+                 whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
+
+
+def _reference(rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
+    """The float64 reference on the rewards' device, cast back."""
+    out = ref.group_advantages_reference(
+        rewards.double(), group_size=group_size or None, cu_groups=cu_groups, group_index=group_index,
+        reward_weights=None if weights is None else weights.double(), response_mask=mask,
+        process_group=process_group, **{k: v for k, v in o.items()})
+    return out.to(rewards.dtype)
+
+
+# ------------------------------------------------------------------------ custom op
+def _opts(baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_low, bnpo_high,
+          whiten_eps, whiten_std):
+    return dict(baseline=baseline, scale=scale, whiten=whiten, eps=eps, std_unbiased=std_unbiased,
+                singleton=singleton, nan_policy=nan_policy, aggregation=aggregation,
+                bnpo_bounds=(bnpo_low, bnpo_high), whiten_eps=whiten_eps, whiten_std=whiten_std)
+
+
+@torch.library.custom_op("icrm::group_advantages", mutates_args=())
+def _group_advantages_op(
+    rewards: torch.Tensor, group_size: int, cu_groups: Optional[torch.Tensor], group_index: Optional[torch.Tensor],
+    reward_weights: Optional[torch.Tensor], response_mask: Optional[torch.Tensor], baseline: str, scale: str,
+    whiten: str, eps: float, std_unbiased: bool, singleton: str, nan_policy: str, aggregation: str,
+    bnpo_low: float, bnpo_high: float, whiten_eps: float, whiten_std: str,
+) -> torch.Tensor:
+    o = _opts(baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_low, bnpo_high,
+              whiten_eps, whiten_std)
+    backend = _backend.select(rewards.device, cpp_op="group_advantages")
+    if backend == "reference":
+        return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+    return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
+
+
+@_group_advantages_op.register_fake
+def _(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, *args):
+    n = rewards.shape[0]
+    if response_mask is not None:
+        return rewards.new_empty((n, response_mask.shape[1]))
+    return rewards.new_empty((n,))
+
+
+def _setup_context(ctx, inputs, output):
+    rewards, group_size, cu, gi, w, mask = inputs[:6]
+    ctx.save_for_backward(rewards, cu, gi, w, mask)
+    ctx.group_size = group_size
+    ctx.scalars = inputs[6:]
+
+
+def _backward(ctx, grad):
+    """Recomputes the float64 reference with autograd (advantages are rarely differentiated)."""
+    rewards, cu, gi, w, mask = ctx.saved_tensors
+    o = _opts(*ctx.scalars)
+    with torch.enable_grad():
+        r = rewards.detach().double().requires_grad_(True)
+        out = ref.group_advantages_reference(
+            r, group_size=ctx.group_size or None, cu_groups=cu, group_index=gi,
+            reward_weights=None if w is None else w.double(), response_mask=mask, **o)
+        (g,) = torch.autograd.grad(out, r, grad.double())
+    return (g.to(rewards.dtype),) + (None,) * 17
+
+
+_group_advantages_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------ public function
+def _check_layout(n, device, group_size, cu_groups, group_index):
+    given = [k for k, v in (("group_size", group_size), ("cu_groups", cu_groups), ("group_index", group_index))
+             if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of group_size, cu_groups, group_index; got {', '.join(given) or 'none'}")
+    if group_size is not None:
+        check_positive_int(group_size, "group_size")
+        if n % group_size != 0:
+            raise ValueError(f"group_size={group_size} must divide the number of rows ({n})")
+    elif cu_groups is not None:
+        check_offsets(cu_groups, "cu_groups", n)
+    else:
+        check_index(group_index, "group_index", n)
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    *,
+    group_size: Optional[int] = None,
+    cu_groups: Optional[torch.Tensor] = None,
+    group_index: Optional[torch.Tensor] = None,
+    baseline: Optional[str] = None,
+    scale: Optional[str] = None,
+    whiten: Optional[str] = None,
+    eps: Optional[float] = None,
+    std_unbiased: Optional[bool] = None,
+    singleton: Optional[str] = None,
+    nan_policy: Optional[str] = None,
+    reward_weights: Optional[torch.Tensor] = None,
+    aggregation: Optional[str] = None,
+    response_mask: Optional[torch.Tensor] = None,
+    process_group=None,
+    preset: Optional[str] = None,
+    bnpo_bounds: Optional[Tuple[float, float]] = None,
+    whiten_eps: Optional[float] = None,
+    whiten_std: Optional[str] = None,
+) -> torch.Tensor:
+    r"""Group-relative advantages: ``A_i = (r_i - b_i) / (s_i + eps)``, optionally whitened.
+
+    Shapes and dtypes: ``rewards`` is ``[N]`` or ``[N, K]`` (K reward components), float16 /
+    bfloat16 / float32 / float64 (statistics accumulate in fp32, fp64 for fp64 inputs). Returns
+    ``[N]`` in ``rewards.dtype``, or ``[N, T]`` token-level advantages ``A_i * mask[i, t]`` when
+    ``response_mask[N, T]`` (bool or float) is given.
+
+    Layout (exactly one): ``group_size=G`` (N = B*G contiguous), ``cu_groups[B+1]`` (ragged
+    offsets, int32/int64) or ``group_index[N]`` (integer ids in any order, verl's ``uid``).
+
+    Options (defaults: ``preset`` if given, else group_mean / group_std / eps 1e-6 / unbiased /
+    singleton "zero" / nan_policy "propagate"; **explicit keywords override the preset**):
+
+    - ``baseline``: ``"none"`` | ``"group_mean"`` | ``"leave_one_out"`` ((sum_g r - r_i)/(n_g-1))
+      | ``"batch_mean"``.
+    - ``scale``: ``"none"`` (s = 1 and eps = 0) | ``"group_std"`` | ``"batch_std"`` (std of the
+      raw rewards over the batch, TRL's scale_rewards="batch") | ``"bnpo"`` (needs
+      baseline="group_mean": A_i = w_g (s_i - p_g) with Beta weights, ``bnpo_bounds=(lo, hi)``
+      min-max scaling, default (0, 1); guard v = 0 -> alpha = beta = 1; one group -> m=0, v=1).
+    - ``whiten``: ``"none"`` | ``"sample"`` (A <- (A - mean)/(std + whiten_eps) over the batch)
+      | ``"token"`` (each sample weighted by its valid tokens in ``response_mask``, verl's
+      masked_whiten: (A - mean) * rsqrt(var + 1e-8)). ``whiten_std`` picks the spread form:
+      ``"std_eps"`` (sample default), ``"rsqrt_eps"`` (token default) or ``"rsqrt_clamp"``
+      (rsqrt(max(var, whiten_eps)), OpenRLHF); ``whiten_eps`` defaults to eps (sample) or
+      1e-8 (token).
+    - ``std_unbiased``: n-1 (default) or n, for every std/variance, whitening included.
+    - ``singleton`` (groups with one valid row; applies when a group-level statistic is used):
+      ``"zero"`` (A = 0) | ``"raw"`` (the group's mean is 0 and its std 1, as verl's loop:
+      A = r / (1 + eps) with group_std, A = r without scale; BNPO: p = 0) | ``"nan"``.
+    - ``nan_policy``: ``"propagate"`` (a NaN poisons its group, and the batch for batch
+      statistics) | ``"omit"`` (NaN rows leave every statistic and get A = 0; with K > 1 a row
+      is NaN only when all its components are, components are nansum'd) | ``"raise"``
+      (ValueError; inside ``unchecked()`` or torch.compile it behaves as "propagate").
+    - ``reward_weights[K]`` and ``aggregation``: ``"sum_then_normalize"`` (weighted sum, then
+      normalize; TRL default) or ``"normalize_then_sum"`` (normalize each component in its group,
+      weighted sum, then (A - mean)/(std + eps) over the batch; TRL GDPO). With scale="bnpo"
+      each component is normalized separately and A is the weighted mean of the K advantages.
+    - ``process_group``: batch statistics (batch mean/std, whitening, BNPO's over-group moments)
+      are merged over the ranks (all-gather of (count, mean, M2), merged in rank order). Groups
+      must not straddle ranks. On the GPU the kernels run with each batch summary all-gathered
+      between launches; on the CPU the float64 torch reference runs. Options without batch
+      statistics ignore ``process_group``. Not traced by torch.compile.
+    - ``preset``: one of :data:`PRESETS` (see docs/advantages.md for the peer functions).
+
+    Identical rewards in a group give exactly 0: every mean is computed shifted by a member of
+    its group. Gradients (w.r.t. ``rewards`` only) recompute the float64 reference with autograd.
+    N = 0 returns an empty tensor.
+    """
+    check_tensor(rewards, "rewards", ndim=(1, 2), floating=True)
+    device = check_same_device(rewards=rewards, cu_groups=cu_groups, group_index=group_index,
+                               reward_weights=reward_weights, response_mask=response_mask)
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    o = resolve_options(preset, baseline=baseline, scale=scale, whiten=whiten, eps=eps, std_unbiased=std_unbiased,
+                        singleton=singleton, nan_policy=nan_policy, aggregation=aggregation,
+                        bnpo_bounds=bnpo_bounds, whiten_eps=whiten_eps, whiten_std=whiten_std)
+    check_choice(o["baseline"], "baseline", ref.BASELINES)
+    check_choice(o["scale"], "scale", ref.SCALES)
+    check_choice(o["whiten"], "whiten", ref.WHITENS)
+    check_choice(o["singleton"], "singleton", ref.SINGLETONS)
+    check_choice(o["nan_policy"], "nan_policy", ref.NAN_POLICIES)
+    check_choice(o["aggregation"], "aggregation", ref.AGGREGATIONS)
+    check_choice(o["whiten_std"], "whiten_std", ref.WHITEN_STDS)
+    o["eps"] = check_finite_float(o["eps"], "eps", low=0.0)
+    o["whiten_eps"] = check_finite_float(o["whiten_eps"], "whiten_eps", low=0.0)
+    if not isinstance(o["std_unbiased"], bool):
+        raise TypeError(f"std_unbiased must be a bool, got {type(o['std_unbiased']).__name__}")
+    if o["scale"] == "bnpo" and o["baseline"] != "group_mean":
+        raise ValueError(f"scale='bnpo' needs baseline='group_mean' (A = w_g (s_i - p_g)), got {o['baseline']!r}")
+    lo, hi = o["bnpo_bounds"]
+    lo = check_finite_float(lo, "bnpo_bounds[0]")
+    hi = check_finite_float(hi, "bnpo_bounds[1]")
+    if not hi > lo:
+        raise ValueError(f"bnpo_bounds must be (low, high) with high > low, got {o['bnpo_bounds']}")
+    n = rewards.shape[0]
+    K = rewards.shape[1] if rewards.dim() == 2 else 1
+    _check_layout(n, device, group_size, cu_groups, group_index)
+    if reward_weights is not None:
+        check_tensor(reward_weights, "reward_weights", ndim=1, floating=True)
+        if reward_weights.numel() != K:
+            raise ValueError(f"reward_weights must have one weight per reward component ({K}), "
+                             f"got {reward_weights.numel()}")
+    if response_mask is not None:
+        check_tensor(response_mask, "response_mask", ndim=2)
+        if response_mask.shape[0] != n:
+            raise ValueError(f"response_mask must have one row per reward ({n}), "
+                             f"got shape {tuple(response_mask.shape)}")
+    if o["whiten"] == "token" and response_mask is None:
+        raise ValueError("whiten='token' needs response_mask[N, T] (each sample is weighted by its valid tokens)")
+    if o["nan_policy"] == "raise" and value_checks_enabled() and n and bool(torch.isnan(rewards).any()):
+        raise ValueError("rewards contain NaN and nan_policy='raise'")
+    if o["nan_policy"] == "raise":
+        o["nan_policy"] = "propagate"
+
+    batch_stats = (o["baseline"] == "batch_mean" or o["scale"] in ("batch_std", "bnpo") or o["whiten"] != "none"
+                   or (K > 1 and o["aggregation"] == "normalize_then_sum"))
+    if process_group is not None and batch_stats:
+        backend = _backend.select(rewards.device, cpp_op=None)
+        if backend == "triton":  # the kernels, with each batch summary all-gathered between launches
+            return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
+                         process_group=process_group)
+        return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
+                          process_group=process_group)
+    return _group_advantages_op(
+        rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o["baseline"], o["scale"],
+        o["whiten"], o["eps"], o["std_unbiased"], o["singleton"], o["nan_policy"], o["aggregation"], lo, hi,
+        o["whiten_eps"], o["whiten_std"])
+
+
+def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_index=None, reward_weights=None,
+                            response_mask=None, preset=None, **options):
+    """Thin launcher for hot loops: :func:`group_advantages` without validation, without the
+    torch.library dispatcher and without autograd (the result never requires grad). Same
+    options; malformed inputs give unspecified results. Not for torch.compile (use the op).
+    """
+    o = resolve_options(preset, **options)
+    if o["nan_policy"] == "raise":
+        o["nan_policy"] = "propagate"
+    backend = _backend.select(rewards.device, cpp_op="group_advantages")
+    with torch.no_grad():
+        if backend == "reference":
+            return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+        return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+
+
+# ------------------------------------------------------------------------ selfcheck
+def selfcheck(device) -> List[tuple]:
+    """Every kernel once on small random inputs against the float64 reference."""
+    device = torch.device(device)
+    backend = _backend.select(device, cpp_op="group_advantages")
+    results = []
+    cases = [
+        ("group_advantages[verl_grpo,G=8]", dict(group_size=8, preset="verl_grpo"), None),
+        ("group_advantages[trl_batch,ragged]", dict(preset="trl_batch"), "ragged"),
+        ("group_advantages[verl_rloo,index]", dict(preset="verl_rloo"), "index"),
+        ("group_advantages[reinforce_pp,tokens]", dict(group_size=4, preset="verl_reinforce_pp_baseline"), "mask"),
+        ("group_advantages[dler,G=4]", dict(group_size=4, preset="dler"), None),
+        ("group_advantages[bnpo,G=8]", dict(group_size=8, preset="bnpo"), "binary"),
+    ]
+    for name, kw, kind in cases:
+        n = 64
+        r = torch.randn(n, device=device)
+        if kind == "binary":
+            r = (torch.rand(n, device=device) > 0.5).float()
+        if kind == "ragged":
+            kw = dict(kw, cu_groups=torch.tensor([0, 5, 6, 20, 40, 64], device=device))
+        if kind == "index":
+            kw = dict(kw, group_index=torch.randint(0, 9, (n,), device=device))
+        if kind == "mask":
+            kw = dict(kw, response_mask=torch.rand(n, 16, device=device) > 0.3)
+        out = group_advantages(r, **kw)
+        expect = ref.group_advantages_reference(r.double().cpu(), **{
+            k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()})
+        err = ((out.double().cpu() - expect).abs() / expect.abs().clamp(min=1.0)).max().item() if n else 0.0
+        results.append((name, bool(err < 1e-4), float(err), backend))
+    return results

@@ -1,0 +1,584 @@
+"""Triton kernels of ``group_advantages`` (one reward component, already aggregated).
+
+Launches per call (no host synchronisation, no float atomics, fixed reduction order, so the
+result is bitwise reproducible):
+
+- group-level options only (baseline none/group_mean/leave_one_out, scale none/group_std, no
+  whitening; every verl/TRL-group/OpenRLHF group preset): **1 launch** of ``_group_kernel``, with
+  the token broadcast ``A[i,t] = A_i * mask[i,t]`` fused into its store.
+- batch_mean / batch_std: +1 launch before it (``_moments_kernel``: per-program partial
+  moments, which every program of the next launch merges in the same fixed order).
+- whitening: +2 launches after it (``_moments_kernel`` over A, then ``_whiten_kernel``, which
+  also does the token broadcast); whiten="token" adds ``mask.sum(1)`` (one torch launch).
+
+Layouts: fixed G (one program = a 2-D tile of BLOCK_B groups x BLOCK_L rows), ragged (``cu``),
+index (``cu`` over sorted rows plus ``order``, gathered/scattered inside the kernel). Every mean
+is shifted by a member of its set, so identical rewards give exactly 0. Offsets are int64.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from icrm_kernels.triton._aot import AotSpec
+
+# option codes (shared with csrc/advantages.cpp and ops/advantages.py)
+BASELINE = {"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3}
+SCALE = {"none": 0, "group_std": 1, "batch_std": 2, "bnpo": 3}
+WHITEN = {"none": 0, "sample": 1, "token": 2}
+SINGLETON = {"zero": 0, "raw": 1, "nan": 2}
+WHITEN_STD = {"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2}
+
+
+@triton.jit
+def _merge(Wa, ma, Ma, Wb, mb, Mb):
+    """Chan's exact merge of two (W, mean, M2) summaries; an empty side changes nothing."""
+    W = Wa + Wb
+    safe = tl.where(W > 0, W, 1.0)
+    delta = mb - ma
+    frac = Wb / safe
+    mean = tl.where(Wa > 0, ma + delta * frac, mb)
+    mean = tl.where(Wb > 0, mean, ma)
+    M2 = Ma + Mb + tl.where((Wa > 0) & (Wb > 0), delta * delta * Wa * frac, 0.0)
+    return W, mean, M2
+
+
+@triton.jit
+def _reduce_parts(part_ptr, P, BLOCK_P: tl.constexpr, F64: tl.constexpr):
+    """Merge P partial summaries (stored W, mean, M2) in one fixed order; exact for equal means."""
+    p = tl.arange(0, BLOCK_P)
+    pm = p < P
+    W = tl.load(part_ptr + p * 3, mask=pm, other=0.0)
+    m = tl.load(part_ptr + p * 3 + 1, mask=pm, other=0.0)
+    M2 = tl.load(part_ptr + p * 3 + 2, mask=pm, other=0.0)
+    if F64:
+        W = W.to(tl.float64)
+        m = m.to(tl.float64)
+        M2 = M2.to(tl.float64)
+    else:
+        W = W.to(tl.float32)
+        m = m.to(tl.float32)
+        M2 = M2.to(tl.float32)
+    used = W > 0
+    pivot = tl.max(tl.where(used, m, float("-inf")), axis=0)
+    Wt = tl.sum(W, axis=0)
+    pivot = tl.where(Wt > 0, pivot, 0.0)
+    safe = tl.where(Wt > 0, Wt, 1.0)
+    mean = pivot + tl.sum(tl.where(used, W * (m - pivot), 0.0), axis=0) / safe
+    dm = tl.where(used, m - mean, 0.0)
+    M2t = tl.sum(M2, axis=0) + tl.sum(W * dm * dm, axis=0)
+    return Wt, mean, M2t
+
+
+@triton.jit
+def _moments_kernel(x_ptr, w_ptr, ref_ptr, part_ptr, n, iters,
+                    HAS_W: tl.constexpr, OMIT: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+    """Program p summarises blocks p*iters .. p*iters+iters-1 of x (weights w; rows whose ref is
+    NaN left out when OMIT) into part[p] = (W, mean, M2)."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    if F64:
+        zero = tl.zeros((), dtype=tl.float64)
+    else:
+        zero = tl.zeros((), dtype=tl.float32)
+    W = zero
+    mean = zero
+    M2 = zero
+    for it in range(0, iters):
+        offs = (pid * iters + it) * BLOCK + cols
+        inb = offs < n
+        x = tl.load(x_ptr + offs, mask=inb, other=0.0)
+        if F64:
+            x = x.to(tl.float64)
+        else:
+            x = x.to(tl.float32)
+        valid = inb
+        if HAS_W:
+            w = tl.load(w_ptr + offs, mask=inb, other=0.0).to(x.dtype)
+            valid = valid & (w > 0)
+        else:
+            w = tl.where(inb, 1.0, 0.0).to(x.dtype)
+        if OMIT:
+            rr = tl.load(ref_ptr + offs, mask=inb, other=0.0)
+            valid = valid & (rr == rr)
+        wv = tl.where(valid, w, 0.0)
+        Wb = tl.sum(wv, axis=0)
+        pivot = tl.max(tl.where(valid, x, float("-inf")), axis=0)
+        pivot = tl.where(Wb > 0, pivot, 0.0)
+        safe = tl.where(Wb > 0, Wb, 1.0)
+        mb = pivot + tl.sum(wv * tl.where(valid, x - pivot, 0.0), axis=0) / safe
+        dev = tl.where(valid, x - mb, 0.0)
+        Mb = tl.sum(wv * dev * dev, axis=0)
+        W, mean, M2 = _merge(W, mean, M2, Wb, mb, Mb)
+    tl.store(part_ptr + pid * 3, W)
+    tl.store(part_ptr + pid * 3 + 1, mean)
+    tl.store(part_ptr + pid * 3 + 2, M2)
+
+
+@triton.jit
+def _load_rows(r_ptr, order_ptr, start, length, c, cols,
+               HAS_ORDER: tl.constexpr, OMIT: tl.constexpr, F64: tl.constexpr):
+    pos = start[:, None] + c + cols[None, :]
+    inb = (c + cols)[None, :] < length[:, None]
+    if HAS_ORDER:
+        rows = tl.load(order_ptr + pos, mask=inb, other=0)
+    else:
+        rows = pos
+    x = tl.load(r_ptr + rows, mask=inb, other=0.0)
+    if F64:
+        x = x.to(tl.float64)
+    else:
+        x = x.to(tl.float32)
+    valid = inb
+    if OMIT:
+        valid = inb & (x == x)
+    return rows, inb, x, valid
+
+
+@triton.jit
+def _token_range(T, BLOCK_T: tl.constexpr):
+    """The tokens [t_lo, t_hi) of this program: axis 1 of the grid splits T into equal chunks."""
+    per = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
+    t_lo = tl.program_id(1).to(tl.int64) * per
+    t_hi = tl.minimum(t_lo + per, T)
+    return t_lo, t_hi
+
+
+@triton.jit
+def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
+                  num_groups, G, P, T, stride_mask, eps,
+                  FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, BASELINE: tl.constexpr, SCALE: tl.constexpr,
+                  SINGLETON: tl.constexpr, OMIT: tl.constexpr, UNBIASED: tl.constexpr, TOKENS: tl.constexpr,
+                  F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_P: tl.constexpr):
+    """One program normalizes BLOCK_B groups; rows in chunks of BLOCK_L (one chunk for fixed G)."""
+    pid = tl.program_id(0).to(tl.int64)
+    gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    gmask = gb < num_groups
+    if FIXED:
+        start = gb * G
+        length = tl.where(gmask, G, 0).to(tl.int64)
+    else:
+        start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
+        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
+    maxlen = tl.max(length, axis=0)
+    cols = tl.arange(0, BLOCK_L)
+
+    # batch statistics of the raw rewards (partials of the previous launch, fixed order)
+    bmean = 0.0
+    bstd = 1.0
+    if BASELINE == 3 or SCALE == 2:
+        bW, bm, bM2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
+        bmean = bm
+        if UNBIASED:
+            bstd = tl.sqrt(bM2 / (bW - 1.0))
+        else:
+            bstd = tl.sqrt(bM2 / bW)
+
+    # pass 1: pivot (a member of the group), count, shifted sum
+    rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, HAS_ORDER, OMIT, F64)
+    pivot = tl.max(tl.where(valid, x, float("-inf")), axis=1)
+    pivot = tl.where(pivot == float("-inf"), 0.0, pivot)
+    n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+    S1 = tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
+    for c in range(BLOCK_L, maxlen, BLOCK_L):
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+        n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+        S1 += tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
+    nsafe = tl.where(n > 0, n, 1.0)
+    shift = S1 / nsafe  # mean = pivot + shift
+    single = n == 1.0
+    raw_single = single & (SINGLETON == 1)
+
+    s = tl.where(n > 0, 1.0, 1.0).to(x.dtype)
+    if SCALE == 1:
+        M2 = tl.zeros_like(S1)
+        for c in range(0, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+            dev = tl.where(valid, x - pivot[:, None] - shift[:, None], 0.0)
+            M2 += tl.sum(dev * dev, axis=1)
+        if UNBIASED:
+            var = M2 / tl.where(n > 1, n - 1.0, 1.0)
+        else:
+            var = M2 / nsafe
+        s = tl.where(raw_single, 1.0, tl.sqrt(var))
+    elif SCALE == 2:
+        s = s * bstd
+    denom = s + eps
+    loo = n / tl.where(n > 1, n - 1.0, 1.0)
+
+    # pass 2: write A (and the token broadcast)
+    for c in range(0, maxlen, BLOCK_L):
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+        d = x - pivot[:, None] - shift[:, None]
+        if BASELINE == 1:
+            cen = tl.where(raw_single[:, None], x, d)
+        elif BASELINE == 2:
+            cen = tl.where(raw_single[:, None], x, d * loo[:, None])
+        elif BASELINE == 3:
+            cen = x - bmean
+        else:
+            cen = x
+        a = cen / denom[:, None]
+        if BASELINE == 1 or BASELINE == 2 or SCALE == 1:  # a group-level statistic: singleton rule
+            if SINGLETON == 0:
+                a = tl.where(single[:, None], 0.0, a)
+            elif SINGLETON == 2:
+                a = tl.where(single[:, None], float("nan"), a)
+        a = tl.where(valid, a, 0.0)
+        if TOKENS:
+            t_lo, t_hi = _token_range(T, BLOCK_T)
+            for t0 in range(t_lo, t_hi, BLOCK_T):
+                tt = t0 + tl.arange(0, BLOCK_T)
+                m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
+                mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
+                val = a[:, :, None] * mk.to(a.dtype)
+                tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty), mask=m3)
+        else:
+            tl.store(out_ptr + rows, a.to(out_ptr.dtype.element_ty), mask=inb)
+
+
+@triton.jit
+def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, stride_mask, weps,
+                   FORM: tl.constexpr, UNBIASED: tl.constexpr, HAS_W: tl.constexpr, OMIT: tl.constexpr,
+                   TOKENS: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr,
+                   BLOCK_P: tl.constexpr):
+    """A <- (A - mean) * spread over the batch (moments from the previous launch); rows with
+    weight 0 (omitted, or no valid token) keep 0. Writes [N] or the token broadcast [N, T]."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = rows < n
+    W, mean, M2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
+    if UNBIASED:
+        var = M2 / (W - 1.0)
+    else:
+        var = M2 / W
+    if FORM == 0:
+        mul = 1.0 / (tl.sqrt(var) + weps)
+    elif FORM == 1:
+        mul = 1.0 / tl.sqrt(var + weps)
+    else:
+        mul = 1.0 / tl.sqrt(tl.maximum(var, weps))
+    a = tl.load(a_ptr + rows, mask=rm, other=0.0)
+    if F64:
+        a = a.to(tl.float64)
+    else:
+        a = a.to(tl.float32)
+    keep = rm
+    if HAS_W:
+        keep = keep & (tl.load(w_ptr + rows, mask=rm, other=0.0) > 0)
+    if OMIT:
+        rr = tl.load(ref_ptr + rows, mask=rm, other=0.0)
+        keep = keep & (rr == rr)
+    res = tl.where(keep, (a - mean) * mul, tl.where(a == a, 0.0, a))
+    if TOKENS:
+        t_lo, t_hi = _token_range(T, BLOCK_T)
+        for t0 in range(t_lo, t_hi, BLOCK_T):
+            tt = t0 + tl.arange(0, BLOCK_T)
+            m2 = rm[:, None] & (tt[None, :] < t_hi)
+            mk = tl.load(mask_ptr + rows[:, None] * stride_mask + tt[None, :], mask=m2, other=0)
+            val = res[:, None] * mk.to(res.dtype)
+            tl.store(out_ptr + rows[:, None] * T + tt[None, :], val.to(out_ptr.dtype.element_ty), mask=m2)
+    else:
+        tl.store(out_ptr + rows, res.to(out_ptr.dtype.element_ty), mask=rm)
+
+
+@triton.jit
+def _lgamma_ge1(x):
+    """log Gamma(x) for x >= 1 in plain tl: shift to x >= 8, then Stirling's series (|err| < 1e-9)."""
+    z = x
+    prod = x * 0.0 + 1.0
+    for _ in tl.static_range(8):
+        small = z < 8.0
+        prod = tl.where(small, prod * z, prod)
+        z = tl.where(small, z + 1.0, z)
+    zi = 1.0 / z
+    zi2 = zi * zi
+    series = zi * (1.0 / 12.0 - zi2 * (1.0 / 360.0 - zi2 * (1.0 / 1260.0)))
+    return (z - 0.5) * tl.log(z) - z + 0.91893853320467274178 + series - tl.log(prod)
+
+
+@triton.jit
+def _bnpo_scaled(x, lo, inv_range):
+    s = tl.minimum(tl.maximum((x - lo) * inv_range, 0.0), 1.0)
+    return tl.where(x == x, s, x)  # keep NaN (max/min drop it)
+
+
+@triton.jit
+def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr, nbuf_ptr, wbuf_ptr,
+                 num_groups, G, P, T, stride_mask, lo, inv_range,
+                 FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, PHASE: tl.constexpr, SINGLETON: tl.constexpr,
+                 OMIT: tl.constexpr, TOKENS: tl.constexpr, F64: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
+    """BNPO. PHASE 1: p_g (group mean of the min-max scaled rewards), n_g and the weight of the
+    group in the over-group moments. PHASE 2: Beta(alpha, beta) from those moments, then
+    A_i = clamp(1 / BetaPDF(p_g), 0, 1e6) * (s_i - p_g)."""
+    pid = tl.program_id(0).to(tl.int64)
+    gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    gmask = gb < num_groups
+    if FIXED:
+        start = gb * G
+        length = tl.where(gmask, G, 0).to(tl.int64)
+    else:
+        start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
+        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
+    maxlen = tl.max(length, axis=0)
+    cols = tl.arange(0, BLOCK_L)
+    if PHASE == 1:
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, HAS_ORDER, OMIT, F64)
+        sv = _bnpo_scaled(x, lo, inv_range)
+        pivot = tl.max(tl.where(valid, sv, float("-inf")), axis=1)
+        pivot = tl.where(pivot == float("-inf"), 0.0, pivot)
+        n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+        S1 = tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
+        for c in range(BLOCK_L, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+            sv = _bnpo_scaled(x, lo, inv_range)
+            n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+            S1 += tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
+        p = pivot + S1 / tl.where(n > 0, n, 1.0)
+        single = n == 1.0
+        if SINGLETON == 1:  # the original code: p = 0 for a singleton, which stays in the moments
+            p = tl.where(single, 0.0, p)
+            in_stats = n > 0
+        else:
+            in_stats = (n > 0) & (n != 1.0)
+        p = tl.where(in_stats, p, 0.0)
+        tl.store(pbuf_ptr + gb, p, mask=gmask)
+        tl.store(nbuf_ptr + gb, n, mask=gmask)
+        tl.store(wbuf_ptr + gb, tl.where(in_stats, 1.0, 0.0).to(x.dtype), mask=gmask)
+    else:
+        W, m, M2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
+        one = W <= 1.0
+        mean = tl.where(one, 0.0, m)
+        v = tl.where(one, 1.0, M2 / tl.where(one, 1.0, W - 1.0))
+        c = mean * (1.0 - mean) / v - 1.0
+        a_raw = 1.0 + c * mean / 3.0
+        b_raw = 1.0 + c * (1.0 - mean) / 3.0
+        alpha = tl.where(a_raw != a_raw, a_raw, tl.maximum(a_raw, 1.0))
+        beta = tl.where(b_raw != b_raw, b_raw, tl.maximum(b_raw, 1.0))
+        alpha = tl.where(v == 0.0, 1.0, alpha)  # guard v = 0: uniform weights instead of NaN
+        beta = tl.where(v == 0.0, 1.0, beta)
+        lnB = _lgamma_ge1(alpha) + _lgamma_ge1(beta) - _lgamma_ge1(alpha + beta)
+        p = tl.load(pbuf_ptr + gb, mask=gmask, other=0.0)
+        n = tl.load(nbuf_ptr + gb, mask=gmask, other=0.0)
+        xa = tl.where(alpha == 1.0, 0.0, (alpha - 1.0) * tl.log(p))
+        xb = tl.where(beta == 1.0, 0.0, (beta - 1.0) * tl.log(1.0 - p))
+        w = tl.minimum(tl.exp(lnB - xa - xb), 1e6)
+        single = n == 1.0
+        for c0 in range(0, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c0, cols, HAS_ORDER, OMIT, F64)
+            sv = _bnpo_scaled(x, lo, inv_range)
+            a = w[:, None] * (sv - p[:, None])
+            if SINGLETON == 0:
+                a = tl.where(single[:, None], 0.0, a)
+            elif SINGLETON == 2:
+                a = tl.where(single[:, None], float("nan"), a)
+            a = tl.where(valid, a, 0.0)
+            if TOKENS:
+                t_lo, t_hi = _token_range(T, BLOCK_T)
+                for t0 in range(t_lo, t_hi, BLOCK_T):
+                    tt = t0 + tl.arange(0, BLOCK_T)
+                    m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
+                    mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
+                    val = a[:, :, None] * mk.to(a.dtype)
+                    tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty),
+                             mask=m3)
+            else:
+                tl.store(out_ptr + rows, a.to(out_ptr.dtype.element_ty), mask=inb)
+
+
+# ------------------------------------------------------------------------ launchers
+_MOMENT_BLOCK = 1024
+_MAX_PARTS = 256
+
+
+def merge_parts(parts):
+    """Merge summaries [P, 3] (W, mean, M2) into one [3] with torch ops (exact for equal means)."""
+    import torch
+
+    W, m, M2 = parts[:, 0], parts[:, 1], parts[:, 2]
+    used = W > 0
+    Wt = W.sum()
+    pivot = torch.where(used, m, torch.full_like(m, float("-inf"))).amax()
+    pivot = torch.where(Wt > 0, pivot, torch.zeros_like(pivot))
+    mean = pivot + torch.where(used, W * (m - pivot), torch.zeros_like(m)).sum() / torch.where(Wt > 0, Wt, 1.0)
+    dm = torch.where(used, m - mean, torch.zeros_like(m))
+    return torch.stack([Wt, mean, M2.sum() + (W * dm * dm).sum()])
+
+
+def _all_reduce_parts(parts, P, process_group):
+    """Local partials -> one summary, all-gathered and merged in rank order: P = 1 afterwards."""
+    import torch
+    import torch.distributed as dist
+
+    local = merge_parts(parts.view(P, 3))
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(gathered, local, group=process_group)
+    return merge_parts(torch.stack(gathered)).contiguous(), 1
+
+
+def _moments(x, w, ref, omit, f64, process_group=None):
+    import torch
+
+    n = x.numel()
+    blocks = triton.cdiv(max(n, 1), _MOMENT_BLOCK)
+    P = min(blocks, _MAX_PARTS)
+    iters = triton.cdiv(blocks, P)
+    parts = torch.empty(P * 3, dtype=torch.float64 if f64 else torch.float32, device=x.device)
+    _moments_kernel[(P,)](x, w if w is not None else x, ref if ref is not None else x, parts, n, iters,
+                          HAS_W=w is not None, OMIT=bool(omit), F64=f64, BLOCK=_MOMENT_BLOCK)
+    if process_group is not None:
+        return _all_reduce_parts(parts, P, process_group)
+    return parts, P
+
+
+def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, omit, f64, fixed, block_b, block_l,
+          block_t, grid, process_group=None):
+    """BNPO: phase 1 (p_g, n_g), moments of p_g over the groups, phase 2 (weights and A): 3 launches."""
+    import torch
+
+    acc = torch.float64 if f64 else torch.float32
+    slots = max(num_groups, 1)
+    pbuf = torch.empty(slots, dtype=acc, device=r.device)
+    nbuf = torch.empty(slots, dtype=acc, device=r.device)
+    wbuf = torch.zeros(slots, dtype=acc, device=r.device)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    args = dict(FIXED=fixed, HAS_ORDER=order is not None, SINGLETON=SINGLETON[singleton], OMIT=bool(omit),
+                TOKENS=mask is not None, F64=f64, BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t,
+                num_warps=8 if block_b * block_l * block_t >= 2048 else 4)
+    common = (cu if cu is not None else r, order if order is not None else r)
+    tail = (num_groups, group_size or 0)
+    _bnpo_kernel[grid[:1]](r, out, *common, pbuf, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, 1, 0, 0,
+                       lo, 1.0 / (hi - lo), PHASE=1, BLOCK_P=2, **args)
+    parts, P = _moments(pbuf, wbuf, None, False, f64, process_group)
+    T = mask.shape[1] if mask is not None else 0
+    _bnpo_kernel[grid](r, out, *common, parts, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, P, T,
+                       mask.stride(0) if mask is not None else 0, lo, 1.0 / (hi - lo), PHASE=2,
+                       BLOCK_P=triton.next_power_of_2(P), **args)
+
+
+def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
+                          singleton, omit, whiten_eps, whiten_std, whiten_weights=None, mask=None,
+                          out_dtype=None, bnpo_bounds=(0.0, 1.0), process_group=None):
+    """A[N] (or A[N, T] with ``mask``) of one component ``r`` (contiguous, float). See module doc.
+
+    ``process_group``: every batch summary is merged over the ranks (all-gather of one
+    (W, mean, M2) per rank, merged in rank order) before the launch that consumes it.
+    """
+    import torch
+
+    n = r.numel()
+    f64 = r.dtype == torch.float64
+    out_dtype = out_dtype or r.dtype
+    T = mask.shape[1] if mask is not None else 0
+    if mask is not None:
+        mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        if mask.stride(1) != 1:
+            mask = mask.contiguous()
+    out_shape = (n, T) if mask is not None else (n,)
+    out = torch.empty(out_shape, dtype=out_dtype, device=r.device)
+    if n == 0:
+        return out
+    b, s, wcode = BASELINE[baseline], SCALE[scale], WHITEN[whiten]
+    parts, P = (r, 1)
+    if b == 3 or s == 2:
+        parts, P = _moments(r, None, r if omit else None, omit, f64, process_group)
+    fixed = group_size is not None
+    if fixed:
+        block_l = min(max(triton.next_power_of_2(group_size), 2), 256)
+        num_groups = n // group_size
+    else:
+        num_groups = num_slots
+        avg = n // max(1, cu.numel() - 1) if order is None else 16
+        block_l = min(max(triton.next_power_of_2(max(avg, 1)), 16), 256)
+    tokens_here = mask is not None and wcode == 0
+    block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if tokens_here else 1
+    block_b = max(1, (2048 if not tokens_here else 2048 // block_t) // block_l)
+    a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
+    # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
+    t_splits = triton.cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
+    grid = (triton.cdiv(max(num_groups, 1), block_b), t_splits)
+    dummy = r
+    if s == 3:
+        _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,
+              omit, f64, fixed, block_b, block_l, block_t, grid, process_group)
+    else:
+        _group_kernel[grid](
+            r, a_buf, cu if cu is not None else dummy, order if order is not None else dummy, parts,
+            mask if tokens_here else dummy, num_groups, group_size or 0, P, T,
+            mask.stride(0) if tokens_here else 0, float(eps),
+            FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
+            OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
+            BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=triton.next_power_of_2(P),
+            num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
+        )
+    if wcode == 0:
+        return out
+    parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64, process_group)
+    block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
+    block_r = max(1, 2048 // block_t) if mask is not None else 1024
+    t_splits = triton.cdiv(T, 2 * block_t) if mask is not None and T > 0 else 1
+    _whiten_kernel[(triton.cdiv(n, block_r), t_splits)](
+        a_buf, whiten_weights if whiten_weights is not None else a_buf, r, parts2, out,
+        mask if mask is not None else a_buf, n, P2, T, mask.stride(0) if mask is not None else 0, float(whiten_eps),
+        FORM=WHITEN_STD[whiten_std], UNBIASED=bool(std_unbiased), HAS_W=whiten_weights is not None,
+        OMIT=bool(omit), TOKENS=mask is not None, F64=f64, BLOCK_R=block_r, BLOCK_T=block_t,
+        BLOCK_P=triton.next_power_of_2(P2), num_warps=8 if block_r * block_t >= 2048 else 4,
+    )
+    return out
+
+
+# ------------------------------------------------------------------------ AOT specs
+def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=False, omit=False, block_b=256,
+                block_l=8, block_t=1, num_warps=8, f64=False):
+    return AotSpec(
+        _group_kernel,
+        signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
+                   "part_ptr": "*fp64" if f64 else "*fp32", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64",
+                   "P": "i32",
+                   "T": "i64", "stride_mask": "i64", "eps": "fp32"},
+        constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale, "SINGLETON": 1,
+                    "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": f64, "BLOCK_B": block_b,
+                    "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256},
+        num_warps=num_warps, label=label,
+    )
+
+
+AOT_SPECS = [
+    _group_spec("bf16", "fixed G=8 grpo bf16 (int64 offsets)"),
+    _group_spec("fp32", "fixed G=8 grpo fp32"),
+    _group_spec("fp32", "fixed G=8 rloo fp32 omit", baseline=2, scale=0, omit=True),
+    _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=2, block_b=32, block_l=64),
+    _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=128, block_l=16, num_warps=8),
+    _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16, num_warps=8),
+    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=2, block_l=8, block_t=128),
+    _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=3, scale=1, block_b=128, block_l=16, f64=True),
+    *[AotSpec(_bnpo_kernel,
+              signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
+                         "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
+                         "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "P": "i32", "T": "i64",
+                         "stride_mask": "i64", "lo": "fp32", "inv_range": "fp32"},
+              constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": 1, "OMIT": False,
+                          "TOKENS": False, "F64": False, "BLOCK_B": 256, "BLOCK_L": 8, "BLOCK_T": 1,
+                          "BLOCK_P": 256 if phase == 2 else 2},
+              num_warps=8, label=f"phase {phase} fixed G=8 bf16") for phase in (1, 2)],
+    AotSpec(_moments_kernel,
+            signature={"x_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32", "n": "i64",
+                       "iters": "i32"},
+            constexprs={"HAS_W": True, "OMIT": True, "F64": False, "BLOCK": 1024}, num_warps=4, label="fp32"),
+    AotSpec(_whiten_kernel,
+            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*bf16", "part_ptr": "*fp32",
+                       "out_ptr": "*bf16", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
+                       "stride_mask": "i64", "weps": "fp32"},
+            constexprs={"FORM": 1, "UNBIASED": True, "HAS_W": True, "OMIT": False, "TOKENS": True, "F64": False,
+                        "BLOCK_R": 16, "BLOCK_T": 128, "BLOCK_P": 256},
+            num_warps=8, label="tokens bf16"),
+    AotSpec(_whiten_kernel,
+            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32",
+                       "out_ptr": "*fp32", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
+                       "stride_mask": "i64", "weps": "fp32"},
+            constexprs={"FORM": 0, "UNBIASED": True, "HAS_W": False, "OMIT": True, "TOKENS": False, "F64": False,
+                        "BLOCK_R": 1024, "BLOCK_T": 1, "BLOCK_P": 256},
+            num_warps=4, label="sample fp32"),
+]

@@ -1,0 +1,522 @@
+"""group_advantages (SPEC §1): every option, layout and preset against the float64 reference on
+every backend, each preset against its peer's formula written out, edge cases and bad inputs.
+
+Inputs are fresh random tensors each run; failures print the seed (assert_matches_reference)
+or the inputs.
+"""
+from collections import defaultdict
+
+import pytest
+import torch
+
+import icrm_kernels as ik
+from icrm_kernels import group_advantages
+from icrm_kernels.reference.advantages import PRESETS, group_advantages_reference
+from icrm_kernels.testing import assert_close, assert_matches_reference, fresh_seed
+
+SEED = fresh_seed()
+torch.manual_seed(SEED)
+print(f"test_advantages: torch.manual_seed({SEED})")
+
+
+def _rand(*shape, device="cpu", dtype=torch.float32):
+    return torch.randn(*shape, device=device).to(dtype)
+
+
+def _layout(kind, n, device, g=4):
+    """Layout kwargs with a singleton group in the ragged and index layouts."""
+    if kind == "fixed":
+        return dict(group_size=g)
+    if kind == "ragged":
+        cuts = sorted(torch.randperm(n - 2)[:3].add(1).tolist())
+        cu = [0, 1] + [c + 1 for c in cuts] + [n]  # group 0 is a singleton
+        return dict(cu_groups=torch.tensor(sorted(set(cu)), device=device))
+    ids = torch.randint(0, 5, (n,), device=device) * 7 - 3  # unsorted, negative ids, gaps
+    ids[0] = 1000  # a singleton
+    return dict(group_index=ids)
+
+
+OPTION_SETS = [
+    dict(baseline="group_mean", scale="group_std"),
+    dict(baseline="leave_one_out", scale="none", singleton="raw"),
+    dict(baseline="batch_mean", scale="batch_std", std_unbiased=False),
+    dict(baseline="none", scale="group_std", singleton="nan", eps=1e-3),
+    dict(baseline="group_mean", scale="batch_std", whiten="sample"),
+    dict(baseline="group_mean", scale="group_std", singleton="raw", whiten="sample", whiten_std="rsqrt_clamp",
+         whiten_eps=1e-8, std_unbiased=False),
+    dict(baseline="group_mean", scale="bnpo", singleton="zero", bnpo_bounds=(-3.0, 3.0)),
+    dict(baseline="group_mean", scale="bnpo", singleton="raw", bnpo_bounds=(-2.0, 2.0), whiten="sample"),
+    dict(baseline="group_mean", scale="bnpo", singleton="nan", bnpo_bounds=(-1.0, 1.0)),
+]
+
+
+@pytest.mark.parametrize("layout", ["fixed", "ragged", "index"])
+@pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options_match_reference(backend, device, layout, opts):
+    n = 24
+    r = _rand(n, device=device)
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, **_layout(layout, n, device), **opts))
+
+
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+@pytest.mark.parametrize("layout", ["fixed", "index"])
+def test_nan_policies(backend, device, layout, nan_policy):
+    n = 24
+    r = _rand(n, device=device)
+    r[[2, 13]] = float("nan")
+    for opts in (dict(baseline="group_mean", scale="group_std"), dict(baseline="group_mean", scale="batch_std"),
+                 dict(baseline="leave_one_out", scale="none", whiten="sample")):
+        out = assert_matches_reference(group_advantages, group_advantages_reference,
+                                       dict(rewards=r, nan_policy=nan_policy, **_layout(layout, n, device),
+                                            **opts))["out"]
+        if nan_policy == "omit":
+            assert torch.isfinite(out).all() and out[2] == 0 and out[13] == 0
+        else:
+            assert torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+def test_multi_component(backend, device, aggregation, nan_policy):
+    n, k = 16, 3
+    r = _rand(n, k, device=device)
+    r[3, 1] = float("nan")  # one component: nansum'd under omit
+    if nan_policy == "omit":
+        r[9, :] = float("nan")  # every component: the row is omitted
+    w = torch.rand(k, device=device) + 0.5
+    out = assert_matches_reference(group_advantages, group_advantages_reference,
+                                   dict(rewards=r, group_size=4, reward_weights=w, aggregation=aggregation,
+                                        nan_policy=nan_policy, scale="group_std"))["out"]
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, group_size=4, reward_weights=w, aggregation=aggregation,
+                                  nan_policy=nan_policy, whiten="sample", baseline="leave_one_out", scale="none"))
+    if nan_policy == "omit":
+        assert out[9] == 0 and torch.isfinite(out).all()
+
+
+def test_single_component_with_weight(backend, device):
+    r = _rand(16, 1, device=device)
+    for preset in ("verl_grpo", "trl_batch", "bnpo"):
+        rr = (r > 0).float() if preset == "bnpo" else r
+        assert_matches_reference(group_advantages, group_advantages_reference,
+                                 dict(rewards=rr, group_size=4, reward_weights=torch.tensor([2.5], device=device),
+                                      preset=preset, scale="none" if preset == "trl_batch" else None))
+
+
+def test_multi_component_bnpo(backend, device):
+    r = (torch.rand(16, 2, device=device) > 0.5).float()
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, group_size=4, preset="bnpo"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_match_reference(backend, device, preset):
+    n, t = 24, 6
+    r = (torch.rand(n, device=device) > 0.5).float() if preset == "bnpo" else _rand(n, device=device)
+    kw = dict(rewards=r, preset=preset, **_layout("ragged", n, device))
+    if preset == "verl_reinforce_pp_baseline":
+        kw["response_mask"] = torch.rand(n, t, device=device) > 0.4
+    assert_matches_reference(group_advantages, group_advantages_reference, kw)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+@pytest.mark.parametrize("whiten", ["none", "sample", "token"])
+def test_token_broadcast(backend, device, mask_dtype, whiten):
+    n, t = 16, 7
+    r = _rand(n, device=device)
+    mask = (torch.rand(n, t, device=device) > 0.3).to(mask_dtype)
+    out = assert_matches_reference(group_advantages, group_advantages_reference,
+                                   dict(rewards=r, group_size=4, response_mask=mask, whiten=whiten))["out"]
+    assert out.shape == (n, t)
+    assert (out[mask == 0] == 0).all()
+    if whiten == "none":
+        flat = group_advantages(r, group_size=4)
+        assert_close(out, flat[:, None] * mask.float(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["verl_grpo", "verl_reinforce_pp_baseline", "bnpo"])
+def test_long_responses(backend, device, preset):
+    # T long enough that the kernels split the tokens of a row over several programs
+    n, t = 8, 300
+    r = (torch.rand(n, device=device) > 0.5).float() if preset == "bnpo" else _rand(n, device=device)
+    mask = torch.rand(n, t, device=device) > 0.2
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, group_size=4, response_mask=mask, preset=preset))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dtypes(backend, device, dtype):
+    r = _rand(32, device=device, dtype=dtype)
+    out = assert_matches_reference(group_advantages, group_advantages_reference,
+                                   dict(rewards=r, group_size=8, preset="verl_grpo"), dtype=dtype)["out"]
+    assert out.dtype == dtype
+
+
+def test_float64(backend, device):
+    r = _rand(24, device=device, dtype=torch.float64)
+    assert_matches_reference(group_advantages, group_advantages_reference,
+                             dict(rewards=r, group_size=4, baseline="group_mean", scale="batch_std", whiten="sample"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_identical_rewards_exactly_zero(backend, device, dtype):
+    n = 24
+    base = torch.tensor([0.1, 0.7, 1.3, 1e3 / 3, -2.2, 0.3], device=device)
+    r = base.repeat_interleave(4).to(dtype)  # each group of 4 identical, groups differ
+    for preset in sorted(PRESETS):
+        rr = (r > 0.5).to(dtype) if preset == "bnpo" else r
+        kw = dict(group_size=4, preset=preset)
+        if preset == "verl_reinforce_pp_baseline":
+            kw["response_mask"] = torch.ones(n, 3, dtype=torch.bool, device=device)
+        out = group_advantages(rr, **kw)
+        if PRESETS[preset]["whiten"] == "none":
+            assert (out == 0).all(), (preset, out)
+        # whitening presets: the whole batch identical gives 0 too
+        same = torch.full((n,), 0.1, device=device, dtype=dtype)
+        assert (group_advantages(same, **kw) == 0).all(), preset
+    for opts in (dict(baseline="leave_one_out", scale="group_std"), dict(baseline="batch_mean", scale="batch_std")):
+        same = torch.full((n,), 1 / 3, device=device, dtype=dtype)
+        assert (group_advantages(same, group_size=4, **opts) == 0).all(), opts
+
+
+def test_gradients(device):
+    r = _rand(24, device=device)
+    for kw in (dict(group_size=4, preset="verl_grpo"), dict(group_size=4, preset="dler"),
+               dict(group_size=4, baseline="batch_mean", scale="batch_std")):
+        assert_matches_reference(group_advantages, group_advantages_reference, dict(rewards=r, **kw), grad=["rewards"])
+
+
+def test_empty(backend, device):
+    r = torch.empty(0, device=device)
+    assert group_advantages(r, group_size=4).shape == (0,)
+    assert group_advantages(r, cu_groups=torch.zeros(1, dtype=torch.int64, device=device)).shape == (0,)
+    assert group_advantages(r, group_index=torch.empty(0, dtype=torch.int64, device=device)).shape == (0,)
+
+
+def test_singletons(backend, device):
+    r = _rand(6, device=device)
+    cu = torch.tensor([0, 1, 4, 5, 6], device=device)
+    out = group_advantages(r, cu_groups=cu, singleton="zero")
+    assert out[0] == 0 and out[4] == 0 and out[5] == 0
+    out = group_advantages(r, cu_groups=cu, singleton="nan")
+    assert torch.isnan(out[[0, 4, 5]]).all() and torch.isfinite(out[1:4]).all()
+    out = group_advantages(r, cu_groups=cu, preset="verl_rloo")
+    assert out[0] == r[0]
+    out = group_advantages(r, cu_groups=cu, preset="verl_grpo")
+    torch.testing.assert_close(out[0], r[0] / (1 + 1e-6))
+
+
+def test_unsorted_ids_and_noncontiguous(backend, device):
+    n = 24
+    r = _rand(n, 2, device=device)[:, 0]  # non-contiguous
+    assert not r.is_contiguous()
+    ids = torch.arange(n, device=device) // 4
+    perm = torch.randperm(n, device=device)
+    a = group_advantages(r, group_size=4, preset="trl_group")
+    b = group_advantages(r[perm], group_index=ids[perm] * 13 + 5, preset="trl_group")
+    assert_close(b, a[perm], atol=1e-6, rtol=1e-5)
+    wide = ids[perm] * 10**12 - 7  # ids spanning a wide range (the C++ path sorts instead of counting)
+    assert_close(group_advantages(r[perm], group_index=wide, preset="trl_group"), a[perm], atol=1e-6, rtol=1e-5)
+    assert_close(group_advantages(r[perm], group_index=ids[perm].int(), preset="trl_group"), a[perm], atol=1e-6,
+                 rtol=1e-5)
+
+
+def test_int32_offsets_and_int64_index_math(backend, device):
+    r = _rand(12, device=device)
+    cu32 = torch.tensor([0, 3, 7, 12], dtype=torch.int32, device=device)
+    a = group_advantages(r, cu_groups=cu32)
+    b = group_advantages(r, cu_groups=cu32.long())
+    assert torch.equal(a, b)
+
+
+def test_kernel_offsets_are_int64():
+    pytest.importorskip("triton")
+    from icrm_kernels.triton.advantages import AOT_SPECS
+
+    for spec in AOT_SPECS:
+        for name in ("num_groups", "n", "T", "stride_mask", "G"):
+            if name in spec.signature:
+                assert spec.signature[name] == "i64", (spec.name, name)
+        if "cu_ptr" in spec.signature:
+            assert spec.signature["cu_ptr"] == "*i64"
+
+
+def test_deterministic(backend, device):
+    r = _rand(64, device=device)
+    kw = dict(group_index=torch.randint(0, 9, (64,), device=device), baseline="group_mean", scale="batch_std",
+              whiten="sample")
+    assert torch.equal(group_advantages(r, **kw), group_advantages(r, **kw))
+
+
+def test_explicit_keyword_overrides_preset(device):
+    r = _rand(16, device=device)
+    a = group_advantages(r, group_size=4, preset="verl_grpo", eps=0.5)
+    b = group_advantages(r, group_size=4, baseline="group_mean", scale="group_std", eps=0.5, singleton="raw")
+    assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_bnpo_rules(device):
+    # v = 0 (every group has the same p): alpha = beta = 1, w = 1, A = s - p
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0], device=device)
+    out = group_advantages(r, group_size=4, preset="bnpo")
+    assert_close(out, r - 0.5, atol=1e-6, rtol=0)
+    # one group: m = 0, v = 1 -> c = -1, alpha = 1, beta = max(1 - 1/3, 1) = 1
+    out = group_advantages(r[:4], group_size=4, preset="bnpo")
+    assert_close(out, r[:4] - 0.5, atol=1e-6, rtol=0)
+    # bounds: rewards in [0, 10] scaled to [0, 1]
+    r10 = torch.rand(16, device=device) * 10
+    assert_close(group_advantages(r10, group_size=4, preset="bnpo", bnpo_bounds=(0.0, 10.0)),
+                 group_advantages(r10 / 10, group_size=4, preset="bnpo"), atol=1e-5, rtol=1e-5)
+    # the original code's singleton p = 0: A = w * s
+    r1 = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0], device=device)
+    out = group_advantages(r1, cu_groups=torch.tensor([0, 1, 3, 5], device=device), preset="bnpo")
+    assert out[0] > 0
+    assert group_advantages(r1, cu_groups=torch.tensor([0, 1, 3, 5], device=device), preset="bnpo",
+                            singleton="zero")[0] == 0
+
+
+# ------------------------------------------------------------------------ presets vs peers
+def verl_grpo_loop(scores, index, epsilon=1e-6, norm_adv_by_std_in_grpo=True):
+    scores = scores.clone()
+    id2score, id2mean, id2std = defaultdict(list), {}, {}
+    for i in range(len(scores)):
+        id2score[index[i]].append(scores[i])
+    for idx in id2score:
+        if len(id2score[idx]) == 1:
+            id2mean[idx], id2std[idx] = torch.tensor(0.0), torch.tensor(1.0)
+        else:
+            t = torch.stack(id2score[idx])
+            id2mean[idx], id2std[idx] = torch.mean(t), torch.std(t)
+    for i in range(len(scores)):
+        if norm_adv_by_std_in_grpo:
+            scores[i] = (scores[i] - id2mean[index[i]]) / (id2std[index[i]] + epsilon)
+        else:
+            scores[i] = scores[i] - id2mean[index[i]]
+    return scores
+
+
+def verl_rloo_loop(scores, index):
+    scores = scores.clone()
+    id2score, id2mean = defaultdict(list), {}
+    for i in range(len(scores)):
+        id2score[index[i]].append(scores[i])
+    for idx in id2score:
+        id2mean[idx] = torch.tensor(0.0) if len(id2score[idx]) == 1 else torch.mean(torch.stack(id2score[idx]))
+    for i in range(len(scores)):
+        n = len(id2score[index[i]])
+        if n > 1:
+            scores[i] = scores[i] * n / (n - 1) - id2mean[index[i]] * n / (n - 1)
+    return scores
+
+
+def verl_reinforce_pp_baseline(scores, index, mask):
+    scores = verl_grpo_loop(scores, index, norm_adv_by_std_in_grpo=False)
+    values = scores.unsqueeze(-1).tile([1, mask.shape[1]]) * mask
+    m = mask.to(values.dtype)
+    mean = (values * m).sum() / m.sum()
+    var = (((values - mean) ** 2) * m).sum() / m.sum() * (m.sum() / (m.sum() - 1))
+    return (values - mean) * torch.rsqrt(var + 1e-8) * m
+
+
+def trl(rewards_per_func, weights, G, scale_rewards):
+    rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+    mean = rewards.view(-1, G).mean(dim=1).repeat_interleave(G, dim=0)
+    if scale_rewards in ("group", "none"):
+        std = rewards.view(-1, G).std(dim=1).repeat_interleave(G, dim=0)
+    else:
+        std = rewards.std().expand_as(rewards)
+    adv = rewards - mean
+    if scale_rewards != "none":
+        adv = adv / (std + 1e-4)
+    return adv
+
+
+def openrlhf(r, G, estimator):
+    r = r.reshape(-1, G)
+    if estimator == "group_norm":
+        out = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-9)
+    elif estimator == "rloo":
+        out = r - (r.sum(-1, keepdim=True) - r) / (G - 1)
+    else:  # reinforce_baseline, then global whitening with the biased var clamped at 1e-8
+        a = (r - r.mean(-1, keepdim=True)).flatten()
+        mean = a.mean()
+        var = ((a - mean) ** 2).mean()
+        return (a - mean) * var.clamp(min=1e-8).rsqrt()
+    return out.flatten()
+
+
+def dler(r, G):
+    a = (r.reshape(-1, G) - r.reshape(-1, G).mean(-1, keepdim=True)).flatten()
+    return (a - a.mean()) / (a.std() + 1e-6)
+
+
+def bnpo_original(r, G):
+    p = r.reshape(-1, G).mean(-1)
+    m, v = p.mean(), p.var()
+    if v == 0:
+        a = b = torch.tensor(1.0, dtype=r.dtype)
+    else:
+        c = m * (1 - m) / v - 1
+        a = torch.clamp(1 + c * m / 3, min=1.0)
+        b = torch.clamp(1 + c * (1 - m) / 3, min=1.0)
+    pdf = torch.exp(torch.distributions.Beta(a, b).log_prob(p.clamp(1e-12, 1 - 1e-12)))
+    w = torch.clamp(1 / pdf, 0, 1e6)
+    return (w[:, None] * (r.reshape(-1, G) - p[:, None])).flatten()
+
+
+def _peer_inputs(n, G, device):
+    r = torch.randn(n, dtype=torch.float64)
+    ids = torch.arange(n) // G
+    return r, ids
+
+
+@pytest.mark.parametrize("preset", ["verl_grpo", "verl_dr_grpo", "verl_rloo"])
+def test_verl_presets_vs_peer(device, preset):
+    n = 21
+    r = torch.randn(n, dtype=torch.float64)
+    ids = torch.randint(0, 6, (n,))
+    ids[0] = 99  # a singleton: the loop keeps mean 0 / std 1
+    ids_list = ids.tolist()
+    if preset == "verl_rloo":
+        expect = verl_rloo_loop(r, ids_list)
+    else:
+        expect = verl_grpo_loop(r, ids_list, norm_adv_by_std_in_grpo=preset == "verl_grpo")
+    out = group_advantages(r.float().to(device), group_index=ids.to(device), preset=preset)
+    assert_close(out, expect, atol=2e-5, rtol=2e-5, what=preset)
+
+
+def test_verl_reinforce_pp_vs_peer(device):
+    n, t = 16, 9
+    r = torch.randn(n, dtype=torch.float64)
+    ids = torch.randint(0, 5, (n,))
+    mask = torch.rand(n, t) > 0.3
+    expect = verl_reinforce_pp_baseline(r, ids.tolist(), mask)
+    out = group_advantages(r.float().to(device), group_index=ids.to(device), response_mask=mask.to(device),
+                           preset="verl_reinforce_pp_baseline")
+    assert_close(out, expect, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_trl_presets_vs_peer(device, scale):
+    n, k, G = 24, 3, 4
+    rpf = torch.randn(n, k, dtype=torch.float64)
+    rpf[[1, 7, 18], [0, 2, 1]] = float("nan")  # a reward function returned None for some rows
+    w = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    expect = trl(rpf, w, G, scale)
+    out = group_advantages(rpf.float().to(device), group_size=G, reward_weights=w.float().to(device),
+                           preset=f"trl_{scale}")
+    assert_close(out, expect, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("estimator", ["group_norm", "rloo", "reinforce_baseline"])
+def test_openrlhf_presets_vs_peer(device, estimator):
+    G = 4
+    r = torch.randn(24, dtype=torch.float64)
+    out = group_advantages(r.float().to(device), group_size=G, preset=f"openrlhf_{estimator}")
+    assert_close(out, openrlhf(r, G, estimator), atol=2e-5, rtol=2e-5)
+
+
+def test_dler_vs_peer(device):
+    r = torch.randn(24, dtype=torch.float64)
+    out = group_advantages(r.float().to(device), group_size=6, preset="dler")
+    assert_close(out, dler(r, 6), atol=2e-5, rtol=2e-5)
+
+
+def test_bnpo_vs_peer(device):
+    r = (torch.rand(32) > 0.4).double()
+    r[:8] = torch.tensor([1.0, 1, 1, 0, 1, 1, 1, 1])  # some spread of p over groups
+    out = group_advantages(r.float().to(device), group_size=8, preset="bnpo")
+    assert_close(out, bnpo_original(r, 8), atol=1e-4, rtol=1e-4)
+    same = torch.tensor([1.0, 0, 1, 0] * 4, dtype=torch.float64)  # v = 0 guard
+    assert_close(group_advantages(same.float().to(device), group_size=4, preset="bnpo"), bnpo_original(same, 4),
+                 atol=1e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------ compile
+def test_torch_compile_fullgraph():
+    r = torch.randn(32)
+    ids = torch.randint(0, 5, (32,))
+
+    def f(r, ids):
+        return group_advantages(r, group_index=ids, preset="verl_grpo") * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(r, ids), f(r, ids), atol=1e-6, rtol=1e-6)
+
+    def g(r):
+        return group_advantages(r, group_size=4, preset="dler").sum()
+
+    assert_close(torch.compile(g, fullgraph=True)(r), g(r), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------ bad inputs
+BAD = [
+    (dict(rewards=torch.randn(2, 3, 4), group_size=2), ValueError, "rewards"),
+    (dict(rewards=torch.arange(8), group_size=2), TypeError, "rewards"),
+    (dict(rewards=[1.0, 2.0], group_size=2), TypeError, "rewards"),
+    (dict(rewards=torch.randn(8)), ValueError, "group_size"),
+    (dict(rewards=torch.randn(8), group_size=2, cu_groups=torch.tensor([0, 8])), ValueError, "exactly one"),
+    (dict(rewards=torch.randn(8), group_size=0), ValueError, "group_size"),
+    (dict(rewards=torch.randn(8), group_size=-2), ValueError, "group_size"),
+    (dict(rewards=torch.randn(8), group_size=3), ValueError, "group_size"),
+    (dict(rewards=torch.randn(8), group_size=2.0), TypeError, "group_size"),
+    (dict(rewards=torch.randn(8), cu_groups=torch.tensor([1, 8])), ValueError, "cu_groups"),
+    (dict(rewards=torch.randn(8), cu_groups=torch.tensor([0, 5, 3, 8])), ValueError, "cu_groups"),
+    (dict(rewards=torch.randn(8), cu_groups=torch.tensor([0, 4, 7])), ValueError, "cu_groups"),
+    (dict(rewards=torch.randn(8), cu_groups=torch.tensor([0.0, 8.0])), TypeError, "cu_groups"),
+    (dict(rewards=torch.randn(8), group_index=torch.zeros(8)), TypeError, "group_index"),
+    (dict(rewards=torch.randn(8), group_index=torch.zeros(7, dtype=torch.long)), ValueError, "group_index"),
+    (dict(rewards=torch.randn(8), group_index=torch.zeros(8, 1, dtype=torch.long)), ValueError, "group_index"),
+    (dict(rewards=torch.tensor([1.0, float("nan")]), group_size=2, nan_policy="raise"), ValueError, "NaN"),
+    (dict(rewards=torch.randn(8), group_size=2, preset="grpo"), ValueError, "preset"),
+    (dict(rewards=torch.randn(8), group_size=2, baseline="median"), ValueError, "baseline"),
+    (dict(rewards=torch.randn(8), group_size=2, scale="mad"), ValueError, "scale"),
+    (dict(rewards=torch.randn(8), group_size=2, whiten="all"), ValueError, "whiten"),
+    (dict(rewards=torch.randn(8), group_size=2, singleton="one"), ValueError, "singleton"),
+    (dict(rewards=torch.randn(8), group_size=2, nan_policy="ignore"), ValueError, "nan_policy"),
+    (dict(rewards=torch.randn(8), group_size=2, aggregation="mean"), ValueError, "aggregation"),
+    (dict(rewards=torch.randn(8), group_size=2, eps=-1.0), ValueError, "eps"),
+    (dict(rewards=torch.randn(8), group_size=2, whiten="token"), ValueError, "response_mask"),
+    (dict(rewards=torch.randn(8), group_size=2, response_mask=torch.ones(7, 3)), ValueError, "response_mask"),
+    (dict(rewards=torch.randn(8), group_size=2, response_mask=torch.ones(8)), ValueError, "response_mask"),
+    (dict(rewards=torch.randn(8, 2), group_size=2, reward_weights=torch.ones(3)), ValueError, "reward_weights"),
+    (dict(rewards=torch.randn(8), group_size=2, scale="bnpo", baseline="none"), ValueError, "bnpo"),
+    (dict(rewards=torch.randn(8), group_size=2, preset="bnpo", bnpo_bounds=(1.0, 0.0)), ValueError, "bnpo_bounds"),
+    (dict(rewards=torch.randn(8), group_size=2, std_unbiased="yes"), TypeError, "std_unbiased"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", BAD, ids=[f"{i}-{m}" for i, (_, _, m) in enumerate(BAD)])
+def test_bad_inputs(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        group_advantages(**kwargs)
+
+
+def test_tensors_on_different_devices():
+    r = torch.randn(8)
+    ids = torch.zeros(8, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="group_index"):
+        group_advantages(r, group_index=ids)
+
+
+def test_direct_launcher(backend, device):
+    r = _rand(24, device=device)
+    mask = torch.rand(24, 5, device=device) > 0.3
+    for kw in (dict(group_size=4, preset="verl_grpo"), dict(group_index=torch.randint(0, 4, (24,), device=device),
+                                                             preset="verl_reinforce_pp_baseline", response_mask=mask)):
+        assert_close(ik.group_advantages_direct(r, **kw), group_advantages(r, **kw), atol=1e-6, rtol=1e-6)
+
+
+def test_unchecked_skips_value_checks():
+    r = torch.tensor([1.0, float("nan"), 2.0, 3.0])
+    with ik.unchecked():
+        out = group_advantages(r, group_size=2, nan_policy="raise")  # behaves as propagate
+    assert torch.isnan(out[:2]).all() and torch.isfinite(out[2:]).all()
+
+
+def test_selfcheck(device):
+    from icrm_kernels.ops.advantages import selfcheck
+
+    for name, ok, err, backend in selfcheck(device):
+        assert ok, (name, err, backend)
