@@ -600,6 +600,9 @@ _B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (SPEC
 _B1_F32 = dict(BLOCK_L=4, BLOCK_H=1, BLOCK_D=256)  # one head, fp32 D_p = 4096
 _B8 = dict(BLOCK_L=8, BLOCK_H=8, BLOCK_D=64)  # eight heads, D_p <= 1024 (bf16) / 2048 (fp32)
 
+# full-row kernels at the SPEC §4 shape (D_p = 4096 -> D_PAD = 4096) and the tuning sweep's corners
+_R = lambda bl: dict(BLOCK_L=bl, D_PAD=4096)  # noqa: E731
+
 AOT_SPECS = [
     AotSpec(_s2t_fwd_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,packed,H=1"),
     AotSpec(_s2t_fwd_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_B1_F32), label="fp32,padded,H=1"),
@@ -612,4 +615,19 @@ AOT_SPECS = [
     AotSpec(_r2m_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,H=1"),
     AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_B8), label="fp32,H=8"),
     AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=False, **_B1_F32), label="fp32,H=1"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(2)), num_warps=8, label="bf16,L2,w8"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=8, label="bf16,L4,w8"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(1)), num_warps=4, label="bf16,L1,w4"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=16, label="bf16,L4,w16"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_R(2)), num_warps=8, label="fp32,mask,L2,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(2)), num_warps=8,
+            label="bf16,no dx,L2,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(4)), num_warps=8,
+            label="bf16,no dx,L4,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=True, NEED_DX=True, **_R(2)), num_warps=8,
+            label="bf16,dx,L2,w8"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(2)), num_warps=8, label="bf16,L2,w8"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=8, label="bf16,L4,w8"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=16, label="bf16,L4,w16"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_R(2)), num_warps=8, label="fp32,mask,L2,w8"),
 ]
