@@ -292,10 +292,12 @@ def _s2t_fwd_row_kernel(
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
     for i in range(0, n_blocks):
-        x = x_next.to(tl.float32)
+        x_raw = x_next
         valid = valid_next
+        # issue the next block's loads before this block's tile is first used: two tiles in flight
         x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
                                         HAS_MASK, BLOCK_L)
+        x = x_raw.to(tl.float32)
         s = tl.where(valid, tl.sum(x * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
@@ -332,10 +334,12 @@ def _s2t_bwd_row_kernel(
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
     for i in range(0, n_blocks):
-        x = x_next.to(tl.float32)
+        x_raw = x_next
         valid = valid_next
+        # issue the next block's loads before this block's tile is first used: two tiles in flight
         x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
                                         HAS_MASK, BLOCK_L)
+        x = x_raw.to(tl.float32)
         s = tl.sum(x * q[None, :], axis=1)
         g = tl.sum(x * dc[None, :], axis=1)
         p = tl.where(valid, tl.exp(s - lse_safe) * mass, 0.0)
@@ -370,10 +374,12 @@ def _r2m_row_kernel(
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
     for i in range(0, n_blocks):
-        x = x_next.to(tl.float32)
+        x_raw = x_next
         valid = valid_next
+        # issue the next block's loads before this block's tile is first used: two tiles in flight
         x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
                                         HAS_MASK, BLOCK_L)
+        x = x_raw.to(tl.float32)
         s = tl.where(valid, tl.sum(x * q[None, :], axis=1), float("-inf"))
         v = tl.sum(x * u[None, :], axis=1)
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
@@ -426,8 +432,14 @@ def _config(kind: str, heads: int, d: int, elem_bytes: int, need_dx: bool = Fals
     if variant == "row":
         # one token block = BLOCK_L x D_PAD fp32 values: 8192 (32 registers a thread at 8 warps),
         # plus the next block's tile in flight in the states' dtype
-        cfg = dict(variant="row", BLOCK_L=max(1, min(16, 8192 // d_pad)), D_PAD=d_pad,
-                   num_warps=min(8, max(4, d_pad // 512)))
+        # (fwd, r2m: 2 x 4096 at 8 warps, ~128 / ~95 registers: two programs per SM). The backward
+        # holds three [D_PAD] vectors (q̃, dc, dq̃): 4 x 4096 at 16 warps (<= 128 registers).
+        if kind == "bwd":
+            cfg = dict(variant="row", BLOCK_L=max(1, min(16, 16384 // d_pad)), D_PAD=d_pad,
+                       num_warps=min(16, max(4, d_pad // 256)))
+        else:
+            cfg = dict(variant="row", BLOCK_L=max(1, min(16, 8192 // d_pad)), D_PAD=d_pad,
+                       num_warps=min(8, max(4, d_pad // 512)))
     else:
         block_l, block_h, block_d = _blocks(heads, d, elem_bytes)
         cfg = dict(variant="generic", BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4)
@@ -624,8 +636,14 @@ AOT_SPECS = [
             label="bf16,no dx,L2,w8"),
     AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(4)), num_warps=8,
             label="bf16,no dx,L4,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(4)), num_warps=16,
+            label="bf16,no dx,L4,w16"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(2)), num_warps=16,
+            label="bf16,no dx,L2,w16"),
     AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=True, NEED_DX=True, **_R(2)), num_warps=8,
             label="bf16,dx,L2,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=True, **_R(4)), num_warps=16,
+            label="bf16,dx,L4,w16"),
     AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(2)), num_warps=8, label="bf16,L2,w8"),
     AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=8, label="bf16,L4,w8"),
     AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=16, label="bf16,L4,w16"),
