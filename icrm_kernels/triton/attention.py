@@ -3,9 +3,20 @@
 The projections are folded into the query side (q̃_h = scale · W_k,h q_h, width D_p), so the
 kernels only ever read the raw states ``x[rows, D_p]`` (bf16/fp16/fp32, fp32 math):
 
+Two kernel families, chosen per call in the launcher (``_config``; sweepable through
+``CONFIG_OVERRIDE``, see ``bench/tune_attention.py``):
+
+- full-row kernels (``_s2t_fwd_row_kernel``, ``_s2t_bwd_row_kernel``, ``_r2m_row_kernel``), used
+  when next_pow2(D_p) <= 8192 and H <= 2 (the paper's default is one head): one program per
+  (work item, head) loads each token block's whole row tile once, keeps q̃ / u / dc and its
+  accumulators in registers for the whole program and stores its partial once. Every state
+  byte is read once from DRAM; the next block's tile is loaded before the current one is used.
+- generic kernels below, for many heads or very wide D_p:
+
 - ``_s2t_fwd_kernel``: flash-decoding forward. One program per *work item* (a sequence's chunk
   of at most ``tokens_per_program`` tokens). Per block of BLOCK_L tokens: sweep 1 over D_p in
-  BLOCK_D chunks computes the H scores of each token, online softmax; sweep 2 re-reads the same
+  BLOCK_D chunks computes the H scores of each token (elementwise products accumulate in a
+  register tile across the chunks and are reduced once per token block), online softmax; sweep 2 re-reads the same
   tile (L1/L2 hit) and accumulates Σ p_l x_l into the program's fp32 partial [H, D_p] in a
   workspace. Writes the partial (m, l, acc).
 - ``_s2t_combine_kernel``: merges the partials of each sequence (softmax mode: max/sum rescale,
