@@ -90,7 +90,8 @@ def variants(quick):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="defaults + 2 row configs")
-    ap.add_argument("--budget", type=float, default=260.0, help="stop starting new configs after this many seconds")
+    ap.add_argument("--budget", type=float, default=230.0, help="stop starting new configs after this many seconds")
+    ap.add_argument("--no-e2e", action="store_true", help="skip timing the public ops at the end")
     ap.add_argument("--kinds", default="fwd,bwd,r2m")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--dim", type=int, default=4096)
@@ -161,7 +162,58 @@ def main():
     if {"fwd", "bwd"} <= set(best):
         fb = best["fwd"][3] + best["bwd"][3]
         print(f"fwd + bwd kernels: {fb * 1e3:.3f} ms = {fb * copy_bw / nbytes:.2f} reads of the states (target <= 2.5)")
+    if not args.no_e2e:
+        end_to_end(p, {k: v[2] for k, v in best.items()}, flush, copy_bw, nbytes, args, dev)
     print(f"total {time.perf_counter() - t_start:.0f} s")
+
+
+def end_to_end(p, override, flush, copy_bw, nbytes, args, dev):
+    """The public ops (projections + kernels + autograd) at the SPEC shape, defaults vs best."""
+    import icrm_kernels
+    from icrm_kernels import r2m_reward, seq_to_token_attention, unchecked
+
+    d_p, d = args.dim, args.dim // 2
+    b = p["q"].shape[0]
+    torch.manual_seed(0)
+    bf = dict(device=dev, dtype=torch.bfloat16)
+    query = torch.randn(b, d_p, **bf)
+    w = dict(w_q=torch.randn(d_p, d, **bf) * d_p ** -0.5, w_k=torch.randn(d_p, d, **bf) * d_p ** -0.5,
+             w_v=torch.randn(d_p, d, **bf) * d_p ** -0.5, w_o=torch.randn(d, d_p, **bf) * d ** -0.5)
+    sw = torch.randn(d_p, **bf) * d_p ** -0.5
+    params = [query.requires_grad_(True)] + [v.requires_grad_(True) for v in w.values()]
+    cot = torch.randn(b, d_p, **bf)
+
+    def fwd():
+        with torch.no_grad(), unchecked():
+            return seq_to_token_attention(query, p["x"], **w, cu_seqlens=p["cu"])
+
+    def fwd_bwd():
+        with unchecked():
+            out = seq_to_token_attention(query, p["x"], **w, cu_seqlens=p["cu"])
+        return torch.autograd.grad(out, params, cot)
+
+    def reward():
+        with torch.no_grad(), unchecked():
+            return r2m_reward(query, p["x"], **w, score_weight=sw, omega=0.7, cu_seqlens=p["cu"])
+
+    print(f"\nend to end (public ops, B={b}, d={d}, bf16; states detached):")
+    for label, ov in (("defaults", {}), ("best", override)):
+        A.CONFIG_OVERRIDE = dict(ov)
+        try:
+            with icrm_kernels.use_backend("triton"):
+                for name, fn, target in (("s2t_attention fwd", fwd, "target >= 85%"),
+                                         ("s2t_attention fwd+bwd", fwd_bwd, "target <= 2.5 reads"),
+                                         ("r2m_reward", reward, "target >= 90%")):
+                    if dev.type == "cuda":
+                        med, _, _ = harness._time_cuda(fn, args.repeats, flush, warmup=2, budget_s=1.5)
+                    else:
+                        med, _, _ = harness._time_cpu(fn, 1, warmup=0)
+                    print(f"  {label:8s} {name:22s} {med * 1e3:8.3f} ms = {nbytes / med / copy_bw * 100:5.1f}% of copy bw"
+                          f" = {med * copy_bw / nbytes:.2f} reads  ({target})", flush=True)
+        except Exception as exc:
+            print(f"  {label}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            A.CONFIG_OVERRIDE = {}
 
 
 if __name__ == "__main__":
