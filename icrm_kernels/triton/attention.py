@@ -274,6 +274,11 @@ def _r2m_kernel(
 # are loaded before the current one is reduced (register double buffer), so a program always has
 # one tile in flight while it computes.
 @triton.jit
+def _add2(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
 def _load_rows(x_ptr, mask_ptr, row0, end, stride_x, offs_d, md, HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr):
     offs_l = row0 + tl.arange(0, BLOCK_L)
     in_range = offs_l < end
@@ -351,8 +356,7 @@ def _s2t_bwd_row_kernel(
         x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
                                         HAS_MASK, BLOCK_L)
         x = x_raw.to(tl.float32)
-        s = tl.sum(x * q[None, :], axis=1)
-        g = tl.sum(x * dc[None, :], axis=1)
+        s, g = tl.reduce((x * q[None, :], x * dc[None, :]), 1, _add2)  # one cross-warp reduction for both
         p = tl.where(valid, tl.exp(s - lse_safe) * mass, 0.0)
         ds = p * (g - delta)
         dq += tl.sum(ds[:, None] * x, axis=0)
@@ -391,8 +395,8 @@ def _r2m_row_kernel(
         x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
                                         HAS_MASK, BLOCK_L)
         x = x_raw.to(tl.float32)
-        s = tl.where(valid, tl.sum(x * q[None, :], axis=1), float("-inf"))
-        v = tl.sum(x * u[None, :], axis=1)
+        s, v = tl.reduce((x * q[None, :], x * u[None, :]), 1, _add2)  # one cross-warp reduction for both
+        s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
