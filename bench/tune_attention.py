@@ -77,7 +77,7 @@ def variants(quick):
     if quick:
         rows = rows[:2]
     for bl, w in rows:
-        for pps in ((8,) if quick else (4, 8, 16)):
+        for pps in ((8,) if quick else (2, 4, 8, 16)):
             out.append((f"row L{bl} w{w} pps{pps}", {"variant": "row", "BLOCK_L": bl, "num_warps": w,
                                                    "programs_per_sm": pps}))
     if not quick:
