@@ -361,3 +361,31 @@ def test_wide_states_smaller_token_blocks(backend, device):
     inp, seed = make_inputs(device, torch.float32, lens=(3, 19, 0), d_p=1100, d=4, num_heads=2)
     assert_matches_reference(seq_to_token_attention, ref.seq_to_token_attention, inp,
                              grad=["query", "states", "w_k", "w_v"], seed=seed)
+
+
+@pytest.mark.parametrize("variant,num_heads", [("generic", 1), ("row", 2), ("row", 1)])
+def test_forced_kernel_variant(device, monkeypatch, variant, num_heads):
+    """Both kernel families (full-row and generic) for fwd, bwd (with and without d states) and
+    r2m, whatever the launcher would pick; odd BLOCK_L / tokens per program to hit ragged blocks.
+    The row backward with d states and several heads falls back to the generic kernel."""
+    from icrm_kernels import _backend
+
+    if "triton" not in _backend.available_backends(device):
+        pytest.skip("no Triton backend here")
+    from icrm_kernels.triton import attention as tri
+
+    cfg = {"variant": variant, "BLOCK_L": 2, "num_warps": 4}
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg, "r2m": cfg})
+    monkeypatch.setattr(tri, "TOKENS_PER_PROGRAM", 5)
+    inp, seed = make_inputs(device, torch.float32, lens=(7, 0, 12, 1), num_heads=num_heads, bias=True, d=4, d_p=20)
+    sw = torch.randn(12, dtype=torch.float32).to(device)
+    with icrm_kernels.use_backend("triton"):
+        assert_matches_reference(seq_to_token_attention, ref.seq_to_token_attention, inp,
+                                 grad=["query", "states", "w_k"], seed=seed)
+        inp["states"] = inp["states"].detach()
+        assert_matches_reference(seq_to_token_attention, ref.seq_to_token_attention, inp, grad=["query"], seed=seed)
+        got = r2m_reward(**inp, score_weight=sw, omega=0.6)
+    want = ref.r2m_reward(**{k: (v.detach().double().cpu() if torch.is_tensor(v) and v.is_floating_point() else
+                                 (v.cpu() if torch.is_tensor(v) else v)) for k, v in inp.items()},
+                          score_weight=sw.double().cpu(), omega=0.6)
+    torch.testing.assert_close(got.double().cpu(), want, rtol=2e-4, atol=2e-5, msg=lambda m: f"seed {seed}: {m}")

@@ -3,9 +3,20 @@
 The projections are folded into the query side (q̃_h = scale · W_k,h q_h, width D_p), so the
 kernels only ever read the raw states ``x[rows, D_p]`` (bf16/fp16/fp32, fp32 math):
 
+Two kernel families, chosen per call in the launcher (``_config``; sweepable through
+``CONFIG_OVERRIDE``, see ``bench/tune_attention.py``):
+
+- full-row kernels (``_s2t_fwd_row_kernel``, ``_s2t_bwd_row_kernel``, ``_r2m_row_kernel``), used
+  when next_pow2(D_p) <= 8192 and H <= 2 (the paper's default is one head): one program per
+  (work item, head) loads each token block's whole row tile once, keeps q̃ / u / dc and its
+  accumulators in registers for the whole program and stores its partial once. Every state
+  byte is read once from DRAM; the next block's tile is loaded before the current one is used.
+- generic kernels below, for many heads or very wide D_p:
+
 - ``_s2t_fwd_kernel``: flash-decoding forward. One program per *work item* (a sequence's chunk
   of at most ``tokens_per_program`` tokens). Per block of BLOCK_L tokens: sweep 1 over D_p in
-  BLOCK_D chunks computes the H scores of each token, online softmax; sweep 2 re-reads the same
+  BLOCK_D chunks computes the H scores of each token (elementwise products accumulate in a
+  register tile across the chunks and are reduced once per token block), online softmax; sweep 2 re-reads the same
   tile (L1/L2 hit) and accumulates Σ p_l x_l into the program's fp32 partial [H, D_p] in a
   workspace. Writes the partial (m, l, acc).
 - ``_s2t_combine_kernel``: merges the partials of each sequence (softmax mode: max/sum rescale,
@@ -73,15 +84,17 @@ def _s2t_fwd_kernel(
         valid = in_range
         if HAS_MASK:
             valid = valid & (tl.load(mask_ptr + offs_l, mask=in_range, other=1) == 0)
-        # sweep 1: H scores per token
-        s = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        # sweep 1: H scores per token; elementwise products accumulate in registers across the D
+        # loop and are reduced once after it (one cross-warp reduction per token block, not per chunk)
+        s3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             md = offs_d < D
             x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
                         mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
             q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=mh[:, None] & md[None, :], other=0.0)
-            s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
+            s3 += x[:, None, :] * q[None, :, :]
+        s = tl.sum(s3, axis=2)
         s = tl.where(valid[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
@@ -169,8 +182,8 @@ def _s2t_bwd_kernel(
         valid = in_range
         if HAS_MASK:
             valid = valid & (tl.load(mask_ptr + offs_l, mask=in_range, other=1) == 0)
-        s = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
-        g = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        s3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
+        g3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             md = offs_d < D
@@ -179,8 +192,10 @@ def _s2t_bwd_kernel(
                         mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
             q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
             dc = tl.load(dc_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
-            s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
-            g += tl.sum(x[:, None, :] * dc[None, :, :], axis=2)
+            s3 += x[:, None, :] * q[None, :, :]
+            g3 += x[:, None, :] * dc[None, :, :]
+        s = tl.sum(s3, axis=2)
+        g = tl.sum(g3, axis=2)
         keep = valid[:, None] & has_mass[None, :]
         p = tl.where(keep, tl.exp(s - lse_safe[None, :]), 0.0)
         ds = p * (g - delta[None, :])
@@ -223,8 +238,8 @@ def _r2m_kernel(
         valid = offs_l < end
         if HAS_MASK:
             valid = valid & (tl.load(mask_ptr + offs_l, mask=valid, other=1) == 0)
-        s = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
-        v = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+        s3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
+        v3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             md = offs_d < D
@@ -233,8 +248,10 @@ def _r2m_kernel(
                         mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
             q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
             u = tl.load(u_ptr + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
-            s += tl.sum(x[:, None, :] * q[None, :, :], axis=2)
-            v += tl.sum(x[:, None, :] * u[None, :, :], axis=2)
+            s3 += x[:, None, :] * q[None, :, :]
+            v3 += x[:, None, :] * u[None, :, :]
+        s = tl.sum(s3, axis=2)
+        v = tl.sum(v3, axis=2)
         s = tl.where(valid[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
@@ -248,12 +265,170 @@ def _r2m_kernel(
     tl.store(a_ptr + pid * H + offs_h, a_i, mask=mh)
 
 
+# ---------------------------------------------------------------- full-row kernels
+# One program = one (work item, head); pid = work * H + head, so the heads of one work item run
+# side by side and share the row tiles in L2. The whole row x[BLOCK_L, D_PAD] is loaded once per
+# token block (each state byte read once from DRAM, never re-read), the per-head vectors (q̃, u,
+# dc) and accumulators (acc, dq̃) stay in registers for the whole program, and the partial is
+# stored once at the end: no workspace read-modify-write per block. The next token block's rows
+# are loaded before the current one is reduced (register double buffer), so a program always has
+# one tile in flight while it computes.
+@triton.jit
+def _add2(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
+def _load_rows(x_ptr, mask_ptr, row0, end, stride_x, offs_d, md, HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr):
+    offs_l = row0 + tl.arange(0, BLOCK_L)
+    in_range = offs_l < end
+    valid = in_range
+    if HAS_MASK:
+        valid = valid & (tl.load(mask_ptr + offs_l, mask=in_range, other=1) == 0)
+    x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :], mask=valid[:, None] & md[None, :], other=0.0)
+    return x, valid
+
+
+@triton.jit
+def _s2t_fwd_row_kernel(
+    x_ptr, q_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
+    m_ptr, l_ptr, acc_ptr,
+    B, H, D, stride_x, tpp,
+    HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, D_PAD: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_d = tl.arange(0, D_PAD)
+    md = offs_d < D
+    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    acc = tl.zeros([D_PAD], tl.float32)
+    m_i = tl.max(acc, axis=0) * 0.0 + float("-inf")
+    l_i = tl.sum(acc, axis=0)
+    n_blocks = tl.cdiv(end - start, BLOCK_L)
+    x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
+    for i in range(0, n_blocks):
+        x_raw = x_next
+        valid = valid_next
+        # issue the next block's loads before this block's tile is first used: two tiles in flight
+        x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
+                                        HAS_MASK, BLOCK_L)
+        x = x_raw.to(tl.float32)
+        s = tl.where(valid, tl.sum(x * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.where(valid, tl.exp(s - m_safe), 0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+        acc = acc * alpha + tl.sum(p[:, None] * x, axis=0)
+    tl.store(m_ptr + pid, m_i)
+    tl.store(l_ptr + pid, l_i)
+    tl.store(acc_ptr + pid * D + offs_d, acc, mask=md)
+
+
+@triton.jit
+def _s2t_bwd_row_kernel(
+    x_ptr, q_ptr, dc_ptr, lse_ptr, delta_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
+    dq_ptr, dx_ptr,
+    B, H, D, stride_x, stride_dx, tpp,
+    HAS_MASK: tl.constexpr, NEED_DX: tl.constexpr, BLOCK_L: tl.constexpr, D_PAD: tl.constexpr,
+):
+    """NEED_DX only with H == 1 (dx sums over heads; the launcher enforces it)."""
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_d = tl.arange(0, D_PAD)
+    md = offs_d < D
+    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    dc = tl.load(dc_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    lse = tl.load(lse_ptr + seq * H + h)
+    delta = tl.load(delta_ptr + seq * H + h)
+    mass = tl.where(lse > float("-inf"), 1.0, 0.0)  # 0 for a sequence with no attended token
+    lse_safe = tl.where(lse > float("-inf"), lse, 0.0)
+    dq = tl.zeros([D_PAD], tl.float32)
+    n_blocks = tl.cdiv(end - start, BLOCK_L)
+    x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
+    for i in range(0, n_blocks):
+        x_raw = x_next
+        valid = valid_next
+        # issue the next block's loads before this block's tile is first used: two tiles in flight
+        x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
+                                        HAS_MASK, BLOCK_L)
+        x = x_raw.to(tl.float32)
+        s, g = tl.reduce((x * q[None, :], x * dc[None, :]), 1, _add2)  # one cross-warp reduction for both
+        p = tl.where(valid, tl.exp(s - lse_safe) * mass, 0.0)
+        ds = p * (g - delta)
+        dq += tl.sum(ds[:, None] * x, axis=0)
+        if NEED_DX:
+            offs_l = start + i * BLOCK_L + tl.arange(0, BLOCK_L)
+            dx = p[:, None] * dc[None, :] + ds[:, None] * q[None, :]
+            tl.store(dx_ptr + offs_l[:, None] * stride_dx + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty),
+                     mask=(offs_l < end)[:, None] & md[None, :])
+    tl.store(dq_ptr + pid * D + offs_d, dq, mask=md)
+
+
+@triton.jit
+def _r2m_row_kernel(
+    x_ptr, q_ptr, u_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
+    m_ptr, l_ptr, a_ptr,
+    B, H, D, stride_x, tpp,
+    HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, D_PAD: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_d = tl.arange(0, D_PAD)
+    md = offs_d < D
+    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    u = tl.load(u_ptr + h * D + offs_d, mask=md, other=0.0)
+    zero = tl.sum(q, axis=0) * 0.0
+    m_i = zero + float("-inf")
+    l_i = zero
+    a_i = zero
+    n_blocks = tl.cdiv(end - start, BLOCK_L)
+    x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
+    for i in range(0, n_blocks):
+        x_raw = x_next
+        valid = valid_next
+        # issue the next block's loads before this block's tile is first used: two tiles in flight
+        x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
+                                        HAS_MASK, BLOCK_L)
+        x = x_raw.to(tl.float32)
+        s, v = tl.reduce((x * q[None, :], x * u[None, :]), 1, _add2)  # one cross-warp reduction for both
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.where(valid, tl.exp(s - m_safe), 0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        a_i = a_i * alpha + tl.sum(p * v, axis=0)
+        m_i = m_new
+    tl.store(m_ptr + pid, m_i)
+    tl.store(l_ptr + pid, l_i)
+    tl.store(a_ptr + pid, a_i)
+
+
 # ---------------------------------------------------------------- launchers
+# Launch configuration per kernel kind ("fwd", "bwd", "r2m"). bench/tune_attention.py sweeps it by
+# setting CONFIG_OVERRIDE[kind] = {...} with any of: "variant" ("row" | "generic"), "BLOCK_L",
+# "BLOCK_D" (generic only), "num_warps", "tpp" (tokens per program), "programs_per_sm" (used to
+# derive tpp when "tpp" is absent). Empty = the defaults below.
+CONFIG_OVERRIDE = {}
+# The full-row kernels keep a [D_PAD] fp32 vector per head operand in registers: used when the
+# padded width fits (D_PAD <= ROW_MAX_DPAD) and for few heads (each head is its own program; the
+# heads of one work item share the row tiles through L2). The states gradient sums over heads,
+# so the row backward computes it only for one head.
+ROW_MAX_DPAD = 8192
+ROW_MAX_HEADS = 2
+
+
 def _blocks(num_heads: int, d: int, elem_bytes: int):
-    """(BLOCK_L, BLOCK_H, BLOCK_D). A token block's full row tile (BLOCK_L x D_p) is read twice
-    (scores, then accumulation): keep it <= 64 KiB so the second sweep hits L1/L2 even with a few
-    programs per SM (BLOCK_L = 8 for bf16 D_p = 4096). The [BLOCK_L, BLOCK_H, BLOCK_D] product
-    is kept at <= 4096 fp32 values (32 per thread with 4 warps)."""
+    """(BLOCK_L, BLOCK_H, BLOCK_D) of the generic kernels. A token block's full row tile
+    (BLOCK_L x D_p) is read twice (scores, then accumulation): keep it <= 64 KiB so the second
+    sweep hits L1/L2 even with a few programs per SM (BLOCK_L = 8 for bf16 D_p = 4096). The
+    [BLOCK_L, BLOCK_H, BLOCK_D] register accumulators hold <= 4096 fp32 values (32 per thread at
+    4 warps)."""
     block_h = triton.next_power_of_2(max(num_heads, 1))
     block_l = 16 if block_h <= 4 else 8
     while block_l > 4 and block_l * d * elem_bytes > 64 * 1024:
@@ -262,18 +437,46 @@ def _blocks(num_heads: int, d: int, elem_bytes: int):
     return block_l, block_h, block_d
 
 
-def _tokens_per_program(total_rows: int, device: torch.device, block_l: int) -> int:
+def _config(kind: str, heads: int, d: int, elem_bytes: int, need_dx: bool = False) -> dict:
+    ov = dict(CONFIG_OVERRIDE.get(kind) or {})
+    d_pad = triton.next_power_of_2(max(d, 1))
+    row_ok = d_pad <= ROW_MAX_DPAD and not (kind == "bwd" and need_dx and heads > 1)
+    variant = ov.pop("variant", "row" if (row_ok and heads <= ROW_MAX_HEADS) else "generic")
+    if variant == "row" and not row_ok:
+        variant = "generic"
+    if variant == "row":
+        # one token block = BLOCK_L x D_PAD fp32 values: 8192 (32 registers a thread at 8 warps),
+        # plus the next block's tile in flight in the states' dtype
+        # (fwd, r2m: 2 x 4096 at 8 warps, ~128 / ~95 registers: two programs per SM). The backward
+        # holds three [D_PAD] vectors (q̃, dc, dq̃): 4 x 4096 at 16 warps (<= 128 registers).
+        if kind == "bwd":
+            cfg = dict(variant="row", BLOCK_L=max(1, min(16, 16384 // d_pad)), D_PAD=d_pad,
+                       num_warps=min(16, max(4, d_pad // 256)))
+        else:
+            cfg = dict(variant="row", BLOCK_L=max(1, min(16, 8192 // d_pad)), D_PAD=d_pad,
+                       num_warps=min(8, max(4, d_pad // 512)))
+    else:
+        block_l, block_h, block_d = _blocks(heads, d, elem_bytes)
+        cfg = dict(variant="generic", BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4)
+    cfg.update(tpp=None, programs_per_sm=8)
+    cfg.update(ov)
+    return cfg
+
+
+def _tokens_per_program(total_rows: int, device: torch.device, cfg: dict) -> int:
     if TOKENS_PER_PROGRAM is not None:
         return int(TOKENS_PER_PROGRAM)
+    if cfg.get("tpp"):
+        return int(cfg["tpp"])
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    target = triton.cdiv(max(total_rows, 1), 8 * n_sm)
-    return max(block_l, min(1024, triton.next_power_of_2(target)))
+    target = triton.cdiv(max(total_rows, 1), int(cfg["programs_per_sm"]) * n_sm)
+    return max(cfg["BLOCK_L"], min(1024, triton.next_power_of_2(target)))
 
 
 class _Layout:
     """Rows of the states as a 2-D [rows, D_p] view plus device-side work decomposition."""
 
-    def __init__(self, states, cu_seqlens, mask, block_l):
+    def __init__(self, states, cu_seqlens, mask, cfg):
         if states.dim() == 3:
             b, length, d = states.shape
             cu = torch.arange(b + 1, device=states.device, dtype=torch.int64) * length
@@ -288,7 +491,7 @@ class _Layout:
             x = x.contiguous()
         self.x, self.cu, self.B, self.D = x, cu, b, x.shape[-1]
         rows = x.shape[0]
-        self.tpp = _tokens_per_program(rows, states.device, block_l)
+        self.tpp = _tokens_per_program(rows, states.device, cfg)
         lengths = cu[1:] - cu[:-1]
         work_off = torch.zeros(b + 1, dtype=torch.int64, device=states.device)
         torch.cumsum((lengths + self.tpp - 1) // self.tpp, 0, out=work_off[1:])
@@ -301,11 +504,18 @@ class _Layout:
         return self.mask if self.mask is not None else self.cu  # dummy pointer when HAS_MASK is off
 
 
+def _launch_kw(cfg: dict) -> dict:
+    keys = ("BLOCK_L", "D_PAD") if cfg["variant"] == "row" else ("BLOCK_L", "BLOCK_H", "BLOCK_D")
+    kw = {k: cfg[k] for k in keys}
+    kw["num_warps"] = cfg["num_warps"]
+    return kw
+
+
 def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     """(c[B, H, D_p] fp32, lse[B, H] fp32); q_tilde [B, H, D_p] any float dtype."""
     bsz, heads, d = q_tilde.shape
-    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
-    lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
+    cfg = _config("fwd", heads, d, states.element_size())
+    lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
     c = torch.empty(bsz, heads, d, device=dev, dtype=torch.float32)
     lse = torch.empty(bsz, heads, device=dev, dtype=torch.float32)
@@ -315,11 +525,16 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     m = torch.empty(lay.P, heads, device=dev, dtype=torch.float32)
     l = torch.empty_like(m)
     acc = torch.empty(lay.P, heads, d, device=dev, dtype=torch.float32)
-    _s2t_fwd_kernel[(lay.P,)](
-        lay.x, q, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, m, l, acc,
-        bsz, heads, d, lay.x.stride(0), lay.tpp,
-        HAS_MASK=lay.mask is not None, BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
-    )
+    if cfg["variant"] == "row":
+        _s2t_fwd_row_kernel[(lay.P * heads,)](
+            lay.x, q, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, m, l, acc,
+            bsz, heads, d, lay.x.stride(0), lay.tpp, HAS_MASK=lay.mask is not None, **_launch_kw(cfg),
+        )
+    else:
+        _s2t_fwd_kernel[(lay.P,)](
+            lay.x, q, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, m, l, acc,
+            bsz, heads, d, lay.x.stride(0), lay.tpp, HAS_MASK=lay.mask is not None, **_launch_kw(cfg),
+        )
     cb = min(1024, triton.next_power_of_2(d))
     _s2t_combine_kernel[(bsz, heads, triton.cdiv(d, cb))](
         m, l, acc, lay.work_off, c, lse, heads, d, SOFTMAX=True, BLOCK_D=cb, num_warps=4,
@@ -330,8 +545,8 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
 def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
     """(dq̃[B, H, D_p] fp32, d states in the states' dtype or None)."""
     bsz, heads, d = q_tilde.shape
-    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
-    lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
+    cfg = _config("bwd", heads, d, states.element_size(), need_dx=need_dstates)
+    lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
     dq = torch.zeros(bsz, heads, d, device=dev, dtype=torch.float32)
     dx = torch.empty(lay.x.shape, device=dev, dtype=states.dtype) if need_dstates else None
@@ -342,13 +557,13 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
     delta = (c.to(torch.float32) * dc).sum(-1).contiguous()
     lse = lse.to(torch.float32).contiguous()
     part = torch.empty(lay.P, heads, d, device=dev, dtype=torch.float32)
-    _s2t_bwd_kernel[(lay.P,)](
-        lay.x, q, dc, lse, delta, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, part,
-        dx if need_dstates else part,
-        bsz, heads, d, lay.x.stride(0), d, lay.tpp,
-        HAS_MASK=lay.mask is not None, NEED_DX=need_dstates,
-        BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
-    )
+    args = (lay.x, q, dc, lse, delta, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, part,
+            dx if need_dstates else part, bsz, heads, d, lay.x.stride(0), d, lay.tpp)
+    if cfg["variant"] == "row":
+        _s2t_bwd_row_kernel[(lay.P * heads,)](
+            *args, HAS_MASK=lay.mask is not None, NEED_DX=need_dstates, **_launch_kw(cfg))
+    else:
+        _s2t_bwd_kernel[(lay.P,)](*args, HAS_MASK=lay.mask is not None, NEED_DX=need_dstates, **_launch_kw(cfg))
     cb = min(1024, triton.next_power_of_2(d))
     _s2t_combine_kernel[(bsz, heads, triton.cdiv(d, cb))](
         part, part, part, lay.work_off, dq, lse, heads, d, SOFTMAX=False, BLOCK_D=cb, num_warps=4,
@@ -359,19 +574,19 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
 def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     """(y[B, H] = Σ_l p_hl (u_h·x_l) fp32, nonempty[B] bool); u [H, D_p]."""
     bsz, heads, d = q_tilde.shape
-    block_l, block_h, block_d = _blocks(heads, d, states.element_size())
-    lay = _Layout(states, cu_seqlens, key_padding_mask, block_l)
+    cfg = _config("r2m", heads, d, states.element_size())
+    lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
     m = torch.empty(lay.P, heads, device=dev, dtype=torch.float32)
     l = torch.empty_like(m)
     a = torch.empty_like(m)
     if bsz > 0:
-        _r2m_kernel[(lay.P,)](
-            lay.x, q_tilde.to(torch.float32).contiguous(), u.to(torch.float32).contiguous(), lay.mask_arg,
-            lay.cu, lay.work_off, lay.work_seq, m, l, a,
-            bsz, heads, d, lay.x.stride(0), lay.tpp,
-            HAS_MASK=lay.mask is not None, BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
-        )
+        args = (lay.x, q_tilde.to(torch.float32).contiguous(), u.to(torch.float32).contiguous(), lay.mask_arg,
+                lay.cu, lay.work_off, lay.work_seq, m, l, a, bsz, heads, d, lay.x.stride(0), lay.tpp)
+        if cfg["variant"] == "row":
+            _r2m_row_kernel[(lay.P * heads,)](*args, HAS_MASK=lay.mask is not None, **_launch_kw(cfg))
+        else:
+            _r2m_kernel[(lay.P,)](*args, HAS_MASK=lay.mask is not None, **_launch_kw(cfg))
     # merge the partials of each sequence (tiny [P, H] tensors; programs past the end are dropped)
     live = (lay.work_seq < bsz).unsqueeze(1)
     seq = lay.work_seq.clamp(max=max(bsz - 1, 0)).unsqueeze(1).expand(-1, heads)
@@ -412,6 +627,9 @@ _B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (SPEC
 _B1_F32 = dict(BLOCK_L=4, BLOCK_H=1, BLOCK_D=256)  # one head, fp32 D_p = 4096
 _B8 = dict(BLOCK_L=8, BLOCK_H=8, BLOCK_D=64)  # eight heads, D_p <= 1024 (bf16) / 2048 (fp32)
 
+# full-row kernels at the SPEC §4 shape (D_p = 4096 -> D_PAD = 4096) and the tuning sweep's corners
+_R = lambda bl: dict(BLOCK_L=bl, D_PAD=4096)  # noqa: E731
+
 AOT_SPECS = [
     AotSpec(_s2t_fwd_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,packed,H=1"),
     AotSpec(_s2t_fwd_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_B1_F32), label="fp32,padded,H=1"),
@@ -424,4 +642,25 @@ AOT_SPECS = [
     AotSpec(_r2m_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_B1), label="bf16,H=1"),
     AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_B8), label="fp32,H=8"),
     AotSpec(_r2m_kernel, _r2m_sig("fp32"), dict(HAS_MASK=False, **_B1_F32), label="fp32,H=1"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(2)), num_warps=8, label="bf16,L2,w8"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=8, label="bf16,L4,w8"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(1)), num_warps=4, label="bf16,L1,w4"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=16, label="bf16,L4,w16"),
+    AotSpec(_s2t_fwd_row_kernel, _fwd_sig("fp32"), dict(HAS_MASK=True, **_R(2)), num_warps=8, label="fp32,mask,L2,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(2)), num_warps=8,
+            label="bf16,no dx,L2,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(4)), num_warps=8,
+            label="bf16,no dx,L4,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(4)), num_warps=16,
+            label="bf16,no dx,L4,w16"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=False, **_R(2)), num_warps=16,
+            label="bf16,no dx,L2,w16"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=True, NEED_DX=True, **_R(2)), num_warps=8,
+            label="bf16,dx,L2,w8"),
+    AotSpec(_s2t_bwd_row_kernel, _bwd_sig("bf16"), dict(HAS_MASK=False, NEED_DX=True, **_R(4)), num_warps=16,
+            label="bf16,dx,L4,w16"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(2)), num_warps=8, label="bf16,L2,w8"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=8, label="bf16,L4,w8"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=16, label="bf16,L4,w16"),
+    AotSpec(_r2m_row_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_R(2)), num_warps=8, label="fp32,mask,L2,w8"),
 ]
