@@ -124,3 +124,27 @@ def hypervolume(points, ref):
             corner = torch.stack(subset).min(0).values
             total += (-1) ** (size + 1) * float(torch.prod(corner - r))
     return torch.tensor(total, dtype=torch.float64)
+
+
+def beta_elbo_grads(alpha, beta, labels, *, prior_alpha=1.0, prior_beta=1.0, kl_weight=1.0):
+    """Per-element (dL/dalpha, dL/dbeta) of the unreduced loss, in closed form (labels=None: KL only):
+
+    dL/da = -y psi'(a) + psi'(s) + kl_weight [(a - a0) psi'(a) + (a0 + b0 - s) psi'(s)]
+    dL/db = -(1-y) psi'(b) + psi'(s) + kl_weight [(b - b0) psi'(b) + (a0 + b0 - s) psi'(s)]
+    """
+    s = alpha + beta
+    ta, tb, ts = torch.polygamma(1, alpha), torch.polygamma(1, beta), torch.polygamma(1, s)
+    p0 = prior_alpha + prior_beta
+    ga = kl_weight * ((alpha - prior_alpha) * ta + (p0 - s) * ts)
+    gb = kl_weight * ((beta - prior_beta) * tb + (p0 - s) * ts)
+    if labels is not None:
+        ga = ga - labels * ta + ts
+        gb = gb - (1 - labels) * tb + ts
+    return ga, gb
+
+
+def from_logits_grads(mean_logit, conc_logit, ga, gb, tau_min=1e-2):
+    """Chain rule through beta_from_logits: (dL/dmean_logit, dL/dconc_logit) from (dL/dalpha, dL/dbeta)."""
+    mu, mu_c = torch.sigmoid(mean_logit), torch.sigmoid(-mean_logit)
+    tau = F.softplus(conc_logit) + tau_min
+    return (ga - gb) * tau * mu * mu_c, (ga * mu + gb * mu_c) * torch.sigmoid(conc_logit)

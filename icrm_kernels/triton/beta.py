@@ -30,11 +30,6 @@ def _elbo_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    prior_a = prior_a.to(tl.float32)
-    prior_b = prior_b.to(tl.float32)
-    lnb0 = lnb0.to(tl.float32)
-    kl_weight = kl_weight.to(tl.float32)
-    tau_min = tau_min.to(tl.float32)
     x1 = tl.load(x1_ptr + offs, mask=mask, other=1.0).to(tl.float32)
     x2 = tl.load(x2_ptr + offs, mask=mask, other=1.0).to(tl.float32)
     if FROM_LOGITS:
@@ -126,7 +121,6 @@ def _posterior_kernel(
     k = tl.program_id(0).to(tl.int64)
     lo = tl.load(cu_ptr + k).to(tl.int64)
     hi = tl.load(cu_ptr + k + 1).to(tl.int64)
-    log2_gamma = log2_gamma.to(tl.float32)
     acc_a = tl.zeros([BLOCK], tl.float32)
     acc_b = tl.zeros([BLOCK], tl.float32)
     for start in range(lo, hi, BLOCK):
@@ -145,8 +139,8 @@ def _posterior_kernel(
             wt = wt * tl.exp2((hi - 1 - j).to(tl.float32) * log2_gamma)
         acc_a += tl.where(m, wt * y, 0.0)
         acc_b += tl.where(m, wt * (1.0 - y), 0.0)
-    tl.store(alpha_ptr + k, prior_a.to(tl.float32) + tl.sum(acc_a, axis=0))
-    tl.store(beta_ptr + k, prior_b.to(tl.float32) + tl.sum(acc_b, axis=0))
+    tl.store(alpha_ptr + k, prior_a + tl.sum(acc_a, axis=0))
+    tl.store(beta_ptr + k, prior_b + tl.sum(acc_b, axis=0))
 
 
 # ------------------------------------------------------------------ launchers
