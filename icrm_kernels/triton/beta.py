@@ -15,7 +15,7 @@ import triton.language as tl
 from icrm_kernels.triton._aot import AotSpec
 from icrm_kernels.triton.special import gamma_terms, log1p_small, log_ratios, neg_entropy_core
 
-BLOCK = 1024
+BLOCK = 256  # 2 elements per thread at 4 warps: the special functions need many live registers
 
 
 @triton.jit
