@@ -312,6 +312,26 @@ def test_posterior_matches_loops(backend, device, layout, discount, weighted):
     torch.testing.assert_close(rb, eb)
 
 
+@pytest.mark.parametrize("layout", ["cu", "index"])
+def test_posterior_ragged_long_segments(backend, device, layout):
+    """Segment lengths from 0 to a few hundred: several steps per tile, masked tails."""
+    sizes = torch.tensor([0, 150, 3, 40, 1, 0, 77, 300, 2])[torch.randperm(9)]
+    k, m = 9, int(sizes.sum())
+    y = torch.rand(m, device=device)
+    w = torch.rand(m, device=device)
+    seg = torch.repeat_interleave(torch.arange(k), sizes)
+    if layout == "cu":
+        cu = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
+        alpha, beta = beta_posterior(y, cu_segments=cu.to(device), weights=w, discount=0.97)
+    else:
+        perm = torch.randperm(m)
+        seg, y, w = seg[perm], y[perm.to(device)], w[perm.to(device)]
+        alpha, beta = beta_posterior(y, segment_index=seg.to(device), num_segments=k, weights=w, discount=0.97)
+    ea, eb = _brute_posterior(y.double().cpu().tolist(), seg.tolist(), k, w.double().cpu().tolist(), 1.0, 1.0, 0.97)
+    torch.testing.assert_close(alpha.double().cpu(), ea, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(beta.double().cpu(), eb, atol=1e-4, rtol=1e-5)
+
+
 def test_posterior_hard_labels_is_conjugate_update(backend, device):
     seg = torch.randint(0, 5, (60,), device=device)
     y = torch.randint(0, 2, (60,), device=device).bool()

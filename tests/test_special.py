@@ -133,5 +133,5 @@ def test_torch_compile_fullgraph():
 
     x = torch.rand(16) + 0.5
     y = torch.rand(16) + 0.5
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(f, fullgraph=True)
     torch.testing.assert_close(compiled(x, y), f(x, y))

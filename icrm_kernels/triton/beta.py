@@ -113,19 +113,23 @@ def _stats_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _posterior_kernel(
-    y_ptr, w_ptr, order_ptr, cu_ptr, alpha_ptr, beta_ptr,
+    y_ptr, w_ptr, order_ptr, cu_ptr, alpha_ptr, beta_ptr, num_segments,
     prior_a, prior_b, log2_gamma,
-    HAS_W: tl.constexpr, HAS_ORDER: tl.constexpr, DISCOUNT: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_ORDER: tl.constexpr, DISCOUNT: tl.constexpr,
+    SEGS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One program per segment k: alpha = a0 + sum w g^(n-1-i) y, beta = b0 + sum w g^(n-1-i) (1-y)."""
-    k = tl.program_id(0).to(tl.int64)
-    lo = tl.load(cu_ptr + k).to(tl.int64)
-    hi = tl.load(cu_ptr + k + 1).to(tl.int64)
-    acc_a = tl.zeros([BLOCK], tl.float32)
-    acc_b = tl.zeros([BLOCK], tl.float32)
-    for start in range(lo, hi, BLOCK):
-        j = start + tl.arange(0, BLOCK)
-        m = j < hi
+    """A tile of SEGS segments per program, BLOCK demonstrations of each per step:
+    alpha_k = a0 + sum_i w_i g^(n-1-i) y_i, beta_k = b0 + sum_i w_i g^(n-1-i) (1 - y_i)."""
+    seg = tl.program_id(0).to(tl.int64) * SEGS + tl.arange(0, SEGS)
+    seg_ok = seg < num_segments
+    lo = tl.load(cu_ptr + seg, mask=seg_ok, other=0).to(tl.int64)
+    hi = tl.load(cu_ptr + seg + 1, mask=seg_ok, other=0).to(tl.int64)
+    longest = tl.max(hi - lo, axis=0)
+    acc_a = tl.zeros([SEGS, BLOCK], tl.float32)
+    acc_b = tl.zeros([SEGS, BLOCK], tl.float32)
+    for start in range(0, longest, BLOCK):
+        j = lo[:, None] + start + tl.arange(0, BLOCK)[None, :]
+        m = j < hi[:, None]
         if HAS_ORDER:
             src = tl.load(order_ptr + j, mask=m, other=0).to(tl.int64)
         else:
@@ -134,13 +138,13 @@ def _posterior_kernel(
         if HAS_W:
             wt = tl.load(w_ptr + src, mask=m, other=0.0).to(tl.float32)
         else:
-            wt = tl.full([BLOCK], 1.0, tl.float32)
+            wt = tl.full([SEGS, BLOCK], 1.0, tl.float32)
         if DISCOUNT:
-            wt = wt * tl.exp2((hi - 1 - j).to(tl.float32) * log2_gamma)
+            wt = wt * tl.exp2((hi[:, None] - 1 - j).to(tl.float32) * log2_gamma)
         acc_a += tl.where(m, wt * y, 0.0)
         acc_b += tl.where(m, wt * (1.0 - y), 0.0)
-    tl.store(alpha_ptr + k, prior_a + tl.sum(acc_a, axis=0))
-    tl.store(beta_ptr + k, prior_b + tl.sum(acc_b, axis=0))
+    tl.store(alpha_ptr + seg, prior_a + tl.sum(acc_a, axis=1), mask=seg_ok)
+    tl.store(beta_ptr + seg, prior_b + tl.sum(acc_b, axis=1), mask=seg_ok)
 
 
 # ------------------------------------------------------------------ launchers
@@ -186,12 +190,13 @@ def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, disc
     m = outcomes.numel()
     mean_len = max(1, m // num_segments)
     block = min(1024, max(16, triton.next_power_of_2(mean_len)))
+    segs = max(1, 1024 // block)  # ~1024 demonstrations per step and program
     log2_gamma = math.log2(discount) if discount < 1.0 else 0.0
-    _posterior_kernel[(num_segments,)](
+    _posterior_kernel[(triton.cdiv(num_segments, segs),)](
         outcomes, weights if weights is not None else outcomes, order if order is not None else cu, cu,
-        alpha, beta, float(prior_a), float(prior_b), float(log2_gamma),
-        HAS_W=weights is not None, HAS_ORDER=order is not None, DISCOUNT=discount < 1.0, BLOCK=block,
-        num_warps=4 if block >= 512 else 2,
+        alpha, beta, num_segments, float(prior_a), float(prior_b), float(log2_gamma),
+        HAS_W=weights is not None, HAS_ORDER=order is not None, DISCOUNT=discount < 1.0, SEGS=segs, BLOCK=block,
+        num_warps=8,
     )
     return alpha, beta
 
@@ -214,11 +219,13 @@ AOT_SPECS = [
     AotSpec(_stats_kernel, {"a_ptr": "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16", "n": "i64"}, {"BLOCK": BLOCK},
             num_warps=4, label="bf16"),
     AotSpec(_posterior_kernel, {"y_ptr": "*fp32", "w_ptr": "*fp32", "order_ptr": "*i64", "cu_ptr": "*i64",
-                                "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "prior_a": "fp32", "prior_b": "fp32",
-                                "log2_gamma": "fp32"},
-            {"HAS_W": True, "HAS_ORDER": True, "DISCOUNT": True, "BLOCK": 64}, num_warps=2, label="fp32,w,order,disc"),
+                                "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32",
+                                "prior_b": "fp32", "log2_gamma": "fp32"},
+            {"HAS_W": True, "HAS_ORDER": True, "DISCOUNT": True, "SEGS": 16, "BLOCK": 64}, num_warps=8,
+            label="fp32,w,order,disc,16x64"),
     AotSpec(_posterior_kernel, {"y_ptr": "*bf16", "w_ptr": "*bf16", "order_ptr": "*i64", "cu_ptr": "*i64",
-                                "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "prior_a": "fp32", "prior_b": "fp32",
-                                "log2_gamma": "fp32"},
-            {"HAS_W": False, "HAS_ORDER": False, "DISCOUNT": False, "BLOCK": 1024}, num_warps=4, label="bf16,plain"),
+                                "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32",
+                                "prior_b": "fp32", "log2_gamma": "fp32"},
+            {"HAS_W": False, "HAS_ORDER": False, "DISCOUNT": False, "SEGS": 1, "BLOCK": 1024}, num_warps=8,
+            label="bf16,plain,1x1024"),
 ]
