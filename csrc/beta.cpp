@@ -156,6 +156,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beta_elbo(
   return {loss, g1, g2};
 }
 
+// ---------------------------------------------------------------- parametrisation
+// alpha = sigmoid(m) tau, beta = sigmoid(-m) tau, tau = softplus(c) + tau_min.
+std::tuple<at::Tensor, at::Tensor> beta_from_logits(const at::Tensor& m_in, const at::Tensor& c_in, double tau_min) {
+  check_cpu(m_in, "mean_logit");
+  check_cpu(c_in, "conc_logit");
+  const at::Tensor m = upcast(m_in), c = upcast(c_in).to(m.scalar_type());
+  const int64_t n = m.numel();
+  TORCH_CHECK(c.numel() == n, "beta_from_logits: mean_logit and conc_logit must have the same number of elements");
+  at::Tensor a = at::empty_like(m), b = at::empty_like(m);
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "beta_from_logits", [&] {
+    using T = scalar_t;
+    const T* mp = m.data_ptr<T>();
+    const T* cp = c.data_ptr<T>();
+    T* ap = a.data_ptr<T>();
+    T* bp = b.data_ptr<T>();
+    const T tmin = T(tau_min);
+    at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T tau = std::max(cp[i], T(0)) + sp::log1p_small(std::exp(-std::abs(cp[i]))) + tmin;
+        ap[i] = tau / (T(1) + std::exp(-mp[i]));
+        bp[i] = tau / (T(1) + std::exp(mp[i]));
+      }
+    });
+  });
+  return {a.to(m_in.scalar_type()), b.to(m_in.scalar_type())};
+}
+
 // ---------------------------------------------------------------- statistics
 // out[6, n]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy.
 at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
@@ -268,6 +295,7 @@ TORCH_LIBRARY_FRAGMENT(icrm_cpu, m) {
       "float lnb0, float kl_weight, float tau_min, bool from_logits, int reduction, bool compute_grad) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("beta_stats(Tensor alpha, Tensor beta) -> Tensor");
+  m.def("beta_from_logits(Tensor mean_logit, Tensor conc_logit, float tau_min) -> (Tensor, Tensor)");
   m.def(
       "beta_posterior(Tensor outcomes, Tensor? weights, Tensor? cu, Tensor? index, int num_segments, "
       "float prior_alpha, float prior_beta, float discount) -> (Tensor, Tensor)");
@@ -278,5 +306,6 @@ TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) {
   m.impl("betaln", &icrm::betaln);
   m.impl("beta_elbo", &icrm::beta_elbo);
   m.impl("beta_stats", &icrm::beta_stats);
+  m.impl("beta_from_logits", &icrm::beta_from_logits);
   m.impl("beta_posterior", &icrm::beta_posterior);
 }

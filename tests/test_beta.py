@@ -201,17 +201,25 @@ def test_beta_kl(backend, device):
         beta_kl(a, b, -a, b)
 
 
-def test_beta_from_logits(device):
-    m = torch.randn(20, device=device) * 4
-    c = torch.randn(20, device=device) * 4
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_beta_from_logits(backend, device, dtype):
+    m = (torch.randn(20, device=device) * 4).to(dtype)
+    c = (torch.randn(20, device=device) * 4).to(dtype)
+    tol = {} if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    assert_matches_reference(lambda **k: beta_from_logits(**k, tau_min=0.1),
+                             lambda **k: ref.beta_from_logits(**k, tau_min=0.1),
+                             dict(mean_logit=m, conc_logit=c), grad=["mean_logit", "conc_logit"], **tol)
     a, b = beta_from_logits(m, c, tau_min=0.1)
-    ra, rb = ref.beta_from_logits(m.double(), c.double(), 0.1)
-    torch.testing.assert_close(a.double(), ra, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(b.double(), rb, atol=1e-6, rtol=1e-5)
     a2, b2 = beta_from_logits(-m, c, tau_min=0.1)  # swapping a and b: mu -> 1 - mu
     torch.testing.assert_close(a2, b)
     torch.testing.assert_close(b2, a)
-    assert ((a + b) >= 0.1 - 1e-6).all()
+    assert ((a.float() + b.float()) >= 0.1 - 1e-3).all()
+
+
+def test_beta_from_logits_gradcheck(backend, device):
+    m = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
+    c = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, c: beta_from_logits(m, c, 0.05), (m, c))
 
 
 # ------------------------------------------------------------------ stats, steer

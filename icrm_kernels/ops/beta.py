@@ -330,18 +330,59 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
     return loss
 
 
+@torch.library.custom_op("icrm::beta_from_logits", mutates_args=())
+def _beta_from_logits_op(mean_logit: Tensor, conc_logit: Tensor, tau_min: float) -> Tuple[Tensor, Tensor]:
+    backend = _select(mean_logit, "beta_from_logits")
+    if backend == "triton":
+        from icrm_kernels.triton import beta as tri
+
+        return tri.from_logits(mean_logit, conc_logit, tau_min)
+    if backend == "cpp":
+        return torch.ops.icrm_cpu.beta_from_logits(mean_logit.contiguous(), conc_logit.contiguous(), tau_min)
+    from icrm_kernels.reference import beta as ref
+
+    a, b = ref.beta_from_logits(mean_logit.to(torch.float64), conc_logit.to(torch.float64), tau_min)
+    return a.to(mean_logit.dtype), b.to(mean_logit.dtype)
+
+
+@_beta_from_logits_op.register_fake
+def _(mean_logit, conc_logit, tau_min):
+    return torch.empty_like(mean_logit), torch.empty_like(mean_logit)
+
+
+def _from_logits_setup(ctx, inputs, output):
+    ctx.tau_min = inputs[2]
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _from_logits_backward(ctx, ga, gb):
+    """Chain rule in torch ops (elementwise): d/dm = (ga - gb) tau mu (1-mu), d/dc = (ga mu + gb (1-mu)) sigmoid(c)."""
+    m, c = ctx.saved_tensors
+    cdt = _grad_dtype(m)
+    mf, cf = m.to(cdt), c.to(cdt)
+    ga = torch.zeros_like(mf) if ga is None else ga.to(cdt)
+    gb = torch.zeros_like(mf) if gb is None else gb.to(cdt)
+    mu, mu_c = torch.sigmoid(mf), torch.sigmoid(-mf)
+    tau = F.softplus(cf) + ctx.tau_min
+    return ((ga - gb) * tau * mu * mu_c).to(m.dtype), ((ga * mu + gb * mu_c) * torch.sigmoid(cf)).to(c.dtype), None
+
+
+_beta_from_logits_op.register_autograd(_from_logits_backward, setup_context=_from_logits_setup)
+
+
 def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e-2) -> Tuple[Tensor, Tensor]:
     """(alpha, beta) = (mu tau, (1 - mu) tau), mu = sigmoid(mean_logit), tau = softplus(conc_logit) + tau_min.
 
+    mean_logit, conc_logit: same shape, one float dtype; returns two tensors of that shape and dtype.
     Swapping the two responses (mean_logit -> -mean_logit) maps mu to 1 - mu, i.e. swaps alpha and
-    beta. 1 - mu is computed as sigmoid(-mean_logit) (no cancellation). Plain torch elementwise ops
-    on every device (memory-bound and trivially fused by torch.compile); for training, prefer
+    beta. 1 - mu is computed as sigmoid(-mean_logit) (no cancellation). One elementwise kernel
+    (Triton / C++); the backward is elementwise torch. For training prefer
     :func:`beta_elbo_loss_from_logits`, which fuses this parametrisation into the loss kernel.
+    In fp32, |mean_logit| > ~88 underflows beta (or alpha) to 0.
     """
     _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
-    tau = F.softplus(conc_logit) + tmin
-    return torch.sigmoid(mean_logit) * tau, torch.sigmoid(-mean_logit) * tau
+    return _beta_from_logits_op(mean_logit, conc_logit, tmin)
 
 
 # ==================================================================== statistics

@@ -147,6 +147,20 @@ def _posterior_kernel(
     tl.store(beta_ptr + seg, prior_b + tl.sum(acc_b, axis=1), mask=seg_ok)
 
 
+@triton.jit
+def _from_logits_kernel(m_ptr, c_ptr, a_ptr, b_ptr, n, tau_min, BLOCK: tl.constexpr):
+    """alpha = sigmoid(m) tau, beta = sigmoid(-m) tau, tau = softplus(c) + tau_min."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(c_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tau = tl.maximum(c, 0.0) + log1p_small(tl.exp(-tl.abs(c))) + tau_min
+    ty = a_ptr.dtype.element_ty
+    tl.store(a_ptr + offs, (tau / (1.0 + tl.exp(-m))).to(ty), mask=mask)
+    tl.store(b_ptr + offs, (tau / (1.0 + tl.exp(m))).to(ty), mask=mask)
+
+
 # ------------------------------------------------------------------ launchers
 def elbo(x1, x2, labels, weights, prior_a, prior_b, lnb0, kl_weight, tau_min, from_logits, reduce, grad):
     """Returns (loss [n] in x1's dtype, or partial sums [programs] fp32; g1, g2 fp32 [n] or empty)."""
@@ -201,6 +215,15 @@ def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, disc
     return alpha, beta
 
 
+def from_logits(m, c, tau_min):
+    m, c = m.contiguous(), c.contiguous()
+    a, b = torch.empty_like(m), torch.empty_like(m)
+    n = m.numel()
+    if n:
+        _from_logits_kernel[(triton.cdiv(n, 1024),)](m, c, a, b, n, float(tau_min), BLOCK=1024, num_warps=4)
+    return a, b
+
+
 def _elbo_spec(t, from_logits, has_w, reduce, label):
     sig = {"x1_ptr": f"*{t}", "x2_ptr": f"*{t}", "y_ptr": f"*{t}", "w_ptr": f"*{t}",
            "loss_ptr": "*fp32" if reduce else f"*{t}", "g1_ptr": "*fp32", "g2_ptr": "*fp32", "n": "i64",
@@ -228,4 +251,8 @@ AOT_SPECS = [
                                 "prior_b": "fp32", "log2_gamma": "fp32"},
             {"HAS_W": False, "HAS_ORDER": False, "DISCOUNT": False, "SEGS": 1, "BLOCK": 1024}, num_warps=8,
             label="bf16,plain,1x1024"),
+    AotSpec(_from_logits_kernel, {"m_ptr": "*bf16", "c_ptr": "*bf16", "a_ptr": "*bf16", "b_ptr": "*bf16", "n": "i64",
+                                  "tau_min": "fp32"}, {"BLOCK": 1024}, num_warps=4, label="bf16"),
+    AotSpec(_from_logits_kernel, {"m_ptr": "*fp32", "c_ptr": "*fp32", "a_ptr": "*fp32", "b_ptr": "*fp32", "n": "i64",
+                                  "tau_min": "fp32"}, {"BLOCK": 1024}, num_warps=4, label="fp32"),
 ]
