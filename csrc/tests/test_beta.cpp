@@ -102,6 +102,16 @@ int main() {
     CHECK(near(std::get<0>(d)[1].item<float>(), 0.5, 1e-7));  // y = (1, 0): the 1 is the older one
     CHECK(near(std::get<1>(d)[1].item<float>(), 1.0, 1e-7));
   }
+  // parametrisation: swapping the responses (m -> -m) swaps alpha and beta; alpha + beta = tau
+  {
+    using Sig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
+    auto op = c10::Dispatcher::singleton().findSchemaOrThrow("icrm_cpu::beta_from_logits", "").typed<Sig>();
+    auto m = at::tensor({-3.0, 0.0, 2.5}, at::kDouble), c = at::tensor({0.0, -1.0, 4.0}, at::kDouble);
+    auto ab = op.call(m, c, 0.01);
+    auto ba = op.call(-m, c, 0.01);
+    CHECK(at::allclose(std::get<0>(ab), std::get<1>(ba)) && at::allclose(std::get<1>(ab), std::get<0>(ba)));
+    CHECK(near((std::get<0>(ab)[0] + std::get<1>(ab)[0]).item<double>(), std::log(2.0) + 0.01, 1e-14));
+  }
   // header-only functions are usable directly from other kernels
   CHECK(near(icrm::special::digamma(1.0), -kEuler, 1e-14));
   return icrm_test::finish();
