@@ -115,8 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beta_elbo(
           const T s = a + b;
           const auto ta = sp::gamma_terms(a), tb = sp::gamma_terms(b), ts = sp::gamma_terms(s);
           const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
-          T ra, rb;
-          sp::log_ratios(a, b, &ra, &rb);
+          const T rb = sp::log_ratio_b(a, b);
           const T kl = lb0 + sp::neg_entropy_core(a, ta.g, tb.g, ts.g, rb) - pa * da - pb * db;
           T l = kw * kl;
           const T yv = yp ? yp[i] : T(0);
@@ -202,8 +201,7 @@ at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
         const T av = ap[i], bv = bp[i], s = av + bv;
         const auto ta = sp::gamma_terms(av), tb = sp::gamma_terms(bv), ts = sp::gamma_terms(s);
         const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
-        T ra, rb;
-        sp::log_ratios(av, bv, &ra, &rb);
+        const T rb = sp::log_ratio_b(av, bv);
         const T mean = av / s;
         op[i] = mean;
         op[n + i] = mean * (bv / s) / (s + T(1));

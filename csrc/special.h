@@ -139,6 +139,13 @@ inline void log_ratios(T a, T b, T* ra, T* rb) {
   *rb = fb >= T(0.5) ? log1p_small(-fa) : std::log(fb);
 }
 
+// log(b/s) alone (what the entropy core needs).
+template <typename T>
+inline T log_ratio_b(T a, T b) {
+  const T s = a + b, fa = a / s, fb = b / s;
+  return fb >= T(0.5) ? log1p_small(-fa) : std::log(fb);
+}
+
 template <typename T>
 inline T betaln(T a, T b) {
   T ra, rb;

@@ -493,3 +493,11 @@ def test_torch_compile_fullgraph_cpu():
     g = torch.autograd.grad(out, (m, c))
     gw = torch.autograd.grad(want, (m, c))
     torch.testing.assert_close(g, gw)
+
+
+def test_labels_requiring_grad_get_no_gradient(device):
+    a, b = _params(5, device)
+    y = torch.rand(5, device=device, requires_grad=True)
+    loss = beta_elbo_loss(a, b, y)
+    (g,) = torch.autograd.grad(loss, y, allow_unused=True)
+    assert g is None
