@@ -716,6 +716,10 @@ def selfcheck(device):
     out.append(("beta_elbo_loss_from_logits (fwd+bwd)", err < 1e-4, err, be))
 
     with torch.no_grad():
+        fa, fb = beta_from_logits(ml.float().to(device), cl.float().to(device), 0.02)
+        ra_, rb_ = ref.beta_from_logits(ml, cl, 0.02)
+        err = max(rel(fa, ra_), rel(fb, rb_))
+        out.append(("beta_from_logits", err < 1e-5, err, _select(fa, "beta_from_logits")))
         kl = beta_kl(a32, b32, 2.0, 0.5)
         err = rel(kl, ref.beta_kl(alpha, beta, 2.0, 0.5))
         out.append(("beta_kl", err < 1e-4, err, be))
