@@ -91,8 +91,10 @@ def test_elbo_extreme_concentrations(backend, device, scale):
     b = (scale * (0.5 + torch.rand(n, device=device))).float()
     y = torch.rand(n, device=device)
     kw = dict(prior_alpha=1.0, prior_beta=1.0, reduction="none")
-    # at 1e6 the gradients are O(1e-6): absolute tolerance; at 1e-4 they are O(1e8): relative
-    tol = dict(atol=2e-5, rtol=1e-4) if scale > 1 else dict(atol=1e-3, rtol=1e-4)
+    # at 1e6 the gradients are O(1e-6): absolute tolerance. At 1e-4 the gradient is a sum of
+    # +-psi'(.) ~ 1/alpha^2 ~ 1e8 terms that can cancel to ~1e3: fp32 resolves them to ~1e-7
+    # relative, i.e. ~10 absolute; the loss itself (O(1e4)) is relative-accurate.
+    tol = dict(atol=2e-5, rtol=1e-4) if scale > 1 else dict(atol=1e-3, rtol=1e-4, grad_atol=1e2)
     res = assert_matches_reference(lambda **k: beta_elbo_loss(**k, **kw), lambda **k: ref.beta_elbo_loss(**k, **kw),
                                    dict(alpha=a, beta=b, labels=y), grad=["alpha", "beta"], **tol)
     assert torch.isfinite(res["out"]).all()

@@ -49,19 +49,22 @@ def log1p_small(t):
 
 @triton.jit
 def _shift4(x):
-    """y = x + n >= 4 (n <= 4 for x > 0); prod = x (x+1)...(x+n-1); r = sum 1/(x+k); q = sum 1/(x+k)^2."""
+    """y = x + n >= 4 (n <= 4 for x > 0); prod = x (x+1)...(x+n-1); r = sum 1/(x+k); q = sum 1/(x+k)^2.
+
+    r and q are accumulated as fractions over prod (one division instead of four; every term is
+    positive, so no cancellation, and prod < 24^2 cannot overflow)."""
     y = x
     prod = tl.full(x.shape, 1.0, tl.float32)
-    r = tl.zeros(x.shape, tl.float32)
-    q = tl.zeros(x.shape, tl.float32)
+    rn = tl.zeros(x.shape, tl.float32)  # r = rn / prod
+    qn = tl.zeros(x.shape, tl.float32)  # q = qn / prod^2
     for _ in tl.static_range(4):
         small = y < 4.0
-        inv = 1.0 / y
+        rn = tl.where(small, rn * y + prod, rn)
+        qn = tl.where(small, qn * (y * y) + prod * prod, qn)
         prod = tl.where(small, prod * y, prod)
-        r = tl.where(small, r + inv, r)
-        q = tl.where(small, q + inv * inv, q)
         y = tl.where(small, y + 1.0, y)
-    return y, prod, r, q
+    inv = 1.0 / prod
+    return y, prod, rn * inv, qn * inv * inv
 
 
 @triton.jit
