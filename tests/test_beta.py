@@ -63,7 +63,8 @@ def test_elbo_from_logits_matches_reference(backend, device, dtype):
     c = (torch.randn(33, device=device) * 3).to(dtype)
     y = torch.rand(33, device=device).to(dtype)
     w = torch.rand(33, device=device).to(dtype)
-    kw = dict(tau_min=0.05, kl_weight=0.5, weights=w, reduction="sum")
+    # fp16 tops out at 65504: a sum of 33 losses of up to ~1e4 (alpha ~ 1e-4) can overflow it
+    kw = dict(tau_min=0.05, kl_weight=0.5, weights=w, reduction="mean" if dtype == torch.float16 else "sum")
     tol = {} if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
     assert_matches_reference(lambda **k: beta_elbo_loss_from_logits(**k, **kw),
                              lambda **k: ref.beta_elbo_loss_from_logits(**k, **kw),
@@ -228,7 +229,9 @@ def test_beta_from_logits_gradcheck(backend, device):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_beta_stats(backend, device, dtype):
     a, b = _params(27, device, dtype)
-    tol = {} if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    # low precision: the harness rounds the cotangents to the dtype, and each gradient sums six
+    # terms of size up to ~1/alpha that partly cancel: absolute error ~ eps(dtype) * 1/alpha
+    tol = {} if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2, grad_atol=0.5 if dtype == torch.bfloat16 else 0.1)
     res = assert_matches_reference(lambda **k: tuple(beta_stats(**k)), lambda **k: tuple(ref.beta_stats(**k)),
                                    dict(alpha=a, beta=b), grad=["alpha", "beta"], **tol)
     st = beta_stats(a, b)

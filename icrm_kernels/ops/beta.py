@@ -410,18 +410,18 @@ def _(alpha, beta):
 
 
 def _stats_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], output)
+    ctx.save_for_backward(inputs[0], inputs[1])
 
 
 def _stats_backward(ctx, grad):
     """Closed-form derivatives; the trigammas come from the trigamma op (one extra pass)."""
-    alpha, beta, out = ctx.saved_tensors
+    alpha, beta = ctx.saved_tensors
     cdt = _grad_dtype(alpha)
-    a, b, g, o = alpha.to(cdt), beta.to(cdt), grad.to(cdt), out.to(cdt)
+    a, b, g = alpha.to(cdt), beta.to(cdt), grad.to(cdt)
     s = a + b
     tri = _trigamma_op(torch.stack([a, b, s]))
     ta, tb, ts = tri[0], tri[1], tri[2]
-    var = o[1]
+    var = (a / s) * (b / s) / (s + 1.0)  # recomputed in fp32 (the saved output may be bf16)
     dvar = 2.0 / s + 1.0 / (s + 1.0)
     ga = (g[0] * b / (s * s) + g[1] * var * (1.0 / a - dvar) + g[2] * (ta - ts) - g[3] * ts + g[4] * ta
           + g[5] * (-(a - 1.0) * ta + (s - 2.0) * ts))
