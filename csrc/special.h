@@ -28,20 +28,27 @@ struct Shifted {
 
 template <typename T>
 inline Shifted<T> shift(T x) {
+  // r and q are accumulated as fractions over prod: one division instead of one per step
+  // (all terms positive: no cancellation; prod < 10! keeps prod^2 far from overflow).
   Shifted<T> s{x, T(1), T(0), T(0)};
+  T rn = T(0), qn = T(0);
   while (s.y < shift_to<T>()) {  // x > 0: at most shift_to iterations; NaN stops at once
-    const T inv = T(1) / s.y;
+    rn = rn * s.y + s.prod;
+    qn = qn * (s.y * s.y) + s.prod * s.prod;
     s.prod *= s.y;
-    s.r += inv;
-    s.q += inv * inv;
     s.y += T(1);
+  }
+  if (s.prod != T(1)) {
+    const T inv = T(1) / s.prod;
+    s.r = rn * inv;
+    s.q = qn * inv * inv;
   }
   return s;
 }
 
 // Asymptotic pieces, valid for y >= shift_to<T>().
 template <typename T>
-inline T digamma_asym(T y) {
+inline T digamma_asym_poly(T y) {  // sum_k B_2k / (2k y^2k)
   const T t = T(1) / y, t2 = t * t;
   T p = T(-691.0 / 32760.0);
   p = p * t2 + T(1.0 / 132.0);
@@ -49,7 +56,12 @@ inline T digamma_asym(T y) {
   p = p * t2 + T(1.0 / 252.0);
   p = p * t2 - T(1.0 / 120.0);
   p = p * t2 + T(1.0 / 12.0);
-  return std::log(y) - T(0.5) * t - t2 * p;
+  return t2 * p;
+}
+
+template <typename T>
+inline T digamma_asym(T y) {
+  return std::log(y) - T(0.5) / y - digamma_asym_poly(y);
 }
 
 template <typename T>
@@ -164,13 +176,14 @@ struct GammaTerms {
 template <typename T>
 inline GammaTerms<T> gamma_terms(T x) {
   const auto s = shift(x);
+  const T t = T(1) / s.y, log_y = std::log(s.y);
   GammaTerms<T> out;
-  out.psi = digamma_asym(s.y) - s.r;
-  out.e = s.q + T(1) / s.y + trigamma_asym_m_recip(s.y) - T(1) / x;
+  out.psi = log_y - T(0.5) * t - digamma_asym_poly(s.y) - s.r;
+  out.e = s.q + t + trigamma_asym_m_recip(s.y) - T(1) / x;
   if (x >= shift_to<T>()) {
     out.g = entropy_corr_asym(x);
   } else {
-    const T lg = (s.y - T(0.5)) * (std::log(s.y) - T(1)) - T(0.5) + stirling_corr(s.y) - std::log(s.prod);
+    const T lg = (s.y - T(0.5)) * (log_y - T(1)) - T(0.5) + stirling_corr(s.y) - std::log(s.prod);
     out.g = lg + T(0.5) * std::log(x) + x - T(0.5) - x * out.psi;
   }
   return out;
