@@ -25,7 +25,18 @@ from icrm_kernels.ops.attention import r2m_omega, r2m_reward, seq_to_token_atten
 
 
 # --- family 3: Beta posterior math, ICRM (SPEC §3) --------------------------------------------
-# (imports of ops/beta.py go here)
+from icrm_kernels.ops.beta import (  # noqa: E402
+    BetaStats,
+    beta_elbo_loss,
+    beta_elbo_loss_from_logits,
+    beta_from_logits,
+    beta_kl,
+    beta_posterior,
+    beta_stats,
+    hypervolume,
+    steer,
+)
+from icrm_kernels.ops.special import betaln, digamma, lgamma, trigamma  # noqa: E402
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -5,4 +5,4 @@ from icrm_kernels.nn.attention import PolicyFeedbackAttention, R2MRewardHead
 
 
 # --- ICRM (family 3) ---
-# (imports of nn/beta.py go here)
+from icrm_kernels.nn.beta import BetaRewardHead  # noqa: E402,F401

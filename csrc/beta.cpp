@@ -1,0 +1,309 @@
+// CPU kernels of ICRM's Beta posterior math (SPEC §3): special functions, the ELBO with its
+// gradient in the same pass, Beta statistics, and the conjugate posterior over segments.
+// float32 and float64 kernels; bf16/fp16 inputs are upcast to float32 in the op wrapper.
+// Input validation with readable messages is done in Python (icrm_kernels/ops/beta.py).
+#include "common.h"
+#include "special.h"
+
+#include <vector>
+
+namespace icrm {
+namespace {
+
+namespace sp = special;
+
+at::Tensor upcast(const at::Tensor& t) {
+  if (t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat) return t.contiguous();
+  return t.to(at::kFloat).contiguous();
+}
+
+// ---------------------------------------------------------------- special functions
+at::Tensor special_unary(const at::Tensor& x_in, int64_t which) {
+  check_cpu(x_in, "x");
+  TORCH_CHECK(which >= 0 && which <= 2, "special_unary: which must be 0 (digamma), 1 (trigamma) or 2 (lgamma)");
+  const at::Tensor x = upcast(x_in);
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "special_unary", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const scalar_t v = xp[i];
+        op[i] = which == 0 ? sp::digamma(v) : which == 1 ? sp::trigamma(v) : sp::lgamma(v);
+      }
+    });
+  });
+  return out.to(x_in.scalar_type());
+}
+
+at::Tensor betaln(const at::Tensor& a_in, const at::Tensor& b_in) {
+  check_cpu(a_in, "a");
+  check_cpu(b_in, "b");
+  TORCH_CHECK(a_in.numel() == b_in.numel(), "betaln: a and b must have the same number of elements");
+  const at::Tensor a = upcast(a_in), b = upcast(b_in).to(a.scalar_type());
+  at::Tensor out = at::empty_like(a);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "betaln", [&] {
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, a.numel(), kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) op[i] = sp::betaln(ap[i], bp[i]);
+    });
+  });
+  return out.to(a_in.scalar_type());
+}
+
+// ---------------------------------------------------------------- ELBO
+// Per element L = -[y(psi(a)-psi(s)) + (1-y)(psi(b)-psi(s))] + kl_weight KL, times the weight.
+// from_logits: x1, x2 are (mean_logit, conc_logit) and the gradients are w.r.t. them.
+// reduction: 0 none (loss[n]), 1 sum (loss[]), 2 mean (loss[] = sum / n).
+// Returns (loss, g1, g2): the unscaled per-element gradients (empty unless compute_grad).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> beta_elbo(
+    const at::Tensor& x1_in, const at::Tensor& x2_in, const c10::optional<at::Tensor>& labels_in,
+    const c10::optional<at::Tensor>& weights_in, double prior_a, double prior_b, double lnb0, double kl_weight,
+    double tau_min, bool from_logits, int64_t reduction, bool compute_grad) {
+  check_cpu(x1_in, "x1");
+  check_cpu(x2_in, "x2");
+  const at::Tensor x1 = upcast(x1_in);
+  const auto st = x1.scalar_type();
+  const at::Tensor x2 = upcast(x2_in).to(st);
+  const int64_t n = x1.numel();
+  TORCH_CHECK(x2.numel() == n, "beta_elbo: x1 and x2 must have the same number of elements");
+  at::Tensor y, w;
+  if (labels_in.has_value()) {
+    y = upcast(*labels_in).to(st);
+    TORCH_CHECK(y.numel() == n, "beta_elbo: labels must have one entry per element");
+  }
+  if (weights_in.has_value()) {
+    w = upcast(*weights_in).to(st);
+    TORCH_CHECK(w.numel() == n, "beta_elbo: weights must have one entry per element");
+  }
+  at::Tensor loss = at::empty({reduction == 0 ? n : 0}, x1.options());
+  at::Tensor g1 = at::empty({compute_grad ? n : 0}, x1.options());
+  at::Tensor g2 = at::empty({compute_grad ? n : 0}, x1.options());
+  double total = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(st, "beta_elbo", [&] {
+    using T = scalar_t;
+    const T* x1p = x1.data_ptr<T>();
+    const T* x2p = x2.data_ptr<T>();
+    const T* yp = y.defined() ? y.data_ptr<T>() : nullptr;
+    const T* wp = w.defined() ? w.data_ptr<T>() : nullptr;
+    T* lp = reduction == 0 ? loss.data_ptr<T>() : nullptr;
+    T* g1p = compute_grad ? g1.data_ptr<T>() : nullptr;
+    T* g2p = compute_grad ? g2.data_ptr<T>() : nullptr;
+    const T pa = T(prior_a), pb = T(prior_b), p0 = T(prior_a + prior_b), lb0 = T(lnb0), kw = T(kl_weight);
+    const T tmin = T(tau_min);
+    const int64_t chunks = std::max<int64_t>(1, (n + kGrain - 1) / kGrain);
+    std::vector<double> partial(chunks, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t c_lo, int64_t c_hi) {
+      for (int64_t c = c_lo; c < c_hi; ++c) {
+        const int64_t lo = c * kGrain, hi = std::min(n, lo + kGrain);
+        double acc = 0.0;
+        for (int64_t i = lo; i < hi; ++i) {
+          T a, b, mu = 0, mu_c = 0, tau = 0;
+          if (from_logits) {
+            const T m = x1p[i], cl = x2p[i];
+            mu = T(1) / (T(1) + std::exp(-m));
+            mu_c = T(1) / (T(1) + std::exp(m));
+            tau = std::max(cl, T(0)) + sp::log1p_small(std::exp(-std::abs(cl))) + tmin;
+            a = mu * tau;
+            b = mu_c * tau;
+          } else {
+            a = x1p[i];
+            b = x2p[i];
+          }
+          const T s = a + b;
+          const auto ta = sp::gamma_terms(a), tb = sp::gamma_terms(b), ts = sp::gamma_terms(s);
+          const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
+          const T rb = sp::log_ratio_b(a, b);
+          const T kl = lb0 + sp::neg_entropy_core(a, ta.g, tb.g, ts.g, rb) - pa * da - pb * db;
+          T l = kw * kl;
+          const T yv = yp ? yp[i] : T(0);
+          if (yp) l -= yv * da + (T(1) - yv) * db;
+          const T wv = wp ? wp[i] : T(1);
+          l *= wv;
+          if (lp) lp[i] = l; else acc += double(l);
+          if (compute_grad) {
+            T gra = kw * (-pa / a + p0 / s + (a - pa) * ta.e + (p0 - s) * ts.e);
+            T grb = kw * (-pb / b + p0 / s + (b - pb) * tb.e + (p0 - s) * ts.e);
+            if (yp) {
+              const T trs = ts.e + T(1) / s;
+              gra += trs - yv * (ta.e + T(1) / a);
+              grb += trs - (T(1) - yv) * (tb.e + T(1) / b);
+            }
+            gra *= wv;
+            grb *= wv;
+            if (from_logits) {
+              const T sig_c = T(1) / (T(1) + std::exp(-x2p[i]));
+              g1p[i] = (gra - grb) * tau * mu * mu_c;
+              g2p[i] = (gra * mu + grb * mu_c) * sig_c;
+            } else {
+              g1p[i] = gra;
+              g2p[i] = grb;
+            }
+          }
+        }
+        partial[c] = acc;
+      }
+    });
+    for (double v : partial) total += v;  // fixed order: deterministic
+  });
+  if (reduction != 0) {
+    if (reduction == 2) total = n ? total / double(n) : 0.0;
+    loss = at::scalar_tensor(total, x1.options());
+  }
+  return {loss, g1, g2};
+}
+
+// ---------------------------------------------------------------- parametrisation
+// alpha = sigmoid(m) tau, beta = sigmoid(-m) tau, tau = softplus(c) + tau_min.
+std::tuple<at::Tensor, at::Tensor> beta_from_logits(const at::Tensor& m_in, const at::Tensor& c_in, double tau_min) {
+  check_cpu(m_in, "mean_logit");
+  check_cpu(c_in, "conc_logit");
+  const at::Tensor m = upcast(m_in), c = upcast(c_in).to(m.scalar_type());
+  const int64_t n = m.numel();
+  TORCH_CHECK(c.numel() == n, "beta_from_logits: mean_logit and conc_logit must have the same number of elements");
+  at::Tensor a = at::empty_like(m), b = at::empty_like(m);
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "beta_from_logits", [&] {
+    using T = scalar_t;
+    const T* mp = m.data_ptr<T>();
+    const T* cp = c.data_ptr<T>();
+    T* ap = a.data_ptr<T>();
+    T* bp = b.data_ptr<T>();
+    const T tmin = T(tau_min);
+    at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T tau = std::max(cp[i], T(0)) + sp::log1p_small(std::exp(-std::abs(cp[i]))) + tmin;
+        ap[i] = tau / (T(1) + std::exp(-mp[i]));
+        bp[i] = tau / (T(1) + std::exp(mp[i]));
+      }
+    });
+  });
+  return {a.to(m_in.scalar_type()), b.to(m_in.scalar_type())};
+}
+
+// ---------------------------------------------------------------- statistics
+// out[6, n]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy.
+at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
+  check_cpu(a_in, "alpha");
+  check_cpu(b_in, "beta");
+  const at::Tensor a = upcast(a_in), b = upcast(b_in).to(a.scalar_type());
+  const int64_t n = a.numel();
+  TORCH_CHECK(b.numel() == n, "beta_stats: alpha and beta must have the same number of elements");
+  at::Tensor out = at::empty({6, n}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "beta_stats", [&] {
+    using T = scalar_t;
+    const T* ap = a.data_ptr<T>();
+    const T* bp = b.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T av = ap[i], bv = bp[i], s = av + bv;
+        const auto ta = sp::gamma_terms(av), tb = sp::gamma_terms(bv), ts = sp::gamma_terms(s);
+        const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
+        const T rb = sp::log_ratio_b(av, bv);
+        const T mean = av / s;
+        op[i] = mean;
+        op[n + i] = mean * (bv / s) / (s + T(1));
+        op[2 * n + i] = da;
+        op[3 * n + i] = db;
+        op[4 * n + i] = ta.psi - tb.psi;
+        op[5 * n + i] = da + db - sp::neg_entropy_core(av, ta.g, tb.g, ts.g, rb);
+      }
+    });
+  });
+  return out.to(a_in.scalar_type());
+}
+
+// ---------------------------------------------------------------- conjugate posterior
+// Exactly one of cu (int64 [K+1] offsets) and index (int64 [M] segment numbers; ids outside
+// [0, K) are ignored). alpha_k = a0 + sum_i w_i g^(n-1-i) y_i, beta_k = b0 + sum_i w_i g^(n-1-i) (1 - y_i),
+// i the position within the segment in order of appearance, n the segment's size.
+std::tuple<at::Tensor, at::Tensor> beta_posterior(const at::Tensor& y_in, const c10::optional<at::Tensor>& w_in,
+                                                  const c10::optional<at::Tensor>& cu_in,
+                                                  const c10::optional<at::Tensor>& index_in, int64_t K, double prior_a,
+                                                  double prior_b, double discount) {
+  check_cpu(y_in, "outcomes");
+  TORCH_CHECK(cu_in.has_value() != index_in.has_value(), "beta_posterior: give exactly one of cu and index");
+  const at::Tensor y = upcast(y_in);
+  const auto st = y.scalar_type();
+  const int64_t m = y.numel();
+  at::Tensor w;
+  if (w_in.has_value()) w = upcast(*w_in).to(st);
+  at::Tensor alpha = at::empty({K}, y.options()), beta = at::empty({K}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(st, "beta_posterior", [&] {
+    using T = scalar_t;
+    const T* yp = y.data_ptr<T>();
+    const T* wp = w.defined() ? w.data_ptr<T>() : nullptr;
+    T* ap = alpha.data_ptr<T>();
+    T* bp = beta.data_ptr<T>();
+    if (cu_in.has_value()) {
+      const at::Tensor cu = cu_in->to(at::kLong).contiguous();
+      TORCH_CHECK(cu.numel() == K + 1, "beta_posterior: cu must have K + 1 entries");
+      const int64_t* c = cu.data_ptr<int64_t>();
+      at::parallel_for(0, K, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, m / std::max<int64_t>(K, 1))),
+                       [&](int64_t lo, int64_t hi) {
+        for (int64_t k = lo; k < hi; ++k) {
+          const int64_t s = std::max<int64_t>(0, std::min(c[k], m)), e = std::max(s, std::min(c[k + 1], m));
+          double sa = 0.0, sb = 0.0, f = 1.0;
+          for (int64_t i = e - 1; i >= s; --i) {  // newest first: factor g^(n-1-i) by repeated product
+            const double wv = (wp ? double(wp[i]) : 1.0) * f;
+            sa += wv * double(yp[i]);
+            sb += wv * (1.0 - double(yp[i]));
+            f *= discount;
+          }
+          ap[k] = T(prior_a + sa);
+          bp[k] = T(prior_b + sb);
+        }
+      });
+    } else {
+      const at::Tensor idx = index_in->to(at::kLong).contiguous();
+      TORCH_CHECK(idx.numel() == m, "beta_posterior: index must have one entry per outcome");
+      const int64_t* g = idx.data_ptr<int64_t>();
+      std::vector<int64_t> size(K, 0), pos(K, 0);
+      for (int64_t i = 0; i < m; ++i)
+        if (g[i] >= 0 && g[i] < K) ++size[g[i]];
+      std::vector<double> sa(K, 0.0), sb(K, 0.0);
+      const double log_g = discount < 1.0 ? std::log(discount) : 0.0;
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t k = g[i];
+        if (k < 0 || k >= K) continue;
+        const int64_t age = size[k] - 1 - pos[k]++;
+        const double f = (wp ? double(wp[i]) : 1.0) * (discount < 1.0 ? std::exp(double(age) * log_g) : 1.0);
+        sa[k] += f * double(yp[i]);
+        sb[k] += f * (1.0 - double(yp[i]));
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        ap[k] = T(prior_a + sa[k]);
+        bp[k] = T(prior_b + sb[k]);
+      }
+    }
+  });
+  return {alpha, beta};
+}
+
+}  // namespace
+}  // namespace icrm
+
+TORCH_LIBRARY_FRAGMENT(icrm_cpu, m) {
+  m.def("special_unary(Tensor x, int which) -> Tensor");
+  m.def("betaln(Tensor a, Tensor b) -> Tensor");
+  m.def(
+      "beta_elbo(Tensor x1, Tensor x2, Tensor? labels, Tensor? weights, float prior_alpha, float prior_beta, "
+      "float lnb0, float kl_weight, float tau_min, bool from_logits, int reduction, bool compute_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("beta_stats(Tensor alpha, Tensor beta) -> Tensor");
+  m.def("beta_from_logits(Tensor mean_logit, Tensor conc_logit, float tau_min) -> (Tensor, Tensor)");
+  m.def(
+      "beta_posterior(Tensor outcomes, Tensor? weights, Tensor? cu, Tensor? index, int num_segments, "
+      "float prior_alpha, float prior_beta, float discount) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(icrm_cpu, CPU, m) {
+  m.impl("special_unary", &icrm::special_unary);
+  m.impl("betaln", &icrm::betaln);
+  m.impl("beta_elbo", &icrm::beta_elbo);
+  m.impl("beta_stats", &icrm::beta_stats);
+  m.impl("beta_from_logits", &icrm::beta_from_logits);
+  m.impl("beta_posterior", &icrm::beta_posterior);
+}

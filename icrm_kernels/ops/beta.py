@@ -1,0 +1,738 @@
+"""ICRM's Beta posterior math (SPEC §3): the public ops.
+
+ICRM's reward model outputs a Beta(alpha, beta) over theta = P(a preferred to b), from two heads:
+a mean logit and a concentration logit. The ops here turn those into Beta parameters, train them
+with the variational ELBO, update them with in-context demonstrations, and read rewards off them.
+
+Dispatch (every op but ``hypervolume``): CUDA tensors -> Triton kernels (fp32 math, bf16/fp16/fp32
+inputs); CPU tensors -> the C++ extension (float and double kernels; bf16/fp16 upcast), or the
+float64-capable torch reference (``icrm_kernels/reference/beta.py``) when it is not built.
+float64 CUDA tensors run the torch reference (the kernels compute in fp32).
+
+Numerics. KL(Beta(a,b) || Beta(a0,b0)) and the Beta entropy contain ln B(a,b) and a psi(a) + ...
+terms of size ~1e7 at a, b ~ 1e6 that cancel to O(1); evaluated naively in fp32 they lose every
+digit. The kernels use the exact rearrangement
+
+    -ln B(a,b) + a(psi(a)-psi(s)) + b(psi(b)-psi(s)) = log(a b / s)/2 - log(2 pi)/2 - 1/2 - G(a) - G(b) + G(s)
+
+(G the entropy remainder, ``icrm_kernels/triton/special.py``) and dKL/da written with
+psi'(z) - 1/z, so concentrations from 1e-4 to 1e6 stay accurate in fp32.
+
+Checked path: invalid values (alpha or beta <= 0 or not finite, labels outside [0, 1], priors
+<= 0, discount outside (0, 1], segment ids out of range) raise ``ValueError`` naming the argument.
+Those checks read tensor values (a device synchronisation); inside ``icrm_kernels.unchecked()``
+they are skipped, and invalid values then give NaN (or unspecified finite numbers), never a crash.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from icrm_kernels import _backend
+from icrm_kernels._checks import (
+    check_choice,
+    check_finite_float,
+    check_index,
+    check_offsets,
+    check_tensor,
+    value_checks_enabled,
+)
+from icrm_kernels.ops.special import _trigamma_op, check_positive
+
+Tensor = torch.Tensor
+_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+
+
+class BetaStats(NamedTuple):
+    """Statistics of Beta(alpha, beta) over theta; each field has alpha's shape."""
+
+    mean: Tensor  # alpha / (alpha + beta)
+    var: Tensor  # alpha beta / (s^2 (s + 1))
+    log_mean: Tensor  # E[log theta] = psi(alpha) - psi(s)
+    log1m_mean: Tensor  # E[log(1 - theta)] = psi(beta) - psi(s)
+    logit_mean: Tensor  # E[logit theta] = psi(alpha) - psi(beta)
+    entropy: Tensor  # differential entropy
+
+
+STATISTICS = BetaStats._fields
+
+
+def _select(x: Tensor, cpp_op: str) -> str:
+    b = _backend.select(x.device, cpp_op=cpp_op)
+    if b == "triton" and x.dtype == torch.float64:
+        return "reference"
+    return b
+
+
+def _grad_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _lnbeta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+# ==================================================================== ELBO / KL (one kernel)
+@torch.library.custom_op("icrm::beta_elbo", mutates_args=())
+def _beta_elbo_op(
+    x1: Tensor,
+    x2: Tensor,
+    labels: Optional[Tensor],
+    weights: Optional[Tensor],
+    prior_alpha: float,
+    prior_beta: float,
+    kl_weight: float,
+    tau_min: float,
+    from_logits: bool,
+    reduction: int,
+    compute_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(loss, dL/dx1, dL/dx2): per-element gradients of the *unreduced* weighted loss, written by
+    the forward kernel (empty when compute_grad is False)."""
+    backend = _select(x1, "beta_elbo")
+    shape = x1.shape
+    n = x1.numel()
+    gdt = _grad_dtype(x1)
+    if backend == "triton":
+        from icrm_kernels.triton import beta as tri
+
+        loss, g1, g2 = tri.elbo(x1, x2, labels, weights, prior_alpha, prior_beta, _lnbeta(prior_alpha, prior_beta),
+                                kl_weight, tau_min, from_logits, reduction != 0, compute_grad)
+        if reduction != 0:
+            loss = loss.sum()
+            if reduction == 2:
+                loss = loss / max(n, 1)
+    elif backend == "cpp":
+        loss, g1, g2 = torch.ops.icrm_cpu.beta_elbo(
+            x1.contiguous(), x2.contiguous(), None if labels is None else labels.contiguous(),
+            None if weights is None else weights.contiguous(), prior_alpha, prior_beta,
+            _lnbeta(prior_alpha, prior_beta), kl_weight, tau_min, from_logits, reduction, compute_grad)
+    else:
+        loss, g1, g2 = _elbo_reference(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min,
+                                       from_logits, compute_grad)
+        if reduction != 0:
+            loss = loss.sum()
+            if reduction == 2:
+                loss = loss / max(n, 1)
+    loss = loss.to(x1.dtype)
+    loss = loss.reshape(shape) if reduction == 0 else loss.reshape(())
+    if compute_grad:
+        return loss, g1.to(gdt).reshape(shape), g2.to(gdt).reshape(shape)
+    empty = x1.new_empty((0,), dtype=gdt)
+    return loss, empty, empty.clone()
+
+
+def _elbo_reference(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, compute_grad):
+    """float64 torch reference: the loss and its closed-form per-element gradients."""
+    from icrm_kernels.reference import beta as ref
+
+    v1, v2 = x1.to(torch.float64), x2.to(torch.float64)
+    a, b = ref.beta_from_logits(v1, v2, tau_min) if from_logits else (v1, v2)
+    y = None if labels is None else labels.to(torch.float64)
+    if y is None:
+        loss = kw * ref.beta_kl(a, b, pa, pb)
+    else:
+        loss = ref.beta_elbo_loss(a, b, y, prior_alpha=pa, prior_beta=pb, kl_weight=kw, reduction="none")
+    w = None if weights is None else weights.to(torch.float64)
+    if w is not None:
+        loss = loss * w
+    g1 = g2 = x1.new_empty((0,))
+    if compute_grad:
+        g1, g2 = ref.beta_elbo_grads(a, b, y, prior_alpha=pa, prior_beta=pb, kl_weight=kw)
+        if from_logits:
+            g1, g2 = ref.from_logits_grads(v1, v2, g1, g2, tau_min)
+        if w is not None:
+            g1, g2 = g1 * w, g2 * w
+    return loss.reshape(-1), g1.reshape(-1), g2.reshape(-1)
+
+
+@_beta_elbo_op.register_fake
+def _(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min, from_logits, reduction, compute_grad):
+    loss = x1.new_empty(x1.shape if reduction == 0 else ())
+    gdt = _grad_dtype(x1)
+    if compute_grad:
+        return loss, x1.new_empty(x1.shape, dtype=gdt), x1.new_empty(x1.shape, dtype=gdt)
+    return loss, x1.new_empty((0,), dtype=gdt), x1.new_empty((0,), dtype=gdt)
+
+
+def _elbo_setup(ctx, inputs, output):
+    x1, x2 = inputs[0], inputs[1]
+    ctx.reduction = inputs[9]
+    ctx.n = x1.numel()
+    ctx.compute_grad = inputs[10]
+    ctx.dtypes = (x1.dtype, x2.dtype)
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _elbo_backward(ctx, grad_loss, _g1, _g2):
+    if not ctx.compute_grad:  # only labels/weights required grad: they get none (documented)
+        return (None,) * 11
+    g1, g2 = ctx.saved_tensors
+    scale = grad_loss.to(g1.dtype)
+    if ctx.reduction == 2:
+        scale = scale / max(ctx.n, 1)
+    return ((g1 * scale).to(ctx.dtypes[0]), (g2 * scale).to(ctx.dtypes[1]),
+            None, None, None, None, None, None, None, None, None)
+
+
+_beta_elbo_op.register_autograd(_elbo_backward, setup_context=_elbo_setup)
+
+
+# ---------------------------------------------------------------- validation helpers
+def _check_pair(x: Tensor, y: Tensor, nx: str, ny: str) -> None:
+    check_tensor(x, nx, floating=True)
+    check_tensor(y, ny, floating=True)
+    if y.dtype != x.dtype:
+        raise TypeError(f"{ny} has dtype {y.dtype} but {nx} has {x.dtype}; pass tensors of one float dtype")
+    if y.device != x.device:
+        raise ValueError(f"{ny} is on {y.device} but {nx} is on {x.device}; all tensors must be on one device")
+    if y.shape != x.shape:
+        raise ValueError(f"{ny} must have the shape of {nx} {tuple(x.shape)}, got {tuple(y.shape)}")
+
+
+def _check_like(t: Optional[Tensor], name: str, like: Tensor, like_name: str) -> Optional[Tensor]:
+    """labels / weights: same shape and device as ``like``; bool/int converted to like's dtype."""
+    if t is None:
+        return None
+    check_tensor(t, name)
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; all tensors must be on one device")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.to(like.dtype)
+    return t
+
+
+def _check_unit_interval(t: Optional[Tensor], name: str) -> None:
+    if t is not None and value_checks_enabled() and t.numel():
+        bad = ~((t >= 0) & (t <= 1))
+        if bool(bad.any()):
+            raise ValueError(f"{name} must lie in [0, 1], got {t[bad].flatten()[0].item()}")
+
+
+def _check_finite(t: Optional[Tensor], name: str) -> None:
+    if t is not None and value_checks_enabled() and t.numel():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite, got a non-finite value")
+
+
+def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
+    return (check_finite_float(prior_alpha, "prior_alpha", low=0.0, low_open=True),
+            check_finite_float(prior_beta, "prior_beta", low=0.0, low_open=True))
+
+
+def _needs_grad(*ts: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+# ---------------------------------------------------------------- public ELBO ops
+def beta_elbo_loss(
+    alpha: Tensor,
+    beta: Tensor,
+    labels: Tensor,
+    *,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+    kl_weight: float = 1.0,
+    weights: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """ICRM's variational loss (negative ELBO) for Beta(alpha, beta) posteriors.
+
+    L_i = -[y_i (psi(a_i) - psi(s_i)) + (1 - y_i)(psi(b_i) - psi(s_i))] + kl_weight KL(Beta(a_i, b_i) || Beta(a0, b0)),
+    s = a + b, y in [0, 1] (soft labels allowed: y = 1 means "a preferred").
+
+    alpha, beta: any shape, one float dtype (fp32/bf16/fp16/fp64), one device. labels, weights: the
+    same shape (bool/int labels are converted). ``reduction``: ``"mean"`` = sum_i w_i L_i / N (like
+    ``torch.nn.BCELoss(weight=...)``: weights are per-element multipliers, the mean is over all N
+    elements), ``"sum"``, or ``"none"`` (w_i L_i, alpha's shape). Output dtype = alpha's dtype.
+
+    One fused pass computes the loss and, when alpha or beta require grad, dL/dalpha and dL/dbeta
+    (trigamma inside), saved for backward; backward is one scaling. labels and weights get no
+    gradient (they are data). prior_alpha, prior_beta > 0 are Python numbers.
+    """
+    _check_pair(alpha, beta, "alpha", "beta")
+    labels = _check_like(labels, "labels", alpha, "alpha")
+    if labels is None:
+        raise TypeError("labels must be a torch.Tensor, got None")
+    weights = _check_like(weights, "weights", alpha, "alpha")
+    pa, pb = _check_prior(prior_alpha, prior_beta)
+    kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
+    red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
+    check_positive(alpha, "alpha")
+    check_positive(beta, "beta")
+    _check_unit_interval(labels, "labels")
+    _check_finite(weights, "weights")
+    loss, _, _ = _beta_elbo_op(alpha, beta, labels, weights, pa, pb, kw, 0.0, False, red, _needs_grad(alpha, beta))
+    return loss
+
+
+def beta_elbo_loss_from_logits(
+    mean_logit: Tensor,
+    conc_logit: Tensor,
+    labels: Tensor,
+    *,
+    tau_min: float = 1e-2,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+    kl_weight: float = 1.0,
+    weights: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """``beta_elbo_loss(*beta_from_logits(mean_logit, conc_logit, tau_min), labels, ...)`` in one
+    fused pass: the parametrisation, the loss and d/d(logits) in the same kernel. Arguments and
+    reduction as in :func:`beta_elbo_loss`; the logits must be finite, tau_min >= 0."""
+    _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
+    labels = _check_like(labels, "labels", mean_logit, "mean_logit")
+    if labels is None:
+        raise TypeError("labels must be a torch.Tensor, got None")
+    weights = _check_like(weights, "weights", mean_logit, "mean_logit")
+    pa, pb = _check_prior(prior_alpha, prior_beta)
+    kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
+    tmin = check_finite_float(tau_min, "tau_min", low=0.0)
+    red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
+    _check_finite(mean_logit, "mean_logit")
+    _check_finite(conc_logit, "conc_logit")
+    _check_unit_interval(labels, "labels")
+    _check_finite(weights, "weights")
+    loss, _, _ = _beta_elbo_op(mean_logit, conc_logit, labels, weights, pa, pb, kw, tmin, True, red,
+                               _needs_grad(mean_logit, conc_logit))
+    return loss
+
+
+def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0,
+            prior_beta: Union[float, Tensor] = 1.0) -> Tensor:
+    """KL(Beta(alpha, beta) || Beta(prior_alpha, prior_beta)), elementwise, alpha's shape and dtype:
+
+    KL = ln B(a0,b0) - ln B(a,b) + (a-a0) psi(a) + (b-b0) psi(b) + (a0-a+b0-b) psi(a+b).
+
+    With number priors this is the fused ELBO kernel without the data term (gradients w.r.t.
+    alpha and beta fused too). Tensor priors (broadcasting against alpha) take an unfused path
+    through the torch reference formula (differentiable in every argument)."""
+    _check_pair(alpha, beta, "alpha", "beta")
+    check_positive(alpha, "alpha")
+    check_positive(beta, "beta")
+    if isinstance(prior_alpha, torch.Tensor) or isinstance(prior_beta, torch.Tensor):
+        from icrm_kernels.reference import beta as ref
+
+        for name, p in (("prior_alpha", prior_alpha), ("prior_beta", prior_beta)):
+            if isinstance(p, torch.Tensor):
+                check_positive(p, name)
+            else:
+                check_finite_float(p, name, low=0.0, low_open=True)
+        return ref.beta_kl(alpha, beta, prior_alpha, prior_beta)
+    pa, pb = _check_prior(prior_alpha, prior_beta)
+    loss, _, _ = _beta_elbo_op(alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0, _needs_grad(alpha, beta))
+    return loss
+
+
+@torch.library.custom_op("icrm::beta_from_logits", mutates_args=())
+def _beta_from_logits_op(mean_logit: Tensor, conc_logit: Tensor, tau_min: float) -> Tuple[Tensor, Tensor]:
+    backend = _select(mean_logit, "beta_from_logits")
+    if backend == "triton":
+        from icrm_kernels.triton import beta as tri
+
+        return tri.from_logits(mean_logit, conc_logit, tau_min)
+    if backend == "cpp":
+        return torch.ops.icrm_cpu.beta_from_logits(mean_logit.contiguous(), conc_logit.contiguous(), tau_min)
+    from icrm_kernels.reference import beta as ref
+
+    a, b = ref.beta_from_logits(mean_logit.to(torch.float64), conc_logit.to(torch.float64), tau_min)
+    return a.to(mean_logit.dtype), b.to(mean_logit.dtype)
+
+
+@_beta_from_logits_op.register_fake
+def _(mean_logit, conc_logit, tau_min):
+    return torch.empty_like(mean_logit), torch.empty_like(mean_logit)
+
+
+def _from_logits_setup(ctx, inputs, output):
+    ctx.tau_min = inputs[2]
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _from_logits_backward(ctx, ga, gb):
+    """Chain rule in torch ops (elementwise): d/dm = (ga - gb) tau mu (1-mu), d/dc = (ga mu + gb (1-mu)) sigmoid(c)."""
+    m, c = ctx.saved_tensors
+    cdt = _grad_dtype(m)
+    mf, cf = m.to(cdt), c.to(cdt)
+    ga = torch.zeros_like(mf) if ga is None else ga.to(cdt)
+    gb = torch.zeros_like(mf) if gb is None else gb.to(cdt)
+    mu, mu_c = torch.sigmoid(mf), torch.sigmoid(-mf)
+    tau = F.softplus(cf) + ctx.tau_min
+    return ((ga - gb) * tau * mu * mu_c).to(m.dtype), ((ga * mu + gb * mu_c) * torch.sigmoid(cf)).to(c.dtype), None
+
+
+_beta_from_logits_op.register_autograd(_from_logits_backward, setup_context=_from_logits_setup)
+
+
+def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e-2) -> Tuple[Tensor, Tensor]:
+    """(alpha, beta) = (mu tau, (1 - mu) tau), mu = sigmoid(mean_logit), tau = softplus(conc_logit) + tau_min.
+
+    mean_logit, conc_logit: same shape, one float dtype; returns two tensors of that shape and dtype.
+    Swapping the two responses (mean_logit -> -mean_logit) maps mu to 1 - mu, i.e. swaps alpha and
+    beta. 1 - mu is computed as sigmoid(-mean_logit) (no cancellation). One elementwise kernel
+    (Triton / C++); the backward is elementwise torch. For training prefer
+    :func:`beta_elbo_loss_from_logits`, which fuses this parametrisation into the loss kernel.
+    In fp32, |mean_logit| > ~88 underflows beta (or alpha) to 0.
+    """
+    _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
+    tmin = check_finite_float(tau_min, "tau_min", low=0.0)
+    return _beta_from_logits_op(mean_logit, conc_logit, tmin)
+
+
+# ==================================================================== statistics
+@torch.library.custom_op("icrm::beta_stats", mutates_args=())
+def _beta_stats_op(alpha: Tensor, beta: Tensor) -> Tensor:
+    """[6, *alpha.shape]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy."""
+    backend = _select(alpha, "beta_stats")
+    if backend == "triton":
+        from icrm_kernels.triton import beta as tri
+
+        out = tri.stats(alpha, beta)
+    elif backend == "cpp":
+        out = torch.ops.icrm_cpu.beta_stats(alpha.contiguous(), beta.contiguous())
+    else:
+        from icrm_kernels.reference import beta as ref
+
+        st = ref.beta_stats(alpha.to(torch.float64).reshape(-1), beta.to(torch.float64).reshape(-1))
+        out = torch.stack(list(st)).to(alpha.dtype)
+    return out.reshape((6,) + tuple(alpha.shape))
+
+
+@_beta_stats_op.register_fake
+def _(alpha, beta):
+    return alpha.new_empty((6,) + tuple(alpha.shape))
+
+
+def _stats_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _stats_backward(ctx, grad):
+    """Closed-form derivatives; the trigammas come from the trigamma op (one extra pass)."""
+    alpha, beta = ctx.saved_tensors
+    cdt = _grad_dtype(alpha)
+    a, b, g = alpha.to(cdt), beta.to(cdt), grad.to(cdt)
+    s = a + b
+    tri = _trigamma_op(torch.stack([a, b, s]))
+    ta, tb, ts = tri[0], tri[1], tri[2]
+    var = (a / s) * (b / s) / (s + 1.0)  # recomputed in fp32 (the saved output may be bf16)
+    dvar = 2.0 / s + 1.0 / (s + 1.0)
+    ga = (g[0] * b / (s * s) + g[1] * var * (1.0 / a - dvar) + g[2] * (ta - ts) - g[3] * ts + g[4] * ta
+          + g[5] * (-(a - 1.0) * ta + (s - 2.0) * ts))
+    gb = (-g[0] * a / (s * s) + g[1] * var * (1.0 / b - dvar) - g[2] * ts + g[3] * (tb - ts) - g[4] * tb
+          + g[5] * (-(b - 1.0) * tb + (s - 2.0) * ts))
+    return ga.to(alpha.dtype), gb.to(beta.dtype)
+
+
+_beta_stats_op.register_autograd(_stats_backward, setup_context=_stats_setup)
+
+
+def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
+    """Statistics of Beta(alpha, beta) in one fused pass: ``BetaStats(mean, var, log_mean,
+    log1m_mean, logit_mean, entropy)``, each of alpha's shape and dtype.
+
+    mean = a/s, var = a b / (s^2 (s+1)), log_mean = E[log t] = psi(a) - psi(s),
+    log1m_mean = E[log(1-t)] = psi(b) - psi(s), logit_mean = E[logit t] = psi(a) - psi(b),
+    entropy = ln B(a,b) - (a-1) psi(a) - (b-1) psi(b) + (s-2) psi(s), s = a + b. Differentiable
+    (backward: closed forms with the trigamma op, not fused with the forward)."""
+    _check_pair(alpha, beta, "alpha", "beta")
+    check_positive(alpha, "alpha")
+    check_positive(beta, "beta")
+    return BetaStats(*_beta_stats_op(alpha, beta).unbind(0))
+
+
+def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean") -> Tensor:
+    """Multi-objective scalarisation: sum_k weights[..., k] * stat(Beta(alpha[..., k], beta[..., k])).
+
+    alpha, beta: [..., K] per-objective posteriors; weights: [K] (one preference for the batch) or
+    alpha's full shape [..., K] (one per row), chosen at test time; ``statistic`` is a
+    :class:`BetaStats` field name. Returns [...] in alpha's dtype. Composite: the fused
+    ``beta_stats`` kernel, then a weighted sum over the last dimension (differentiable)."""
+    _check_pair(alpha, beta, "alpha", "beta")
+    check_tensor(weights, "weights", floating=True)
+    check_choice(statistic, "statistic", STATISTICS)
+    if alpha.dim() < 1:
+        raise ValueError("alpha must have a last dimension of K objectives, got a 0-d tensor")
+    k = alpha.shape[-1]
+    if weights.device != alpha.device:
+        raise ValueError(f"weights is on {weights.device} but alpha is on {alpha.device}; all tensors must be on one device")
+    if not (tuple(weights.shape) == (k,) or weights.shape == alpha.shape):
+        raise ValueError(f"weights must have shape ({k},) or alpha's shape {tuple(alpha.shape)}, got {tuple(weights.shape)}")
+    _check_finite(weights, "weights")
+    stat = getattr(beta_stats(alpha, beta), statistic)
+    return (stat * weights.to(stat.dtype)).sum(-1)
+
+
+# ==================================================================== conjugate posterior
+@torch.library.custom_op("icrm::beta_posterior", mutates_args=())
+def _beta_posterior_op(
+    outcomes: Tensor,
+    weights: Optional[Tensor],
+    cu: Optional[Tensor],
+    index: Optional[Tensor],
+    num_segments: int,
+    prior_alpha: float,
+    prior_beta: float,
+    discount: float,
+) -> Tuple[Tensor, Tensor]:
+    backend = _select(outcomes, "beta_posterior")
+    if backend == "cpp":
+        a, b = torch.ops.icrm_cpu.beta_posterior(outcomes.contiguous(), weights, cu, index, num_segments,
+                                                 prior_alpha, prior_beta, discount)
+        return a.to(_grad_dtype(outcomes)), b.to(_grad_dtype(outcomes))
+    if backend == "triton":
+        from icrm_kernels.triton import beta as tri
+
+        order = None
+        if index is not None:
+            order, cu = _index_to_cu(index, num_segments)
+        return tri.posterior(outcomes.contiguous(), None if weights is None else weights.contiguous(), order,
+                             cu.to(torch.int64).contiguous(), num_segments, prior_alpha, prior_beta, discount)
+    return _posterior_reference(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount)
+
+
+def _index_to_cu(index: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """Stable order by segment id (order of appearance kept) and offsets cu[K+1]; no host sync.
+    Ids outside [0, K) go to a trailing bucket that no segment reads."""
+    idx = index.to(torch.int64)
+    idx = torch.where((idx >= 0) & (idx < k), idx, torch.full_like(idx, k))
+    order = torch.sort(idx, stable=True).indices
+    counts = torch.zeros(k + 1, dtype=torch.int64, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    cu = torch.zeros(k + 1, dtype=torch.int64, device=idx.device)
+    cu[1:] = torch.cumsum(counts[:k], 0)
+    return order, cu
+
+
+def _posterior_reference(outcomes, weights, cu, index, k, pa, pb, discount):
+    """Vectorised torch: position i within the segment, n its size, f = w discount^(n-1-i)."""
+    dt = _grad_dtype(outcomes)
+    y = outcomes.to(dt)
+    m = y.numel()
+    dev = y.device
+    if index is None:
+        sizes_cu = (cu[1:] - cu[:-1]).to(torch.int64)
+        seg = torch.repeat_interleave(torch.arange(k, device=dev), sizes_cu, output_size=m)
+    else:
+        seg = index.to(torch.int64)
+    valid = (seg >= 0) & (seg < k)
+    seg = torch.where(valid, seg, torch.full_like(seg, k))
+    sizes = torch.zeros(k + 1, dtype=torch.int64, device=dev).index_add_(0, seg, torch.ones_like(seg))
+    start = torch.cumsum(sizes, 0) - sizes
+    order = torch.sort(seg, stable=True).indices
+    pos = torch.empty_like(seg)
+    pos[order] = torch.arange(m, device=dev) - start[seg[order]]
+    f = torch.ones_like(y) if weights is None else weights.to(dt)
+    if discount < 1.0:
+        f = f * torch.pow(torch.tensor(discount, dtype=dt, device=dev), (sizes[seg] - 1 - pos).to(dt))
+    f = torch.where(valid, f, torch.zeros_like(f))
+    alpha = torch.zeros(k + 1, dtype=dt, device=dev).index_add_(0, seg, f * y)[:k] + pa
+    beta = torch.zeros(k + 1, dtype=dt, device=dev).index_add_(0, seg, f * (1 - y))[:k] + pb
+    return alpha, beta
+
+
+@_beta_posterior_op.register_fake
+def _(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount):
+    dt = _grad_dtype(outcomes)
+    return outcomes.new_empty((num_segments,), dtype=dt), outcomes.new_empty((num_segments,), dtype=dt)
+
+
+def beta_posterior(
+    outcomes: Tensor,
+    *,
+    cu_segments: Optional[Tensor] = None,
+    segment_index: Optional[Tensor] = None,
+    num_segments: Optional[int] = None,
+    weights: Optional[Tensor] = None,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+    discount: float = 1.0,
+) -> Tuple[Tensor, Tensor]:
+    """Exact conjugate Beta update from M in-context demonstrations grouped into K segments.
+
+    alpha_k = a0 + sum_i w_i g^(n-1-i) y_i,  beta_k = b0 + sum_i w_i g^(n-1-i) (1 - y_i),
+    over the demonstrations i of segment k in order of appearance in ``outcomes`` (the last is
+    the most recent: discount g < 1 forgets older ones), n the segment's size.
+
+    outcomes: [M] in [0, 1] (float, or bool/int hard labels). Layout, exactly one:
+    ``cu_segments[K+1]`` (int32/int64 offsets, contiguous segments) or ``segment_index[M]``
+    (segment numbers 0..K-1, any order). K = ``num_segments`` if given, else len(cu_segments) - 1,
+    else max(segment_index) + 1 (reads the max back to the host: a device synchronisation, and a
+    graph break under torch.compile; pass ``num_segments`` to avoid it). Segments without
+    demonstrations get the prior. weights: [M] per-demonstration weights (default 1).
+
+    Returns (alpha, beta), each [K], float32 (float64 for float64 outcomes): sums are
+    accumulated in fp32 on the GPU, in double on the CPU. Not differentiable (outcomes are data).
+    GPU: one program per segment (best for many short segments, the in-context case).
+    Checked path raises on out-of-range ids; unchecked, ids outside [0, K) are ignored.
+    """
+    check_tensor(outcomes, "outcomes", ndim=1)
+    if outcomes.dtype.is_complex:
+        raise TypeError(f"outcomes must be a real tensor, got {outcomes.dtype}")
+    if not outcomes.is_floating_point():
+        outcomes = outcomes.to(torch.float32)
+    m = outcomes.numel()
+    if weights is not None:
+        check_tensor(weights, "weights", ndim=1, floating=True)
+        if weights.numel() != m:
+            raise ValueError(f"weights must have one entry per demonstration ({m}), got {weights.numel()}")
+        if weights.device != outcomes.device:
+            raise ValueError(f"weights is on {weights.device} but outcomes is on {outcomes.device}")
+        _check_finite(weights, "weights")
+    pa, pb = _check_prior(prior_alpha, prior_beta)
+    g = check_finite_float(discount, "discount", low=0.0, high=1.0, low_open=True)
+    if num_segments is not None:
+        if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 0:
+            raise ValueError(f"num_segments must be a non-negative int, got {num_segments!r}")
+    if (cu_segments is None) == (segment_index is None):
+        raise ValueError("give exactly one of cu_segments and segment_index")
+    _check_unit_interval(outcomes, "outcomes")
+    cu = index = None
+    if cu_segments is not None:
+        check_offsets(cu_segments, "cu_segments", m)
+        if cu_segments.device != outcomes.device:
+            raise ValueError(f"cu_segments is on {cu_segments.device} but outcomes is on {outcomes.device}")
+        k = cu_segments.numel() - 1
+        if num_segments is not None and num_segments != k:
+            raise ValueError(f"num_segments={num_segments} disagrees with cu_segments, which has {k} segments")
+        cu = cu_segments.to(torch.int64)
+    else:
+        check_index(segment_index, "segment_index", m)
+        if segment_index.device != outcomes.device:
+            raise ValueError(f"segment_index is on {segment_index.device} but outcomes is on {outcomes.device}")
+        if num_segments is None:
+            k = int(segment_index.max()) + 1 if m else 0  # host sync, documented
+        else:
+            k = num_segments
+        if value_checks_enabled() and m:
+            lo, hi = int(segment_index.min()), int(segment_index.max())
+            if lo < 0 or hi >= k:
+                raise ValueError(f"segment_index must hold segment numbers in [0, {k}), got values in [{lo}, {hi}]")
+        index = segment_index.to(torch.int64)
+    return _beta_posterior_op(outcomes, weights, cu, index, k, pa, pb, g)
+
+
+# ==================================================================== hypervolume
+def hypervolume(points: Tensor, ref: Union[Tensor, Sequence[float]], *, clip: bool = False) -> Tensor:
+    """Exact dominated hypervolume for maximisation, 2 or 3 objectives.
+
+    The volume of the union over points p of the boxes [ref, p] (Lebesgue measure of the region
+    dominated by the front and dominating ``ref``). points: [n, d], d in (2, 3); ref: [d].
+    ``ref`` must be a lower bound of the points (every p >= ref): otherwise ValueError, unless
+    ``clip=True``, which ignores the points that do not exceed ref in every objective (they
+    dominate no volume). Returns a 0-d float64 tensor on points' device.
+
+    Plain Python/torch on every device (sweep, O(n log n) in 2-D, O(n^2 log n) in 3-D); it reads
+    the points back to the host. Not differentiable.
+    """
+    check_tensor(points, "points", ndim=2, floating=True)
+    d = points.shape[1]
+    if d not in (2, 3):
+        raise ValueError(f"points must have 2 or 3 columns (objectives), got shape {tuple(points.shape)}")
+    r = torch.as_tensor(ref, dtype=torch.float64).detach().cpu()
+    if r.shape != (d,):
+        raise ValueError(f"ref must have {d} entries (one per objective), got shape {tuple(r.shape)}")
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError("ref must be finite")
+    p = points.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("points must be finite")
+    if p.shape[0] and not clip and bool((p < r).any()):
+        raise ValueError("ref does not bound the points (some point is below ref in an objective); "
+                         "pass clip=True to ignore such points")
+    rows = [tuple(row) for row in (p - r).tolist() if all(v > 0 for v in row)]
+    vol = _hv2(rows) if d == 2 else _hv3(rows)
+    return torch.tensor(vol, dtype=torch.float64, device=points.device)
+
+
+def _hv2(pts) -> float:
+    """Points relative to ref (all > 0): sweep by x descending, adding the new y strips."""
+    vol = 0.0
+    best_y = 0.0
+    for x, y in sorted(pts, key=lambda t: -t[0]):
+        if y > best_y:
+            vol += x * (y - best_y)
+            best_y = y
+    return vol
+
+
+def _hv3(pts) -> float:
+    """Slice along z (descending): each slab's area is the 2-D hypervolume of points above it."""
+    pts = sorted(pts, key=lambda t: -t[2])
+    vol = 0.0
+    active = []
+    for i, (x, y, z) in enumerate(pts):
+        active.append((x, y))
+        z_next = pts[i + 1][2] if i + 1 < len(pts) else 0.0
+        if z > z_next:
+            vol += _hv2(active) * (z - z_next)
+    return vol
+
+
+# ==================================================================== self-check
+def selfcheck(device):
+    """(op, ok, max rel err, backend) for every op of the family on small random inputs."""
+    from icrm_kernels.ops import special
+    from icrm_kernels.reference import beta as ref
+
+    device = torch.device(device)
+    out = list(special.selfcheck(device))
+
+    def rel(a, b):
+        a = a.detach().double().cpu()
+        b = b.detach().double().cpu()
+        return float(((a - b).abs() / b.abs().clamp_min(1)).max()) if b.numel() else 0.0
+
+    n = 3000
+    alpha = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-3, 8))
+    beta = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-3, 8))
+    y = torch.rand(n, dtype=torch.float64)
+    a32 = alpha.float().to(device).requires_grad_()
+    b32 = beta.float().to(device).requires_grad_()
+    loss = beta_elbo_loss(a32, b32, y.float().to(device), kl_weight=0.5, reduction="sum")
+    loss.backward()
+    ra, rb = alpha.clone().requires_grad_(), beta.clone().requires_grad_()
+    rl = ref.beta_elbo_loss(ra, rb, y, kl_weight=0.5, reduction="sum")
+    rl.backward()
+    err = max(rel(loss, rl) / n, rel(a32.grad, ra.grad), rel(b32.grad, rb.grad))
+    be = _select(a32, "beta_elbo")
+    out.append(("beta_elbo_loss (fwd+bwd)", err < 1e-4, err, be))
+
+    ml = torch.randn(n, dtype=torch.float64) * 3
+    cl = torch.randn(n, dtype=torch.float64) * 3
+    m32 = ml.float().to(device).requires_grad_()
+    c32 = cl.float().to(device).requires_grad_()
+    loss = beta_elbo_loss_from_logits(m32, c32, y.float().to(device))
+    loss.backward()
+    rm, rc = ml.clone().requires_grad_(), cl.clone().requires_grad_()
+    rl = ref.beta_elbo_loss_from_logits(rm, rc, y)
+    rl.backward()
+    err = max(rel(loss, rl), rel(m32.grad * n, rm.grad * n), rel(c32.grad * n, rc.grad * n))
+    out.append(("beta_elbo_loss_from_logits (fwd+bwd)", err < 1e-4, err, be))
+
+    with torch.no_grad():
+        fa, fb = beta_from_logits(ml.float().to(device), cl.float().to(device), 0.02)
+        ra_, rb_ = ref.beta_from_logits(ml, cl, 0.02)
+        err = max(rel(fa, ra_), rel(fb, rb_))
+        out.append(("beta_from_logits", err < 1e-5, err, _select(fa, "beta_from_logits")))
+        kl = beta_kl(a32, b32, 2.0, 0.5)
+        err = rel(kl, ref.beta_kl(alpha, beta, 2.0, 0.5))
+        out.append(("beta_kl", err < 1e-4, err, be))
+        st = beta_stats(a32, b32)
+        rs = ref.beta_stats(alpha, beta)
+        err = max(rel(x, r) for x, r in zip(st, rs))
+        out.append(("beta_stats", err < 1e-4, err, _select(a32, "beta_stats")))
+
+    m = 4000
+    yy = torch.rand(m, dtype=torch.float64)
+    seg = torch.randint(0, 64, (m,))
+    a_k, b_k = beta_posterior(yy.float().to(device), segment_index=seg.to(device), num_segments=64, discount=0.97)
+    ra_k, rb_k = ref.beta_posterior(yy, segment_index=seg, num_segments=64, discount=0.97)
+    err = max(rel(a_k, ra_k), rel(b_k, rb_k))
+    out.append(("beta_posterior", err < 1e-4, err, _select(yy.float().to(device), "beta_posterior")))
+    return out

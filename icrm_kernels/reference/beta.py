@@ -1,0 +1,150 @@
+"""Float64-capable references for ICRM's Beta posterior math (SPEC §3), written like the formulas."""
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from icrm_kernels.reference.special import betaln
+
+
+class BetaStats(NamedTuple):
+    mean: torch.Tensor
+    var: torch.Tensor
+    log_mean: torch.Tensor
+    log1m_mean: torch.Tensor
+    logit_mean: torch.Tensor
+    entropy: torch.Tensor
+
+
+def beta_from_logits(mean_logit, conc_logit, tau_min=1e-2):
+    """mu = sigmoid(mean_logit), tau = softplus(conc_logit) + tau_min, alpha = mu tau, beta = (1 - mu) tau."""
+    mu = torch.sigmoid(mean_logit)
+    tau = F.softplus(conc_logit) + tau_min
+    return mu * tau, torch.sigmoid(-mean_logit) * tau
+
+
+def beta_kl(alpha, beta, prior_alpha=1.0, prior_beta=1.0):
+    """KL(Beta(a, b) || Beta(a0, b0))."""
+    a0 = torch.as_tensor(prior_alpha, dtype=alpha.dtype, device=alpha.device)
+    b0 = torch.as_tensor(prior_beta, dtype=alpha.dtype, device=alpha.device)
+    s = alpha + beta
+    return (betaln(a0, b0) - betaln(alpha, beta) + (alpha - a0) * torch.digamma(alpha)
+            + (beta - b0) * torch.digamma(beta) + (a0 - alpha + b0 - beta) * torch.digamma(s))
+
+
+def _reduce(loss, weights, reduction):
+    if weights is not None:
+        loss = loss * weights
+    if reduction == "mean":
+        return loss.mean() if loss.numel() else loss.sum()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def beta_elbo_loss(alpha, beta, labels, *, prior_alpha=1.0, prior_beta=1.0, kl_weight=1.0, weights=None,
+                   reduction="mean"):
+    """L = -[y (psi(a) - psi(a+b)) + (1-y)(psi(b) - psi(a+b))] + kl_weight KL(Beta(a,b) || Beta(a0,b0))."""
+    s = alpha + beta
+    expected_loglik = labels * (torch.digamma(alpha) - torch.digamma(s)) + (1 - labels) * (torch.digamma(beta) - torch.digamma(s))
+    loss = -expected_loglik + kl_weight * beta_kl(alpha, beta, prior_alpha, prior_beta)
+    return _reduce(loss, weights, reduction)
+
+
+def beta_elbo_loss_from_logits(mean_logit, conc_logit, labels, *, tau_min=1e-2, **kwargs):
+    alpha, beta = beta_from_logits(mean_logit, conc_logit, tau_min)
+    return beta_elbo_loss(alpha, beta, labels, **kwargs)
+
+
+def beta_stats(alpha, beta) -> BetaStats:
+    s = alpha + beta
+    psi_s = torch.digamma(s)
+    entropy = (betaln(alpha, beta) - (alpha - 1) * torch.digamma(alpha) - (beta - 1) * torch.digamma(beta)
+               + (s - 2) * psi_s)
+    return BetaStats(
+        mean=alpha / s,
+        var=alpha * beta / (s * s * (s + 1)),
+        log_mean=torch.digamma(alpha) - psi_s,
+        log1m_mean=torch.digamma(beta) - psi_s,
+        logit_mean=torch.digamma(alpha) - torch.digamma(beta),
+        entropy=entropy,
+    )
+
+
+def beta_posterior(outcomes, *, cu_segments=None, segment_index=None, num_segments=None, weights=None,
+                   prior_alpha=1.0, prior_beta=1.0, discount=1.0):
+    """A plain Python loop over segments: alpha = a0 + sum_i w_i g^(n-1-i) y_i, beta likewise with 1 - y_i."""
+    y = outcomes.to(torch.float64) if not outcomes.is_floating_point() else outcomes
+    w = torch.ones_like(y) if weights is None else weights.to(y.dtype)
+    if cu_segments is not None:
+        cu = cu_segments.tolist()
+        members = [list(range(cu[k], cu[k + 1])) for k in range(len(cu) - 1)]
+        if num_segments is not None:
+            members = members[:num_segments] + [[] for _ in range(num_segments - len(members))]
+    else:
+        ids = segment_index.tolist()
+        k_count = num_segments if num_segments is not None else (max(ids) + 1 if ids else 0)
+        members = [[] for _ in range(k_count)]
+        for i, g in enumerate(ids):
+            if 0 <= g < k_count:
+                members[g].append(i)
+    alphas, betas = [], []
+    for rows in members:
+        n = len(rows)
+        a = torch.tensor(prior_alpha, dtype=y.dtype)
+        b = torch.tensor(prior_beta, dtype=y.dtype)
+        for i, r in enumerate(rows):
+            f = w[r] * discount ** (n - 1 - i)
+            a = a + f * y[r]
+            b = b + f * (1 - y[r])
+        alphas.append(a)
+        betas.append(b)
+    if not alphas:
+        return torch.zeros(0, dtype=y.dtype), torch.zeros(0, dtype=y.dtype)
+    return torch.stack(alphas), torch.stack(betas)
+
+
+def steer(alpha, beta, weights, statistic="mean"):
+    """sum_k w_k stat_k over the last dimension."""
+    stat = getattr(beta_stats(alpha, beta), statistic)
+    return (stat * weights).sum(-1)
+
+
+def hypervolume(points, ref):
+    """Exact dominated hypervolume (maximisation) by inclusion-exclusion over subsets (small n only)."""
+    p = points.to(torch.float64)
+    r = torch.as_tensor(ref, dtype=torch.float64)
+    keep = [row for row in p if bool((row > r).all())]
+    total = 0.0
+    for size in range(1, len(keep) + 1):
+        for subset in itertools.combinations(keep, size):
+            corner = torch.stack(subset).min(0).values
+            total += (-1) ** (size + 1) * float(torch.prod(corner - r))
+    return torch.tensor(total, dtype=torch.float64)
+
+
+def beta_elbo_grads(alpha, beta, labels, *, prior_alpha=1.0, prior_beta=1.0, kl_weight=1.0):
+    """Per-element (dL/dalpha, dL/dbeta) of the unreduced loss, in closed form (labels=None: KL only):
+
+    dL/da = -y psi'(a) + psi'(s) + kl_weight [(a - a0) psi'(a) + (a0 + b0 - s) psi'(s)]
+    dL/db = -(1-y) psi'(b) + psi'(s) + kl_weight [(b - b0) psi'(b) + (a0 + b0 - s) psi'(s)]
+    """
+    s = alpha + beta
+    ta, tb, ts = torch.polygamma(1, alpha), torch.polygamma(1, beta), torch.polygamma(1, s)
+    p0 = prior_alpha + prior_beta
+    ga = kl_weight * ((alpha - prior_alpha) * ta + (p0 - s) * ts)
+    gb = kl_weight * ((beta - prior_beta) * tb + (p0 - s) * ts)
+    if labels is not None:
+        ga = ga - labels * ta + ts
+        gb = gb - (1 - labels) * tb + ts
+    return ga, gb
+
+
+def from_logits_grads(mean_logit, conc_logit, ga, gb, tau_min=1e-2):
+    """Chain rule through beta_from_logits: (dL/dmean_logit, dL/dconc_logit) from (dL/dalpha, dL/dbeta)."""
+    mu, mu_c = torch.sigmoid(mean_logit), torch.sigmoid(-mean_logit)
+    tau = F.softplus(conc_logit) + tau_min
+    return (ga - gb) * tau * mu * mu_c, (ga * mu + gb * mu_c) * torch.sigmoid(conc_logit)
