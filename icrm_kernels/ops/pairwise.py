@@ -209,7 +209,10 @@ def _grebt_setup(ctx, inputs, output):
 def _grebt_backward(ctx, grad_losses, grad_drow):
     drow, cu, order = ctx.saved_tensors
     gid = _group_of_row(drow.numel(), cu, order, ctx.group_size, drow.device)
-    grad = drow * grad_losses.to(drow.dtype)[gid] if drow.numel() else drow
+    g = grad_losses.to(drow.dtype)[gid]
+    # a group whose loss gets no gradient gets none back, even when its loss is NaN: masking or
+    # nansum-ing the "none" output keeps a poisoned group's NaN out of the other rows' update
+    grad = torch.where(g == 0, 0, drow * g)
     return grad.to(ctx.dtype), None, None, None, None, None, None
 
 
@@ -245,7 +248,8 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     Choices where the SPEC is silent:
         - ``"mean"`` with no group of two or more rows returns 0 (with zero gradient), not NaN.
         - NaN propagates: a NaN reward (or a NaN in ``select``) makes its group's loss and
-          gradient NaN, and so the mean/sum.
+          gradient NaN, and so the mean/sum. With ``"none"``, a group whose loss receives a zero
+          gradient (masked out, or dropped by ``nansum``) passes back zero, not NaN.
         - identical rewards in a group: z = 0, p uniform, L_GRE = log n_g, and the GRE gradient is 0
           (the std's derivative at 0 is taken as 0). If w = l (all ``select`` equal), L_BT = log 2
           with zero gradient.

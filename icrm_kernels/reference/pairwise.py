@@ -53,7 +53,7 @@ def _scatter_rows(values: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, 
 
 def win_rate_from_layout(scores: torch.Tensor, layout: GroupLayout, temperature: Optional[float]) -> torch.Tensor:
     rows, mask, sizes = padded_groups(layout)
-    s = scores[rows]  # [B, M]
+    s = torch.where(mask, scores[rows], 0)  # [B, M]
     diff = s[:, :, None] - s[:, None, :]  # s_i - s_j, [B, M, M]
     if temperature is None:
         si, sj = s[:, :, None], s[:, None, :]
@@ -78,10 +78,13 @@ def group_win_rate(scores, *, group_size=None, cu_groups=None, group_index=None,
 def grebt_group_losses(rewards, layout: GroupLayout, *, alpha=0.3, eps=1e-6, select=None) -> torch.Tensor:
     """Per-group GREBT losses ``[B]``; groups with fewer than two rows are NaN (skipped)."""
     rows, mask, sizes = padded_groups(layout)
+    if mask.shape[1] == 0:  # no rows at all: every group is skipped
+        return rewards.new_full(sizes.shape, float("nan"))
     sel = (rewards if select is None else select).detach()[rows]
     sel_nan = torch.where(mask, sel.isnan(), False).any(-1, keepdim=True)
     # a NaN in `select` poisons its group like a NaN reward
-    r = rewards[rows] + torch.where(sel_nan, float("nan"), 0.0).to(rewards.dtype)
+    # where(): padding slots get no gradient (NaN computed there must not leak into real rows)
+    r = torch.where(mask, rewards[rows], 0) + torch.where(sel_nan, float("nan"), 0.0).to(rewards.dtype)
     n = sizes.clamp_min(1).to(r.dtype)[:, None]
 
     # Bradley-Terry term on the chosen pair: first argmax / argmin of `select`
@@ -99,9 +102,9 @@ def grebt_group_losses(rewards, layout: GroupLayout, *, alpha=0.3, eps=1e-6, sel
     s = sigma + eps
     z = torch.where(s > 0, c / s, 0)
     z = torch.where(mask, z, float("-inf"))
-    log_p = torch.log_softmax(z, -1)
-    p = log_p.exp()
-    loss_gre = -torch.where(mask, p * log_p, 0).sum(-1)
+    log_p = torch.where(mask, torch.log_softmax(z, -1), 0)  # 0, not -inf, in padding slots
+    p = torch.where(mask, log_p.exp(), 0)
+    loss_gre = -(p * log_p).sum(-1)
 
     loss = (1 - alpha) * loss_bt + alpha * loss_gre
     return torch.where(sizes >= 2, loss, float("nan"))
@@ -149,9 +152,12 @@ def grebt_row_gradients(rewards, layout: GroupLayout, *, alpha=0.3, eps=1e-6, se
     with c = r − μ, s = σ + eps, g_i = dL_GRE/dz_i = −p_i (z_i − Σ p z).
     """
     rows, mask, sizes = padded_groups(layout)
+    if mask.shape[1] == 0:
+        return torch.zeros_like(rewards)
     sel = (rewards if select is None else select)[rows]
     sel_nan = torch.where(mask, sel.isnan(), False).any(-1, keepdim=True)
-    r = rewards[rows] + torch.where(sel_nan, float("nan"), 0.0).to(rewards.dtype)
+    # where(): padding slots get no gradient (NaN computed there must not leak into real rows)
+    r = torch.where(mask, rewards[rows], 0) + torch.where(sel_nan, float("nan"), 0.0).to(rewards.dtype)
     n = sizes.clamp_min(1).to(r.dtype)[:, None]
     c = torch.where(mask, r - torch.where(mask, r, 0).sum(-1, keepdim=True) / n, 0)
     sigma = ((c * c).sum(-1, keepdim=True) / n).sqrt()

@@ -218,6 +218,10 @@ def _grebt_kernel(
 
 
 # ------------------------------------------------------------------------------- launchers
+def _contig(*tensors):
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def _layout_args(x, cu, order, group_size):
     """(grid size, cu pointer, order pointer, HAS_CU, HAS_ORDER) for one of the three layouts."""
     if cu is None:
@@ -238,6 +242,7 @@ def _warps_2d(block):
 
 def win_rate_forward(scores, cu, order, group_size: int, temperature):
     """w[N] in scores' dtype. ``temperature`` None or <= 0 gives hard wins."""
+    scores, cu, order = _contig(scores, cu, order)
     out = torch.empty_like(scores)
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(scores, cu, order, group_size)
     if scores.numel() == 0 or groups == 0:
@@ -253,7 +258,7 @@ def win_rate_forward(scores, cu, order, group_size: int, temperature):
 
 def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: float):
     """d loss / d scores for the soft (Bradley-Terry) win rate."""
-    grad_w = grad_w.contiguous()
+    grad_w, scores, cu, order = _contig(grad_w, scores, cu, order)
     out = torch.empty_like(scores)
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(scores, cu, order, group_size)
     if scores.numel() == 0 or groups == 0:
@@ -268,6 +273,7 @@ def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: f
 
 def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps: float):
     """(losses[groups] fp32, NaN for groups of < 2 rows; dloss_g/dr_i [N] fp32), one launch."""
+    rewards, select, cu, order = _contig(rewards, select, cu, order)
     n = rewards.numel()
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(rewards, cu, order, group_size)
     losses = torch.empty(groups, dtype=torch.float32, device=rewards.device)
