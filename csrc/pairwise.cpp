@@ -57,8 +57,10 @@ Groups make_groups(const at::Tensor& x, const c10::optional<at::Tensor>& cu, con
   return gr;
 }
 
-// Groups per parallel_for grain: about kGrain units of work, a group costing `work` units.
-inline int64_t grain_groups(int64_t work) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)); }
+// Groups per parallel_for grain: about 4 kGrain units of work (a unit is one pair or one row
+// pass, a few ns), a group costing `work` units. Chunks of ~100 us keep small batches on one
+// thread, where waking a second one costs more than it saves (and much more on a loaded machine).
+inline int64_t grain_groups(int64_t work) { return std::max<int64_t>(1, 4 * kGrain / std::max<int64_t>(1, work)); }
 
 inline int64_t avg_size(int64_t n, int64_t groups) { return groups > 0 ? std::max<int64_t>(1, n / groups) : 1; }
 

@@ -208,8 +208,12 @@ def _grebt_setup(ctx, inputs, output):
 
 def _grebt_backward(ctx, grad_losses, grad_drow):
     drow, cu, order = ctx.saved_tensors
-    gid = _group_of_row(drow.numel(), cu, order, ctx.group_size, drow.device)
-    g = grad_losses.to(drow.dtype)[gid]
+    n = drow.numel()
+    g_loss = grad_losses.to(drow.dtype)
+    if cu is None:  # fixed groups: broadcast one value per group over its rows
+        g = g_loss[:, None].expand(-1, ctx.group_size).reshape(n) if n else g_loss
+    else:
+        g = g_loss[_group_of_row(n, cu, order, ctx.group_size, drow.device)]
     # a group whose loss gets no gradient gets none back, even when its loss is NaN: masking or
     # nansum-ing the "none" output keeps a poisoned group's NaN out of the other rows' update
     grad = torch.where(g == 0, 0, drow * g)
@@ -273,10 +277,11 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
         if layout.kind == "index":
             return losses[: int(layout.num_groups)]
         return losses
-    if cu is None:
-        valid = torch.full_like(losses, g >= 2, dtype=torch.bool)
-    else:
-        valid = (cu[1:] - cu[:-1]) >= 2
+    if cu is None:  # fixed groups: all valid (G >= 2) or all skipped (G = 1)
+        if g < 2 or losses.numel() == 0:  # nothing to average: 0, still attached to the graph
+            return 0 * losses.nan_to_num().sum()
+        return losses.sum() if reduction == "sum" else losses.mean()
+    valid = (cu[1:] - cu[:-1]) >= 2
     total = torch.where(valid, losses, 0).sum()
     if reduction == "sum":
         return total
