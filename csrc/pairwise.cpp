@@ -20,10 +20,12 @@ struct Groups {
   const int64_t* cu = nullptr;
   const int64_t* order = nullptr;
 
+  int64_t rows = 0;
+
   inline void bounds(int64_t g, int64_t& start, int64_t& n) const {
-    if (cu) {
-      start = cu[g];
-      n = cu[g + 1] - start;
+    if (cu) {  // clamped: malformed offsets (value checks off) stay in bounds
+      start = std::min(std::max<int64_t>(cu[g], 0), rows);
+      n = std::min(std::max(cu[g + 1], start), rows) - start;
     } else {
       start = g * group_size;
       n = group_size;
@@ -36,6 +38,7 @@ Groups make_groups(const at::Tensor& x, const c10::optional<at::Tensor>& cu, con
                    int64_t group_size, at::Tensor& cu_keep, at::Tensor& order_keep) {
   Groups gr;
   const int64_t n = x.numel();
+  gr.rows = n;
   if (cu.has_value() && cu->defined()) {
     check_cpu(*cu, "cu");
     TORCH_CHECK(cu->dim() == 1 && cu->numel() >= 1, "cu must be 1-D with at least one offset");

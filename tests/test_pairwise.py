@@ -266,13 +266,30 @@ def test_bad_inputs(device):
         group_win_rate(r, cu_groups=torch.tensor([0, 8], device="meta"))
 
 
+def test_unchecked_malformed_offsets_stay_in_bounds(backend, device):
+    r = torch.randn(8, device=device)
+    cu = torch.tensor([0, 6, 3, 20, 8], device=device)  # not monotone, past the end
+    if backend == "reference":  # torch indexing raises IndexError: memory-safe as well
+        with icrm_kernels.unchecked(), pytest.raises(IndexError):
+            grebt_loss(r, cu_groups=cu, reduction="none")
+        return
+    with icrm_kernels.unchecked():
+        w = group_win_rate(r, cu_groups=cu, temperature=1.0)
+        loss = grebt_loss(r, cu_groups=cu, reduction="none")
+    assert w.shape == (8,) and loss.shape == (4,)
+
+
 # --------------------------------------------------------------------------- torch.compile
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
 
+    ids = torch.tensor([3, 1, 3, 0, 1, 1, 2, 3, 0, 5, 0, 1])
+
     def step(r, s, cu):
         loss = grebt_loss(r, group_size=4) + grebt_loss(r, cu_groups=cu, reduction="sum", alpha=0.5)
+        loss = loss + grebt_loss(r, group_index=ids, select=s.detach())
         w = group_win_rate(s, group_size=4, temperature=0.5) + group_win_rate(s, cu_groups=cu)
+        w = w + group_win_rate(s, group_index=ids, temperature=2.0)
         return loss + (w * w).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")

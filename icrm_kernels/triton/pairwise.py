@@ -22,10 +22,10 @@ from icrm_kernels.triton._aot import AotSpec
 
 
 @triton.jit
-def _group_bounds(g, cu_ptr, group_size, HAS_CU: tl.constexpr):
-    if HAS_CU:
-        start = tl.load(cu_ptr + g)
-        end = tl.load(cu_ptr + g + 1)
+def _group_bounds(g, cu_ptr, group_size, n_rows, HAS_CU: tl.constexpr):
+    if HAS_CU:  # clamped: malformed offsets (value checks off) stay in bounds
+        start = tl.minimum(tl.maximum(tl.load(cu_ptr + g), 0), n_rows)
+        end = tl.minimum(tl.maximum(tl.load(cu_ptr + g + 1), start), n_rows)
     else:
         start = g * group_size
         end = start + group_size
@@ -44,11 +44,11 @@ def _rows(start, pos, mask, order_ptr, HAS_ORDER: tl.constexpr):
 
 @triton.jit
 def _win_rate_fwd_kernel(
-    s_ptr, w_ptr, cu_ptr, order_ptr, group_size, inv_t,
+    s_ptr, w_ptr, cu_ptr, order_ptr, group_size, n_rows, inv_t,
     HARD: tl.constexpr, HAS_CU: tl.constexpr, HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
-    start, end = _group_bounds(g, cu_ptr, group_size, HAS_CU)
+    start, end = _group_bounds(g, cu_ptr, group_size, n_rows, HAS_CU)
     n = end - start
     inv_pairs = 1.0 / tl.maximum(n - 1, 1).to(tl.float32)
     offs = tl.arange(0, BLOCK).to(tl.int64)
@@ -77,11 +77,11 @@ def _win_rate_fwd_kernel(
 
 @triton.jit
 def _win_rate_bwd_kernel(
-    s_ptr, dw_ptr, ds_ptr, cu_ptr, order_ptr, group_size, inv_t,
+    s_ptr, dw_ptr, ds_ptr, cu_ptr, order_ptr, group_size, n_rows, inv_t,
     HAS_CU: tl.constexpr, HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
-    start, end = _group_bounds(g, cu_ptr, group_size, HAS_CU)
+    start, end = _group_bounds(g, cu_ptr, group_size, n_rows, HAS_CU)
     n = end - start
     scale = inv_t / tl.maximum(n - 1, 1).to(tl.float32)
     offs = tl.arange(0, BLOCK).to(tl.int64)
@@ -119,11 +119,11 @@ def _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, HAS_SELECT: tl.constexp
 
 @triton.jit
 def _grebt_kernel(
-    r_ptr, sel_ptr, loss_ptr, drow_ptr, cu_ptr, order_ptr, group_size, alpha, eps,
+    r_ptr, sel_ptr, loss_ptr, drow_ptr, cu_ptr, order_ptr, group_size, n_rows, alpha, eps,
     HAS_SELECT: tl.constexpr, HAS_CU: tl.constexpr, HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
 ):
     g = tl.program_id(0).to(tl.int64)
-    start, end = _group_bounds(g, cu_ptr, group_size, HAS_CU)
+    start, end = _group_bounds(g, cu_ptr, group_size, n_rows, HAS_CU)
     n = end - start
     nf = tl.maximum(n, 1).to(tl.float32)
     offs = tl.arange(0, BLOCK).to(tl.int64)
@@ -252,7 +252,7 @@ def win_rate_forward(scores, cu, order, group_size: int, temperature):
     hard = temperature is None or temperature <= 0
     block = _win_block(cu, group_size)
     _win_rate_fwd_kernel[(groups,)](
-        scores, out, cu_arg, order_arg, group_size, 0.0 if hard else 1.0 / float(temperature),
+        scores, out, cu_arg, order_arg, group_size, scores.numel(), 0.0 if hard else 1.0 / float(temperature),
         HARD=hard, HAS_CU=has_cu, HAS_ORDER=has_order, BLOCK=block, num_warps=_warps_2d(block),
     )
     return out
@@ -267,7 +267,7 @@ def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: f
         return out
     block = _win_block(cu, group_size)
     _win_rate_bwd_kernel[(groups,)](
-        scores, grad_w, out, cu_arg, order_arg, group_size, 1.0 / float(temperature),
+        scores, grad_w, out, cu_arg, order_arg, group_size, scores.numel(), 1.0 / float(temperature),
         HAS_CU=has_cu, HAS_ORDER=has_order, BLOCK=block, num_warps=_warps_2d(block),
     )
     return out
@@ -286,7 +286,7 @@ def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps
         return losses.fill_(float("nan")), drow
     block = min(max(triton.next_power_of_2(group_size), 16), 1024) if cu is None else 128
     _grebt_kernel[(groups,)](
-        rewards, rewards if select is None else select, losses, drow, cu_arg, order_arg, group_size,
+        rewards, rewards if select is None else select, losses, drow, cu_arg, order_arg, group_size, n,
         float(alpha), float(eps),
         HAS_SELECT=select is not None, HAS_CU=has_cu, HAS_ORDER=has_order, BLOCK=block,
         num_warps=1 if block <= 256 else (2 if block <= 512 else 4),
@@ -302,21 +302,21 @@ def _aot_specs():
             specs.append(AotSpec(
                 _win_rate_fwd_kernel,
                 signature={"s_ptr": f"*{dt}", "w_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
-                           "group_size": "i32", "inv_t": "fp32"},
+                           "group_size": "i32", "n_rows": "i64", "inv_t": "fp32"},
                 constexprs={"HARD": hard, "HAS_CU": False, "HAS_ORDER": False, "BLOCK": 8},
                 num_warps=1, label=f"{dt},{'hard' if hard else 'soft'},G=8",
             ))
     specs.append(AotSpec(
         _win_rate_fwd_kernel,
         signature={"s_ptr": "*bf16", "w_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
-                   "group_size": "i32", "inv_t": "fp32"},
+                   "group_size": "i32", "n_rows": "i64", "inv_t": "fp32"},
         constexprs={"HARD": False, "HAS_CU": True, "HAS_ORDER": True, "BLOCK": 32},
         num_warps=2, label="bf16,soft,index,B=32",
     ))
     specs.append(AotSpec(
         _win_rate_fwd_kernel,
         signature={"s_ptr": "*fp32", "w_ptr": "*fp32", "cu_ptr": "*i64", "order_ptr": "*i64",
-                   "group_size": "i32", "inv_t": "fp32"},
+                   "group_size": "i32", "n_rows": "i64", "inv_t": "fp32"},
         constexprs={"HARD": False, "HAS_CU": False, "HAS_ORDER": False, "BLOCK": 64},
         num_warps=8, label="fp32,soft,G=64",
     ))
@@ -324,7 +324,7 @@ def _aot_specs():
         specs.append(AotSpec(
             _win_rate_bwd_kernel,
             signature={"s_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "ds_ptr": f"*{dt}", "cu_ptr": "*i64",
-                       "order_ptr": "*i64", "group_size": "i32", "inv_t": "fp32"},
+                       "order_ptr": "*i64", "group_size": "i32", "n_rows": "i64", "inv_t": "fp32"},
             constexprs={"HAS_CU": cu, "HAS_ORDER": cu, "BLOCK": blk},
             num_warps=warps, label=f"{dt},{'index' if cu else 'fixed'},B={blk}",
         ))
@@ -333,7 +333,7 @@ def _aot_specs():
         specs.append(AotSpec(
             _grebt_kernel,
             signature={"r_ptr": f"*{dt}", "sel_ptr": f"*{dt}", "loss_ptr": "*fp32", "drow_ptr": "*fp32",
-                       "cu_ptr": "*i64", "order_ptr": "*i64", "group_size": "i32", "alpha": "fp32", "eps": "fp32"},
+                       "cu_ptr": "*i64", "order_ptr": "*i64", "group_size": "i32", "n_rows": "i64", "alpha": "fp32", "eps": "fp32"},
             constexprs={"HAS_SELECT": sel, "HAS_CU": cu, "HAS_ORDER": cu, "BLOCK": blk},
             num_warps=1 if blk <= 256 else 4,
             label=f"{dt},{'index' if cu else 'fixed'},{'select,' if sel else ''}B={blk}",
