@@ -159,7 +159,7 @@ void grebt_kernel(const scalar_t* r_in, const scalar_t* sel_in, scalar_t* loss_o
   using acc_t = double;  // a handful of values per group: double costs nothing here
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
   at::parallel_for(0, gr.count, grain_groups(4 * avg_size(n_rows, gr.count)), [&](int64_t g0, int64_t g1) {
-    std::vector<acc_t> r;
+    std::vector<acc_t> r, ex;
     for (int64_t g = g0; g < g1; ++g) {
       int64_t start, n;
       gr.bounds(g, start, n);
@@ -169,6 +169,7 @@ void grebt_kernel(const scalar_t* r_in, const scalar_t* sel_in, scalar_t* loss_o
         continue;
       }
       r.resize(n);
+      ex.resize(n);
       // first argmax / argmin of select; a NaN in select poisons the group
       int64_t w = 0, l = 0;
       acc_t hi = -std::numeric_limits<acc_t>::infinity(), lo = std::numeric_limits<acc_t>::infinity();
@@ -202,6 +203,7 @@ void grebt_kernel(const scalar_t* r_in, const scalar_t* sel_in, scalar_t* loss_o
       for (int64_t i = 0; i < n; ++i) {
         const acc_t z = (r[i] - mu) * inv_s;
         const acc_t e = std::exp(z - z_max);
+        ex[i] = e;
         e_sum += e;
         ez += e * z;
         ezz += e * z * z;
@@ -215,10 +217,11 @@ void grebt_kernel(const scalar_t* r_in, const scalar_t* sel_in, scalar_t* loss_o
 
       const acc_t d_bt = (1 - alpha) * sigmoid(x);
       const acc_t coef = sigma > 0 ? var_p * inv_s / (nf * sigma) : acc_t(0);
+      const acc_t inv_e_sum = acc_t(1) / e_sum;
       for (int64_t i = 0; i < n; ++i) {
         const acc_t c = r[i] - mu;
         const acc_t z = c * inv_s;
-        const acc_t p = std::exp(z - z_max) / e_sum;
+        const acc_t p = ex[i] * inv_e_sum;
         acc_t d = alpha * (inv_s * (-p * (z - z_bar)) + coef * c);
         if (i == w) d -= d_bt;
         if (i == l) d += d_bt;
