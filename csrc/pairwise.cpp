@@ -88,25 +88,40 @@ void win_rate_kernel(const scalar_t* s, scalar_t* w, const Groups& gr, double te
       }
       val.resize(n);
       acc.assign(n, acc_t(0));
-      for (int64_t i = 0; i < n; ++i) val[i] = static_cast<acc_t>(s[gr.row(start, i)]);
+      bool has_nan = false;
+      for (int64_t i = 0; i < n; ++i) {
+        val[i] = static_cast<acc_t>(s[gr.row(start, i)]);
+        has_nan |= std::isnan(val[i]);
+      }
+      const acc_t inv_pairs = acc_t(1) / acc_t(n - 1);
+      if (hard) {
+        if (has_nan) {  // every row of the group is compared with the NaN one
+          for (int64_t i = 0; i < n; ++i) w[gr.row(start, i)] = std::numeric_limits<scalar_t>::quiet_NaN();
+          continue;
+        }
+        // integer win / tie counts: branch-free, and the compiler vectorizes the inner loop
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t a = val[i];
+          int64_t wins = 0, ties = 0;
+          for (int64_t j = 0; j < n; ++j) {
+            wins += a > val[j];
+            ties += a == val[j];
+          }
+          w[gr.row(start, i)] = static_cast<scalar_t>((acc_t(wins) + acc_t(0.5) * acc_t(ties - 1)) * inv_pairs);
+        }
+        continue;
+      }
       // P(j > i) = 1 - P(i > j): each unordered pair once
       for (int64_t i = 0; i < n; ++i) {
         const acc_t a = val[i];
         acc_t sum_i = 0;
         for (int64_t j = i + 1; j < n; ++j) {
-          const acc_t b = val[j];
-          acc_t p;
-          if (hard) {
-            p = a > b ? acc_t(1) : (a < b ? acc_t(0) : (a == b ? acc_t(0.5) : a - b));
-          } else {
-            p = sigmoid((a - b) * inv_t);
-          }
+          const acc_t p = sigmoid((a - val[j]) * inv_t);
           sum_i += p;
           acc[j] += acc_t(1) - p;
         }
         acc[i] += sum_i;
       }
-      const acc_t inv_pairs = acc_t(1) / acc_t(n - 1);
       for (int64_t i = 0; i < n; ++i) w[gr.row(start, i)] = static_cast<scalar_t>(acc[i] * inv_pairs);
     }
   });
