@@ -225,6 +225,23 @@ def test_grebt_deterministic(backend, device):
     assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
+@pytest.mark.parametrize("kw", [{"group_size": 20}, {"group_size": 300}, {"cu_groups": [0, 70, 73, 213]}],
+                         ids=["G=20", "G=300", "ragged-70-3-140"])
+def test_large_groups(backend, device, kw):
+    """Groups past the kernels' tiles: the multi-tile loops and the one-group-per-program path."""
+    kw = {k: torch.tensor(v, device=device) if isinstance(v, list) else v for k, v in kw.items()}
+    n = 600 if kw.get("group_size") == 300 else (213 if "cu_groups" in kw else 60)
+    r = torch.randn(n, device=device)
+    r[5] = r[3]  # a tie
+    assert_matches_reference(lambda r: grebt_loss(r, alpha=0.6, reduction="none", **kw),
+                             lambda r: ref.grebt_loss(r, alpha=0.6, reduction="none", **_ref_kw(kw)), {"r": r}, grad=["r"])
+    if n != 600:
+        for t in (None, 0.9):
+            assert_matches_reference(lambda r: group_win_rate(r, temperature=t, **kw),
+                                     lambda r: ref.group_win_rate(r, temperature=t, **_ref_kw(kw)), {"r": r},
+                                     grad=[] if t is None else ["r"])
+
+
 # ------------------------------------------------------------------------------ bad inputs
 def test_bad_inputs(device):
     r = torch.randn(8, device=device)

@@ -217,6 +217,110 @@ def _grebt_kernel(
         tl.store(drow_ptr + row, d.to(drow_ptr.dtype.element_ty), mask=mask)
 
 
+# ------------------------------------------------- fixed small groups: R groups per program
+# With group_size = G known and small, one program per group would launch N/G tiny programs.
+# These kernels hold R whole groups in one [R, BG] tile (BG = next power of two >= G), so every
+# statistic is a reduction along the last axis, computed from registers after a single load.
+@triton.jit
+def _win_rate_fixed_kernel(
+    s_ptr, w_ptr, n_groups, group_size, inv_t,
+    HARD: tl.constexpr, BG: tl.constexpr, R: tl.constexpr,
+):
+    gi = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    cols = tl.arange(0, BG)
+    cmask = cols < group_size
+    mask = (gi < n_groups)[:, None] & cmask[None, :]
+    offs = gi[:, None] * group_size + cols[None, :]
+    s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    a = s[:, :, None]
+    b = s[:, None, :]
+    if HARD:
+        p = tl.where(a > b, 1.0, tl.where(a < b, 0.0, tl.where(a == b, 0.5, a - b)))
+    else:
+        p = 1.0 / (1.0 + tl.exp((b - a) * inv_t))
+    keep = cmask[None, :] & (cols[:, None] != cols[None, :])
+    acc = tl.sum(tl.where(keep[None, :, :], p, 0.0), axis=2)
+    w = tl.where(group_size > 1, acc / tl.maximum(group_size - 1, 1).to(tl.float32), 0.5)
+    tl.store(w_ptr + offs, w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _win_rate_fixed_bwd_kernel(
+    s_ptr, dw_ptr, ds_ptr, n_groups, group_size, inv_t,
+    BG: tl.constexpr, R: tl.constexpr,
+):
+    gi = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    cols = tl.arange(0, BG)
+    cmask = cols < group_size
+    mask = (gi < n_groups)[:, None] & cmask[None, :]
+    offs = gi[:, None] * group_size + cols[None, :]
+    s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(dw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    p = 1.0 / (1.0 + tl.exp((s[:, None, :] - s[:, :, None]) * inv_t))
+    keep = cmask[None, :] & (cols[:, None] != cols[None, :])
+    terms = tl.where(keep[None, :, :], p * (1.0 - p) * (g[:, :, None] - g[:, None, :]), 0.0)
+    scale = inv_t / tl.maximum(group_size - 1, 1).to(tl.float32)
+    ds = tl.where(group_size > 1, tl.sum(terms, axis=2) * scale, 0.0)
+    tl.store(ds_ptr + offs, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grebt_fixed_kernel(
+    r_ptr, sel_ptr, loss_ptr, drow_ptr, n_groups, group_size, alpha, eps,
+    HAS_SELECT: tl.constexpr, BG: tl.constexpr, R: tl.constexpr,
+):
+    gi = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    gmask = gi < n_groups
+    cols = tl.arange(0, BG)
+    cmask = cols < group_size
+    mask = gmask[:, None] & cmask[None, :]
+    offs = gi[:, None] * group_size + cols[None, :]
+    r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SELECT:
+        sel = tl.load(sel_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        sel = r
+    nf = tl.maximum(group_size, 1).to(tl.float32)
+    # a NaN in select poisons the group like a NaN reward
+    poison = tl.where(tl.sum(tl.where(mask & (sel != sel), 1.0, 0.0), axis=1) > 0, float("nan"), 0.0)
+    # first argmax / argmin of select (padding columns sort last: they lie past the group)
+    hi = tl.where(mask, sel, float("-inf"))
+    w_pos = tl.min(tl.where(hi == tl.max(hi, axis=1)[:, None], cols[None, :], BG), axis=1)
+    lo = tl.where(mask, sel, float("inf"))
+    l_pos = tl.min(tl.where(lo == tl.min(lo, axis=1)[:, None], cols[None, :], BG), axis=1)
+    is_w = cols[None, :] == w_pos[:, None]
+    is_l = cols[None, :] == l_pos[:, None]
+    r = r + poison[:, None]
+    x = tl.sum(tl.where(is_l, r, 0.0), axis=1) - tl.sum(tl.where(is_w, r, 0.0), axis=1)  # r_l - r_w
+
+    mu = tl.sum(tl.where(mask, r, 0.0), axis=1) / nf
+    c = tl.where(mask, r - mu[:, None], 0.0)
+    sigma = tl.sqrt(tl.sum(c * c, axis=1) / nf)
+    s = sigma + eps
+    inv_s = tl.where(s > 0, 1.0 / s, 0.0)
+    z = c * inv_s[:, None]
+    z_max = tl.max(tl.where(mask, z, float("-inf")), axis=1)
+    e = tl.where(mask, tl.exp(z - z_max[:, None]), 0.0)
+    big_s = tl.sum(e, axis=1)
+    z_bar = tl.sum(e * z, axis=1) / big_s
+    var_p = tl.maximum(tl.sum(e * z * z, axis=1) / big_s - z_bar * z_bar, 0.0)
+    loss_gre = z_max + tl.log(big_s) - z_bar
+
+    t = tl.exp(-tl.abs(x))
+    loss_bt = tl.maximum(x, 0.0) + tl.where(t < 1e-4, t * (1.0 - 0.5 * t), tl.log(1.0 + t))
+    valid = group_size >= 2
+    loss = (1.0 - alpha) * loss_bt + alpha * loss_gre
+    tl.store(loss_ptr + gi, tl.where(valid, loss, float("nan")).to(loss_ptr.dtype.element_ty), mask=gmask)
+
+    d_bt = (1.0 - alpha) / (1.0 + tl.exp(-x))
+    coef = tl.where(sigma > 0, var_p * inv_s / (nf * sigma), 0.0)
+    p = e / big_s[:, None]
+    d = alpha * (inv_s[:, None] * (-p * (z - z_bar[:, None])) + coef[:, None] * c)
+    d += tl.where(is_w, -d_bt[:, None], 0.0) + tl.where(is_l, d_bt[:, None], 0.0)
+    d = tl.where(valid, d, 0.0)
+    tl.store(drow_ptr + offs, d.to(drow_ptr.dtype.element_ty), mask=mask)
+
+
 # ------------------------------------------------------------------------------- launchers
 def _contig(*tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
@@ -228,6 +332,15 @@ def _layout_args(x, cu, order, group_size):
         groups = x.numel() // group_size if group_size > 0 else 0
         return groups, x, x, False, False
     return cu.numel() - 1, cu, (x if order is None else order), True, order is not None
+
+
+_FIXED_WIN_MAX = 16  # win rate: [R, BG, BG] pair tiles of 2048 terms
+_FIXED_GREBT_MAX = 256  # GREBT: [R, BG] tiles of 1024 rows
+
+
+def _fixed_win_tile(group_size):
+    bg = max(triton.next_power_of_2(group_size), 2)
+    return bg, max(1, 2048 // (bg * bg))
 
 
 def _win_block(cu, group_size):
@@ -250,6 +363,13 @@ def win_rate_forward(scores, cu, order, group_size: int, temperature):
     if scores.numel() == 0 or groups == 0:
         return out
     hard = temperature is None or temperature <= 0
+    inv_t = 0.0 if hard else 1.0 / float(temperature)
+    if cu is None and group_size <= _FIXED_WIN_MAX:
+        bg, r = _fixed_win_tile(group_size)
+        _win_rate_fixed_kernel[(triton.cdiv(groups, r),)](
+            scores, out, groups, group_size, inv_t, HARD=hard, BG=bg, R=r, num_warps=4,
+        )
+        return out
     block = _win_block(cu, group_size)
     _win_rate_fwd_kernel[(groups,)](
         scores, out, cu_arg, order_arg, group_size, scores.numel(), 0.0 if hard else 1.0 / float(temperature),
@@ -264,6 +384,12 @@ def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: f
     out = torch.empty_like(scores)
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(scores, cu, order, group_size)
     if scores.numel() == 0 or groups == 0:
+        return out
+    if cu is None and group_size <= _FIXED_WIN_MAX:
+        bg, r = _fixed_win_tile(group_size)
+        _win_rate_fixed_bwd_kernel[(triton.cdiv(groups, r),)](
+            scores, grad_w, out, groups, group_size, 1.0 / float(temperature), BG=bg, R=r, num_warps=4,
+        )
         return out
     block = _win_block(cu, group_size)
     _win_rate_bwd_kernel[(groups,)](
@@ -284,6 +410,14 @@ def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps
         return losses, drow
     if n == 0:
         return losses.fill_(float("nan")), drow
+    if cu is None and group_size <= _FIXED_GREBT_MAX:
+        bg = triton.next_power_of_2(group_size)
+        r = max(1, 1024 // bg)
+        _grebt_fixed_kernel[(triton.cdiv(groups, r),)](
+            rewards, rewards if select is None else select, losses, drow, groups, group_size, float(alpha), float(eps),
+            HAS_SELECT=select is not None, BG=bg, R=r, num_warps=8,
+        )
+        return losses, drow
     block = min(max(triton.next_power_of_2(group_size), 16), 1024) if cu is None else 128
     _grebt_kernel[(groups,)](
         rewards, rewards if select is None else select, losses, drow, cu_arg, order_arg, group_size, n,
@@ -337,6 +471,29 @@ def _aot_specs():
             constexprs={"HAS_SELECT": sel, "HAS_CU": cu, "HAS_ORDER": cu, "BLOCK": blk},
             num_warps=1 if blk <= 256 else 4,
             label=f"{dt},{'index' if cu else 'fixed'},{'select,' if sel else ''}B={blk}",
+        ))
+    for dt, g, hard in (("bf16", 8, False), ("fp32", 8, True), ("bf16", 16, False)):
+        bg, r = _fixed_win_tile(g)
+        specs.append(AotSpec(
+            _win_rate_fixed_kernel,
+            signature={"s_ptr": f"*{dt}", "w_ptr": f"*{dt}", "n_groups": "i32", "group_size": "i32", "inv_t": "fp32"},
+            constexprs={"HARD": hard, "BG": bg, "R": r}, num_warps=4,
+            label=f"{dt},{'hard' if hard else 'soft'},BG={bg},R={r}",
+        ))
+        if not hard:
+            specs.append(AotSpec(
+                _win_rate_fixed_bwd_kernel,
+                signature={"s_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "ds_ptr": f"*{dt}", "n_groups": "i32",
+                           "group_size": "i32", "inv_t": "fp32"},
+                constexprs={"BG": bg, "R": r}, num_warps=4, label=f"{dt},BG={bg},R={r}",
+            ))
+    for dt, bg, sel in (("bf16", 8, False), ("fp32", 8, True), ("bf16", 64, False), ("fp32", 256, False)):
+        specs.append(AotSpec(
+            _grebt_fixed_kernel,
+            signature={"r_ptr": f"*{dt}", "sel_ptr": f"*{dt}", "loss_ptr": "*fp32", "drow_ptr": "*fp32",
+                       "n_groups": "i32", "group_size": "i32", "alpha": "fp32", "eps": "fp32"},
+            constexprs={"HAS_SELECT": sel, "BG": bg, "R": max(1, 1024 // bg)}, num_warps=8,
+            label=f"{dt},{'select,' if sel else ''}BG={bg},R={max(1, 1024 // bg)}",
         ))
     return specs
 
