@@ -287,6 +287,8 @@ def test_unchecked_malformed_offsets_stay_in_bounds(backend, device):
     r = torch.randn(8, device=device)
     cu = torch.tensor([0, 6, 3, 20, 8], device=device)  # not monotone, past the end
     if backend == "reference":  # torch indexing raises IndexError: memory-safe as well
+        if device.type == "cuda":
+            pytest.skip("out-of-range CUDA indexing is a device-side assert, not an exception")
         with icrm_kernels.unchecked(), pytest.raises(IndexError):
             grebt_loss(r, cu_groups=cu, reduction="none")
         return

@@ -1,12 +1,14 @@
 """Triton kernels of the pairwise group ops: Pref-GRPO win rate and R2M's GREBT loss.
 
-One program per group, for every layout: ``group_size`` (fixed), ``cu`` offsets (ragged), and
-``cu`` + ``order`` (the unsorted ``group_index`` layout resolved without a host sync; row =
-order[cu[g] + position]). Groups larger than the block are walked tile by tile, so no launch
-needs the largest group size on the host. fp32 arithmetic for fp16/bf16/fp32 inputs; no atomics,
-so results are deterministic.
+Fixed small groups (``group_size`` <= 16 for the win rate, <= 256 for GREBT): R whole groups per
+program in one [R, BG] tile, loaded once (``_*_fixed_kernel``). Otherwise one program per group,
+for every layout: ``group_size``, ``cu`` offsets (ragged), and ``cu`` + ``order`` (the unsorted
+``group_index`` layout resolved without a host sync; row = order[cu[g] + position]); groups larger
+than the block are walked tile by tile, so no launch needs the largest group size on the host.
+fp32 arithmetic for fp16/bf16/fp32 inputs; no atomics, so results are deterministic; one launch
+per op (forward), one for the win-rate backward, none for the GREBT backward (a torch multiply).
 
-Kernels
+Kernels (the fixed variants compute the same)
 - ``_win_rate_fwd_kernel``: w_i = 1/(n−1) Σ_{j≠i} P(i ≻ j), O(n²) per group in [BLOCK, BLOCK] tiles.
 - ``_win_rate_bwd_kernel``: ds_k = 1/(T(n−1)) Σ_{j≠k} σ'(x_kj)(g_k − g_j) (soft version only).
 - ``_grebt_kernel``: per-group loss AND the per-row gradient dL_g/dr_i in the same launch
