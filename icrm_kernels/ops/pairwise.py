@@ -304,7 +304,8 @@ def selfcheck(device) -> List[tuple]:
     n, g = 48, 6
     scores = torch.randn(n, device=device)
     idx = torch.randint(0, 7, (n,), device=device)
-    for name, kw in (("fixed", {"group_size": g}), ("index", {"group_index": idx})):
+    # fixed G=6: the R-groups-per-program kernels; G=24 and index: one program per group
+    for name, kw in (("fixed", {"group_size": g}), ("fixed-24", {"group_size": 24}), ("index", {"group_index": idx})):
         for temp in (None, 0.7):
             s = scores.clone().requires_grad_(True)
             w = group_win_rate(s, temperature=temp, **kw)
