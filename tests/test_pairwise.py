@@ -1,9 +1,11 @@
 """group_win_rate and grebt_loss against the float64 reference, on every backend and layout.
 
-Inputs are fresh random draws every run; failures print the seed of the cotangent draw.
+Inputs are fresh random draws every run: each test seeds torch and `random` from os.urandom and
+prints the seed (shown by pytest when the test fails; reproduce with PAIRWISE_SEED=<seed>).
 Shapes are tiny: the Triton kernels run through the interpreter on machines without a GPU.
 """
 import math
+import os
 import random
 
 import pytest
@@ -12,9 +14,17 @@ import torch
 import icrm_kernels
 from icrm_kernels import grebt_loss, group_win_rate, use_backend
 from icrm_kernels.reference import pairwise as ref
-from icrm_kernels.testing import TOLERANCES, assert_close, assert_matches_reference
+from icrm_kernels.testing import TOLERANCES, assert_close, assert_matches_reference, fresh_seed
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    seed = int(os.environ.get("PAIRWISE_SEED", 0)) or fresh_seed()
+    print(f"seed {seed}")
+    torch.manual_seed(seed)
+    random.seed(seed)
 LAYOUTS = ["fixed", "ragged", "index"]
 
 

@@ -19,7 +19,6 @@ from icrm_kernels._checks import (
     check_finite_float,
     check_same_device,
     check_tensor,
-    value_checks_enabled,
 )
 from icrm_kernels._layout import GroupLayout, resolve_groups
 from icrm_kernels.reference import pairwise as ref
