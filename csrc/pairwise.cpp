@@ -190,10 +190,14 @@ void grebt_kernel(const scalar_t* r_in, const scalar_t* sel_in, scalar_t* loss_o
       acc_t hi = -std::numeric_limits<acc_t>::infinity(), lo = std::numeric_limits<acc_t>::infinity();
       bool sel_nan = false;
       acc_t sum = 0;
+      // shift by the group's first reward: the loss is shift-invariant, and r - mean keeps its
+      // digits when the group's spread is tiny next to |r|
+      const acc_t r0 = static_cast<acc_t>(r_in[gr.row(start, 0)]);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t row = gr.row(start, i);
-        r[i] = static_cast<acc_t>(r_in[row]);
-        const acc_t sv = sel_in ? static_cast<acc_t>(sel_in[row]) : r[i];
+        const acc_t raw = static_cast<acc_t>(r_in[row]);
+        r[i] = raw - r0;
+        const acc_t sv = sel_in ? static_cast<acc_t>(sel_in[row]) : raw;
         sel_nan |= std::isnan(sv);
         if (sv > hi) { hi = sv; w = i; }
         if (sv < lo) { lo = sv; l = i; }

@@ -178,17 +178,18 @@ def _grebt_op(rewards: Tensor, select: Optional[Tensor], cu: Optional[Tensor], o
     if backend == "cpp":
         return tuple(torch.ops.icrm_cpu.pairwise_grebt(_cpu_in(rewards), None if select is None else _cpu_in(select),
                                                        cu, order, group_size, alpha, eps))
+    # the reference path (CPU fallback, float64 on CUDA) computes in float64 whatever the input
     n = rewards.numel()
     layout = _layout_from_tensors(n, rewards.device, cu, order, group_size)
-    cdt = _compute_dtype(rewards.dtype)
     groups = _num_groups(n, cu, group_size)
-    r = rewards.to(cdt)
-    sel = None if select is None else select.to(cdt)
+    r = rewards.double()
+    sel = None if select is None else select.double()
     losses = ref.grebt_group_losses(r, layout, alpha=alpha, eps=eps, select=sel)
     drow = ref.grebt_row_gradients(r, layout, alpha=alpha, eps=eps, select=sel)
     out = losses.new_full((groups,), float("nan"))
     out[: losses.numel()] = losses
-    return out, drow
+    cdt = _compute_dtype(rewards.dtype)
+    return out.to(cdt), drow.to(cdt)
 
 
 @_grebt_op.register_fake

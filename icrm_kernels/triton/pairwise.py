@@ -108,14 +108,17 @@ def _win_rate_bwd_kernel(
 
 
 @triton.jit
-def _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, HAS_SELECT: tl.constexpr, HAS_ORDER: tl.constexpr):
+def _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, HAS_SELECT: tl.constexpr, HAS_ORDER: tl.constexpr):
+    """Rewards shifted by the group's first one (the loss is shift-invariant; r - r0 is exact for
+    nearby values, so r - mean keeps its digits when the group's spread is tiny next to |r|)."""
     mask = pos < n
     row = _rows(start, pos, mask, order_ptr, HAS_ORDER)
-    r = tl.load(r_ptr + row, mask=mask, other=0.0).to(tl.float32)
+    r_raw = tl.load(r_ptr + row, mask=mask, other=0.0).to(tl.float32)
     if HAS_SELECT:
         sel = tl.load(sel_ptr + row, mask=mask, other=0.0).to(tl.float32)
     else:
-        sel = r
+        sel = r_raw
+    r = tl.where(mask, r_raw - r0, 0.0)
     return mask, row, r, sel
 
 
@@ -130,8 +133,12 @@ def _grebt_kernel(
     nf = tl.maximum(n, 1).to(tl.float32)
     offs = tl.arange(0, BLOCK).to(tl.int64)
 
+    first = offs < tl.minimum(n, 1)  # lane 0 of a non-empty group
+    row0 = _rows(start, offs, first, order_ptr, HAS_ORDER)
+    r0 = tl.sum(tl.load(r_ptr + row0, mask=first, other=0.0).to(tl.float32), axis=0)
+
     # pass 1: sum, max, NaN count of select, lane-wise first argmax / argmin of select
-    mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, offs, n, HAS_SELECT, HAS_ORDER)
+    mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, offs, n, r0, HAS_SELECT, HAS_ORDER)
     r_sum = tl.where(mask, r, 0.0)
     r_max = tl.where(mask, r, float("-inf"))
     nan_sel = tl.where(mask & (sel != sel), 1.0, 0.0)
@@ -143,7 +150,7 @@ def _grebt_kernel(
     lo_r = r
     for p0 in range(BLOCK, n, BLOCK):
         pos = p0 + offs
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, HAS_SELECT, HAS_ORDER)
         r_sum += tl.where(mask, r, 0.0)
         r_max = tl.maximum(r_max, tl.where(mask, r, float("-inf")))
         nan_sel += tl.where(mask & (sel != sel), 1.0, 0.0)
@@ -169,7 +176,7 @@ def _grebt_kernel(
     # pass 2: population variance around the mean (two-pass: exact 0 for identical rewards)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for p0 in range(0, n, BLOCK):
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, r0, HAS_SELECT, HAS_ORDER)
         c = r + poison - mu
         acc += tl.where(mask, c * c, 0.0)
     sigma = tl.sqrt(tl.sum(acc, axis=0) / nf)
@@ -182,7 +189,7 @@ def _grebt_kernel(
     ez_sum = tl.zeros([BLOCK], dtype=tl.float32)
     ezz_sum = tl.zeros([BLOCK], dtype=tl.float32)
     for p0 in range(0, n, BLOCK):
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, r0, HAS_SELECT, HAS_ORDER)
         z = (r + poison - mu) * inv_s
         e = tl.where(mask, tl.exp(z - z_max), 0.0)
         e_sum += e
@@ -209,7 +216,7 @@ def _grebt_kernel(
     inv_big_s = 1.0 / big_s
     for p0 in range(0, n, BLOCK):
         pos = p0 + offs
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, HAS_SELECT, HAS_ORDER)
         c = r + poison - mu
         z = c * inv_s
         p = tl.exp(z - z_max) * inv_big_s
@@ -282,6 +289,8 @@ def _grebt_fixed_kernel(
         sel = tl.load(sel_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         sel = r
+    # shift by the group's first reward (shift-invariant loss; keeps r - mean accurate)
+    r = tl.where(mask, r - tl.sum(tl.where(cols[None, :] == 0, r, 0.0), axis=1)[:, None], 0.0)
     nf = tl.maximum(group_size, 1).to(tl.float32)
     # a NaN in select poisons the group like a NaN reward
     poison = tl.where(tl.sum(tl.where(mask & (sel != sel), 1.0, 0.0), axis=1) > 0, float("nan"), 0.0)
