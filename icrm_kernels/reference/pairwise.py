@@ -57,8 +57,8 @@ def win_rate_from_layout(scores: torch.Tensor, layout: GroupLayout, temperature:
     diff = s[:, :, None] - s[:, None, :]  # s_i - s_j, [B, M, M]
     if temperature is None:
         si, sj = s[:, :, None], s[:, None, :]
-        ones = torch.ones_like(diff)
-        p = torch.where(si > sj, ones, torch.where(si < sj, 0 * ones, torch.where(si == sj, 0.5 * ones, diff)))
+        p = (si > sj).to(s.dtype) + 0.5 * (si == sj).to(s.dtype)  # 1 win, 1/2 tie, 0 loss
+        p = torch.where(si.isnan() | sj.isnan(), float("nan"), p)
     else:
         p = torch.sigmoid(diff / temperature)
     m = mask.shape[1]
@@ -94,8 +94,7 @@ def grebt_group_losses(rewards, layout: GroupLayout, *, alpha=0.3, eps=1e-6, sel
     loss_bt = torch.logaddexp(torch.zeros_like(margin), -margin).squeeze(-1)  # -log sigma(r_w - r_l)
 
     # group reward entropy of the softmax of the standardised rewards
-    r0 = torch.where(mask, r, 0)
-    mu = r0.sum(-1, keepdim=True) / n
+    mu = r.sum(-1, keepdim=True) / n  # padding slots hold 0
     c = torch.where(mask, r - mu, 0)
     var = (c * c).sum(-1, keepdim=True) / n
     sigma = var.clamp_min(torch.finfo(r.dtype).tiny).sqrt()  # safe at var = 0 (gradient 0 there)
