@@ -17,7 +17,7 @@ from icrm_kernels.ops.advantages import group_advantages, group_advantages_direc
 
 
 # --- family 1b: pairwise group ops, Pref-GRPO win rate and R2M's GREBT loss (SPEC §1) ---------
-# (imports of ops/pairwise.py go here)
+from icrm_kernels.ops.pairwise import grebt_loss, group_win_rate  # noqa: E402,F401
 
 
 # --- family 2: sequence-to-token cross-attention, R2M (SPEC §2) -------------------------------

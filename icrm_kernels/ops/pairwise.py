@@ -1,0 +1,333 @@
+"""Pairwise group ops (SPEC §1): Pref-GRPO's group win rate and R2M's GREBT loss.
+
+Public functions: :func:`group_win_rate`, :func:`grebt_loss`. Both take the three group layouts
+of the package (exactly one of ``group_size``, ``cu_groups``, ``group_index``), run the Triton
+kernels on CUDA tensors and the C++ kernels on CPU tensors (the float64 torch reference when the
+extension is not built), and are ``torch.library`` custom ops with fake and autograd
+registrations, so ``torch.compile(fullgraph=True)`` traces them without a graph break.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from icrm_kernels import _backend
+from icrm_kernels._checks import (
+    check_choice,
+    check_finite_float,
+    check_same_device,
+    check_tensor,
+)
+from icrm_kernels._layout import GroupLayout, resolve_groups
+from icrm_kernels.reference import pairwise as ref
+
+__all__ = ["group_win_rate", "grebt_loss", "selfcheck"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _layout_tensors(layout: GroupLayout):
+    """(cu or None, order or None, group_size or 0): what the kernels take."""
+    if layout.kind == "fixed":
+        return None, None, layout.group_size
+    return layout.cu, layout.order, 0
+
+
+def _layout_from_tensors(n: int, device, cu: Optional[Tensor], order: Optional[Tensor], group_size: int) -> GroupLayout:
+    if cu is None:
+        return GroupLayout("fixed", n, device, n // group_size if group_size else 0, group_size=group_size)
+    kind = "ragged" if order is None else "index"
+    return GroupLayout(kind, n, device, cu.numel() - 1, cu=cu, order=order)
+
+
+def _num_groups(n: int, cu: Optional[Tensor], group_size: int) -> int:
+    return (n // group_size if group_size else 0) if cu is None else cu.numel() - 1
+
+
+def _group_of_row(n: int, cu: Optional[Tensor], order: Optional[Tensor], group_size: int, device) -> Tensor:
+    """int64 [N] group number of each original row, without a host sync."""
+    if cu is None:
+        return torch.arange(n, device=device) // group_size
+    sizes = cu[1:] - cu[:-1]
+    sorted_group = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=device), sizes, output_size=n)
+    if order is None:
+        return sorted_group
+    return torch.empty_like(sorted_group).index_put_((order,), sorted_group)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _cpu_in(x: Tensor) -> Tensor:
+    """The C++ kernels take fp32/fp64: half inputs are upcast here."""
+    return x.float() if x.dtype in _HALF else x
+
+
+# ----------------------------------------------------------------------- group_win_rate op
+@torch.library.custom_op("icrm::group_win_rate", mutates_args=())
+def _win_rate_op(scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], group_size: int, temperature: float) -> Tensor:
+    backend = _backend.select(scores.device, cpp_op="pairwise_win_rate")
+    if backend == "triton" and scores.dtype != torch.float64:
+        from icrm_kernels.triton import pairwise as tri
+
+        return tri.win_rate_forward(scores, cu, order, group_size, temperature)
+    if backend == "cpp":
+        out = torch.ops.icrm_cpu.pairwise_win_rate(_cpu_in(scores), cu, order, group_size, temperature)
+        return out.to(scores.dtype)
+    layout = _layout_from_tensors(scores.numel(), scores.device, cu, order, group_size)
+    s = scores.to(_compute_dtype(scores.dtype))
+    return ref.win_rate_from_layout(s, layout, None if temperature <= 0 else temperature).to(scores.dtype)
+
+
+@_win_rate_op.register_fake
+def _(scores, cu, order, group_size, temperature):
+    return torch.empty_like(scores)
+
+
+@torch.library.custom_op("icrm::group_win_rate_backward", mutates_args=())
+def _win_rate_bwd_op(grad: Tensor, scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], group_size: int,
+                     temperature: float) -> Tensor:
+    if temperature <= 0:  # hard wins are piecewise constant
+        return torch.zeros_like(scores)
+    backend = _backend.select(scores.device, cpp_op="pairwise_win_rate_backward")
+    if backend == "triton" and scores.dtype != torch.float64:
+        from icrm_kernels.triton import pairwise as tri
+
+        return tri.win_rate_backward(grad.to(scores.dtype), scores, cu, order, group_size, temperature)
+    if backend == "cpp":
+        out = torch.ops.icrm_cpu.pairwise_win_rate_backward(_cpu_in(grad.to(scores.dtype)), _cpu_in(scores), cu, order,
+                                                             group_size, temperature)
+        return out.to(scores.dtype)
+    layout = _layout_from_tensors(scores.numel(), scores.device, cu, order, group_size)
+    cdt = _compute_dtype(scores.dtype)
+    return ref.win_rate_backward_from_layout(grad.to(cdt), scores.to(cdt), layout, temperature).to(scores.dtype)
+
+
+@_win_rate_bwd_op.register_fake
+def _(grad, scores, cu, order, group_size, temperature):
+    return torch.empty_like(scores)
+
+
+def _win_rate_setup(ctx, inputs, output):
+    scores, cu, order, group_size, temperature = inputs
+    ctx.save_for_backward(scores, cu, order)
+    ctx.group_size = group_size
+    ctx.temperature = temperature
+
+
+def _win_rate_backward(ctx, grad):
+    scores, cu, order = ctx.saved_tensors
+    ds = _win_rate_bwd_op(grad, scores, cu, order, ctx.group_size, ctx.temperature)
+    return ds, None, None, None, None
+
+
+_win_rate_op.register_autograd(_win_rate_backward, setup_context=_win_rate_setup)
+
+
+def _prepare(x: Tensor, name: str, group_size, cu_groups, group_index):
+    check_tensor(x, name, ndim=1, floating=True)
+    check_same_device(**{name: x, "cu_groups": cu_groups, "group_index": group_index})
+    layout = resolve_groups(x.numel(), x.device, group_size=group_size, cu_groups=cu_groups, group_index=group_index)
+    return layout
+
+
+def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
+                   group_index: Optional[Tensor] = None, temperature: Optional[float] = None) -> Tensor:
+    """Pref-GRPO pairwise win rate of every row within its group.
+
+    ``w_i = 1/(n_g − 1) · Σ_{j≠i, j∈g} P(i ≻ j)`` with ``P = σ((s_i − s_j)/T)`` (Bradley-Terry)
+    for ``temperature=T > 0``, or hard wins (1 win, ½ tie, 0 loss) when ``temperature`` is None.
+
+    Args:
+        scores: ``[N]`` float16/bfloat16/float32/float64 scores (e.g. reward-model logits).
+        group_size / cu_groups / group_index: the group layout, exactly one given (SPEC §1).
+        temperature: None (hard wins) or a positive float.
+
+    Returns:
+        ``[N]`` win rates in ``scores.dtype`` (computed in fp32, fp64 for float64 input).
+        Within a group the win rates sum to n_g/2 (P(i≻j) + P(j≻i) = 1).
+
+    Choices where the SPEC is silent:
+        - a group of one row gets ``w = 0.5`` (no opponent: neither a win nor a loss; it keeps the
+          group mean of 0.5 that every other group has) and zero gradient;
+        - NaN propagates: a NaN score makes every win rate of its group NaN (both modes);
+        - the hard version is piecewise constant: its gradient is zero.
+        - float64 tensors on CUDA run the float64 reference instead of the fp32 kernel.
+    """
+    layout = _prepare(scores, "scores", group_size, cu_groups, group_index)
+    if temperature is not None:
+        temperature = check_finite_float(temperature, "temperature", low=0.0, low_open=True)
+    cu, order, g = _layout_tensors(layout)
+    return _win_rate_op(scores, cu, order, g, 0.0 if temperature is None else temperature)
+
+
+# --------------------------------------------------------------------------- grebt_loss op
+@torch.library.custom_op("icrm::grebt_group_losses", mutates_args=())
+def _grebt_op(rewards: Tensor, select: Optional[Tensor], cu: Optional[Tensor], order: Optional[Tensor], group_size: int,
+              alpha: float, eps: float) -> Tuple[Tensor, Tensor]:
+    """(per-group losses [groups], NaN for groups of < 2 rows; dloss_g/dr_i [N]), fused."""
+    backend = _backend.select(rewards.device, cpp_op="pairwise_grebt")
+    if backend == "triton" and rewards.dtype != torch.float64:
+        from icrm_kernels.triton import pairwise as tri
+
+        return tri.grebt_forward(rewards, select, cu, order, group_size, alpha, eps)
+    if backend == "cpp":
+        return tuple(torch.ops.icrm_cpu.pairwise_grebt(_cpu_in(rewards), None if select is None else _cpu_in(select),
+                                                       cu, order, group_size, alpha, eps))
+    # the reference path (CPU fallback, float64 on CUDA) computes in float64 whatever the input
+    n = rewards.numel()
+    layout = _layout_from_tensors(n, rewards.device, cu, order, group_size)
+    groups = _num_groups(n, cu, group_size)
+    r = rewards.double()
+    sel = None if select is None else select.double()
+    losses = ref.grebt_group_losses(r, layout, alpha=alpha, eps=eps, select=sel)
+    drow = ref.grebt_row_gradients(r, layout, alpha=alpha, eps=eps, select=sel)
+    out = losses.new_full((groups,), float("nan"))
+    out[: losses.numel()] = losses
+    cdt = _compute_dtype(rewards.dtype)
+    return out.to(cdt), drow.to(cdt)
+
+
+@_grebt_op.register_fake
+def _(rewards, select, cu, order, group_size, alpha, eps):
+    cdt = _compute_dtype(rewards.dtype)
+    groups = _num_groups(rewards.numel(), cu, group_size)
+    return rewards.new_empty(groups, dtype=cdt), rewards.new_empty(rewards.shape, dtype=cdt)
+
+
+def _grebt_setup(ctx, inputs, output):
+    rewards, select, cu, order, group_size, alpha, eps = inputs
+    ctx.save_for_backward(output[1], cu, order)
+    ctx.group_size = group_size
+    ctx.dtype = rewards.dtype
+
+
+def _grebt_backward(ctx, grad_losses, grad_drow):
+    drow, cu, order = ctx.saved_tensors
+    n = drow.numel()
+    g_loss = grad_losses.to(drow.dtype)
+    if cu is None:  # fixed groups: broadcast one value per group over its rows
+        g = g_loss[:, None].expand(-1, ctx.group_size).reshape(n) if n else g_loss
+    else:
+        g = g_loss[_group_of_row(n, cu, order, ctx.group_size, drow.device)]
+    # a group whose loss gets no gradient gets none back, even when its loss is NaN: masking or
+    # nansum-ing the "none" output keeps a poisoned group's NaN out of the other rows' update
+    grad = torch.where(g == 0, 0, drow * g)
+    return grad.to(ctx.dtype), None, None, None, None, None, None
+
+
+_grebt_op.register_autograd(_grebt_backward, setup_context=_grebt_setup)
+
+
+def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
+               group_index: Optional[Tensor] = None, alpha: float = 0.3, eps: float = 1e-6,
+               select: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """R2M's group reward entropy Bradley-Terry loss (GREBT), forward and backward fused.
+
+    Per group g with n_g ≥ 2 rows: ``w``/``l`` = first argmax/argmin of ``select`` (default: the
+    rewards, detached); ``L_BT = −log σ(r_w − r_l)`` (as a stable softplus);
+    ``z = (r − μ_g)/(σ_pop,g + eps)``, ``p = softmax(z)`` within the group,
+    ``L_GRE = −Σ p log p``; ``L_g = (1 − alpha)·L_BT + alpha·L_GRE``.
+
+    Args:
+        rewards: ``[N]`` float16/bfloat16/float32/float64 rewards (differentiable).
+        group_size / cu_groups / group_index: the group layout, exactly one given.
+        alpha: weight of the entropy term, in [0, 1]. eps: >= 0, added to the population std.
+        select: optional ``[N]`` float tensor choosing the pair (e.g. human labels or a gold
+            RM's scores); never differentiated.
+        reduction: ``"mean"`` (over the groups with n_g ≥ 2), ``"sum"``, or ``"none"``.
+
+    Returns:
+        A float32 scalar (float64 for float64 rewards; a half-precision loss would round), or for
+        ``"none"`` the ``[num_groups]`` per-group losses with **NaN for skipped groups** (n_g < 2).
+        For ``group_index`` the groups are in ascending id order.
+
+    The kernel writes dL_g/dr_i for every row while computing the loss (one launch); backward only
+    scales it by the incoming gradient.
+
+    Choices where the SPEC is silent:
+        - ``"mean"`` with no group of two or more rows returns 0 (with zero gradient), not NaN.
+        - NaN propagates: a NaN reward (or a NaN in ``select``) makes its group's loss and
+          gradient NaN, and so the mean/sum. With ``"none"``, a group whose loss receives a zero
+          gradient (masked out, or dropped by ``nansum``) passes back zero, not NaN.
+        - identical rewards in a group: z = 0, p uniform, L_GRE = log n_g, and the GRE gradient is 0
+          (the std's derivative at 0 is taken as 0). If w = l (all ``select`` equal), L_BT = log 2
+          with zero gradient.
+        - ``reduction="none"`` with ``group_index`` reads the number of groups on the host (one
+          sync; not traceable by torch.compile fullgraph); every other combination is sync-free.
+        - float64 tensors on CUDA run the float64 reference instead of the fp32 kernel.
+    """
+    layout = _prepare(rewards, "rewards", group_size, cu_groups, group_index)
+    alpha = check_finite_float(alpha, "alpha", low=0.0, high=1.0)
+    eps = check_finite_float(eps, "eps", low=0.0)
+    check_choice(reduction, "reduction", ("mean", "sum", "none"))
+    if select is not None:
+        check_tensor(select, "select", ndim=1, floating=True)
+        check_same_device(rewards=rewards, select=select)
+        if select.numel() != rewards.numel():
+            raise ValueError(f"select must have one value per reward ({rewards.numel()}), got {select.numel()}")
+        select = select.detach()
+    cu, order, g = _layout_tensors(layout)
+    losses, _ = _grebt_op(rewards, select, cu, order, g, alpha, eps)
+    if reduction == "none":
+        if layout.kind == "index":
+            return losses[: int(layout.num_groups)]
+        return losses
+    if cu is None:  # fixed groups: all valid (G >= 2) or all skipped (G = 1)
+        if g < 2 or losses.numel() == 0:  # nothing to average: 0, still attached to the graph
+            return 0 * losses.nan_to_num().sum()
+        return losses.sum() if reduction == "sum" else losses.mean()
+    valid = (cu[1:] - cu[:-1]) >= 2
+    total = torch.where(valid, losses, 0).sum()
+    if reduction == "sum":
+        return total
+    return total / valid.sum().clamp_min(1).to(total.dtype)
+
+
+# ------------------------------------------------------------------------------- selfcheck
+def selfcheck(device) -> List[tuple]:
+    """Every kernel once on small random inputs against the float64 reference."""
+    device = torch.device(device)
+    backend = _backend.select(device, cpp_op="pairwise_grebt")
+    results = []
+
+    def rel_err(a, b):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        both_nan = a.isnan() & b.isnan()
+        diff = torch.where(both_nan, 0.0, (a - b).abs() / b.abs().clamp_min(1.0))
+        return float(diff.max()) if diff.numel() else 0.0
+
+    n, g = 48, 6
+    scores = torch.randn(n, device=device)
+    idx = torch.randint(0, 7, (n,), device=device)
+    # fixed G=6: the R-groups-per-program kernels; G=24 and index: one program per group
+    for name, kw in (("fixed", {"group_size": g}), ("fixed-24", {"group_size": 24}), ("index", {"group_index": idx})):
+        for temp in (None, 0.7):
+            s = scores.clone().requires_grad_(True)
+            w = group_win_rate(s, temperature=temp, **kw)
+            ref_s = scores.double().cpu().requires_grad_(True)
+            kw_ref = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+            wr = ref.group_win_rate(ref_s, temperature=temp, **kw_ref)
+            err = rel_err(w, wr)
+            if temp is not None:
+                cot = torch.randn(n, dtype=torch.float64)
+                (gs,) = torch.autograd.grad(w, s, cot.to(device, w.dtype))
+                (gr,) = torch.autograd.grad(wr, ref_s, cot)
+                err = max(err, rel_err(gs, gr))
+            results.append((f"group_win_rate[{name},{'hard' if temp is None else 'soft'}]", err < 1e-4, err, backend))
+    cu = torch.tensor([0, 5, 6, 14, 14, 30, n], device=device)
+    for name, kw in (("fixed", {"group_size": g}), ("ragged", {"cu_groups": cu}), ("index", {"group_index": idx})):
+        r = scores.clone().requires_grad_(True)
+        loss = grebt_loss(r, **kw)
+        (gr_op,) = torch.autograd.grad(loss, r)
+        rr = scores.double().cpu().requires_grad_(True)
+        kw_ref = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        lr = ref.grebt_loss(rr, **kw_ref)
+        (gr_ref,) = torch.autograd.grad(lr, rr)
+        err = max(rel_err(loss, lr), rel_err(gr_op, gr_ref))
+        results.append((f"grebt_loss[{name}]", err < 1e-4, err, backend))
+    return results
