@@ -30,7 +30,9 @@ if has install; then
 fi
 if has test; then
   say "pytest on CUDA"
-  timeout "${TEST_TIMEOUT:-420}" $PY -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/results/tests.log" | tail -40 | tee -a "$LOG"
+  # pytest-xdist, where installed, spreads the Triton JIT compiles over the CPU cores
+  XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n ${TEST_WORKERS:-8}"
+  timeout "${TEST_TIMEOUT:-420}" $PY -m pytest -q -p no:cacheprovider $XDIST tests 2>&1 | tee "$OUT/results/tests.log" | tail -40 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 fi
 if has sanitize; then

@@ -39,4 +39,6 @@ from icrm_kernels.ops.beta import (  # noqa: E402
 from icrm_kernels.ops.special import betaln, digamma, lgamma, trigamma  # noqa: E402
 
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+import types as _types  # noqa: E402
+
+__all__ = sorted(n for n, v in globals().items() if not n.startswith("_") and not isinstance(v, _types.ModuleType))

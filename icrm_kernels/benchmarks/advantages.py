@@ -11,7 +11,7 @@ import torch
 
 from icrm_kernels import group_advantages, use_backend
 from icrm_kernels.benchmarks import baselines_advantages as peers
-from icrm_kernels.benchmarks.harness import Case
+from icrm_kernels.benchmarks.harness import Case, hot_loop
 
 FAMILY = "grouped"
 
@@ -125,10 +125,10 @@ def cases(device, quick=False):
             out += _grpo_cases(65536, 4, device, loop=False)
         out += _whiten_and_bnpo_cases(65536, 8, device)
         out += _token_cases(4096, 8, 1024, device)
-        return out
+        return hot_loop(out)
     n = 65536 if quick else 1 << 20
     out += _grpo_cases(n, 8, device, loop=quick)
     out += _trl_batch_cases(n, 8, device)
     out += _grpo_cases(n if quick else 1 << 18, 8, device, index=True, loop=False)
     out += _whiten_and_bnpo_cases(n, 8, device)
-    return out
+    return hot_loop(out)

@@ -29,10 +29,35 @@ class Case:
     fn: Callable[[], Any]  # runs the op once; inputs are prepared outside
     device: str = "cpu"
     note: str = ""  # e.g. "flash-attn not importable: SDPA flash backend"
+    # CUDA only: also time replays of a CUDA graph of fn, i.e. device time without the Python and
+    # launch overhead (METHOD.md: for small ops, time graph replays). Needs fn to be capturable.
+    graph: bool = False
 
     @property
     def is_icrm(self) -> bool:
         return self.impl.startswith("icrm") and not self.impl.startswith("icrm-ref")
+
+
+def hot_loop(cases: List[Case], *, graph_unless=("loop",)) -> List[Case]:
+    """Time the package's ops as a hot loop would run them: inside ``unchecked()`` (no value
+    checks, so no host sync), and on CUDA also as CUDA-graph replays (device time) for every
+    case whose impl names none of ``graph_unless`` (Python loops cannot be captured) and that
+    runs no backward (autograd is kept out of graph capture)."""
+    from icrm_kernels._checks import unchecked
+
+    def _wrap(fn):
+        def run():
+            with unchecked():
+                return fn()
+
+        return run
+
+    for c in cases:
+        if c.is_icrm:
+            c.fn = _wrap(c.fn)
+        if c.device.startswith("cuda") and "bwd" not in c.op and not any(w in c.impl for w in graph_unless):
+            c.graph = True
+    return cases
 
 
 @dataclasses.dataclass
@@ -44,6 +69,7 @@ class Result:
     bandwidth_gbs: Optional[float]
     bandwidth_frac: Optional[float]
     error: str = ""
+    graph_s: Optional[float] = None  # median of CUDA-graph replays (device time), when captured
 
 
 _copy_bw_cache = {}
@@ -90,6 +116,22 @@ def _time_cuda(fn, repeats: int, flush: Optional[torch.Tensor], warmup: int = 3,
     return statistics.median(times), min(times), len(times)
 
 
+def _time_cuda_graph(fn, repeats: int, flush: Optional[torch.Tensor]):
+    """Median time of replaying a CUDA graph that holds one call of fn (None if not capturable)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs recommends
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    med, _, _ = _time_cuda(graph.replay, repeats, flush)
+    del graph
+    return med
+
+
 def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
     for _ in range(warmup):
         fn()
@@ -115,8 +157,16 @@ def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log
                     # 2x the L2 of any current GPU
                     flush[device] = torch.empty(64 * 1024 * 1024, dtype=torch.int32, device=device)
                 med, mn, n = _time_cuda(case.fn, repeats, flush[device])
+                graph_s = None
+                if case.graph:
+                    try:
+                        graph_s = _time_cuda_graph(case.fn, repeats, flush[device])
+                    except Exception as exc:  # not capturable (host sync, CPU work): eager only
+                        torch.cuda.synchronize()
+                        log(f"    (no CUDA graph for {case.impl}: {type(exc).__name__})")
             else:
                 med, mn, n = _time_cpu(case.fn, cpu_repeats)
+                graph_s = None
         except Exception as exc:  # a failing baseline must not hide the others
             results.append(Result(case, float("nan"), float("nan"), 0, None, None, f"{type(exc).__name__}: {exc}"))
             log(f"  {case.op:34s} {case.impl:26s} {case.shape:30s} FAILED: {exc}")
@@ -124,8 +174,10 @@ def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log
         bw = case.bytes / med if case.bytes else None
         peak = measured_copy_bandwidth(device)
         frac = bw / peak if (bw and peak) else None
-        results.append(Result(case, med, mn, n, bw / 1e9 if bw else None, frac))
-        log(f"  {case.op:34s} {case.impl:26s} {case.shape:30s} {_fmt_time(med):>10s}" + (f"  {frac * 100:5.1f}% of copy bw" if frac else ""))
+        results.append(Result(case, med, mn, n, bw / 1e9 if bw else None, frac, graph_s=graph_s))
+        log(f"  {case.op:34s} {case.impl:26s} {case.shape:30s} {_fmt_time(med):>10s}"
+            + (f"  {frac * 100:5.1f}% of copy bw" if frac else "")
+            + (f"  graph replay {_fmt_time(graph_s)}" if graph_s else ""))
     return results
 
 
@@ -176,7 +228,7 @@ def speedups(results: List[Result]):
 
 
 def table(results: List[Result]) -> str:
-    lines = [f"{'op':34s} {'shape':30s} {'impl':26s} {'median':>10s} {'GB/s':>8s} {'%copy':>6s}  vs icrm"]
+    lines = [f"{'op':34s} {'shape':30s} {'impl':26s} {'median':>10s} {'graph':>10s} {'GB/s':>8s} {'%copy':>6s}  vs icrm"]
     icrm_time = {}
     for r in results:
         if r.case.is_icrm and r.median_s == r.median_s:
@@ -187,7 +239,8 @@ def table(results: List[Result]) -> str:
         bw = f"{r.bandwidth_gbs:8.1f}" if r.bandwidth_gbs else f"{'':8s}"
         frac = f"{r.bandwidth_frac * 100:5.1f}%" if r.bandwidth_frac else f"{'':6s}"
         err = f"  FAILED {r.error[:60]}" if r.error else ""
-        lines.append(f"{r.case.op:34s} {r.case.shape:30s} {r.case.impl:26s} {_fmt_time(r.median_s):>10s} {bw} {frac}  {ratio}{err}")
+        graph = _fmt_time(r.graph_s) if r.graph_s else ""
+        lines.append(f"{r.case.op:34s} {r.case.shape:30s} {r.case.impl:26s} {_fmt_time(r.median_s):>10s} {graph:>10s} {bw} {frac}  {ratio}{err}")
     return "\n".join(lines)
 
 
@@ -198,13 +251,14 @@ def write_csv(results: List[Result], path: str) -> str:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "device", "versions", "family", "op", "impl", "shape", "size", "bytes",
-                    "median_s", "min_s", "repeats", "bandwidth_GBps", "fraction_of_copy_bw", "note", "error"])
+                    "median_s", "min_s", "repeats", "bandwidth_GBps", "fraction_of_copy_bw", "graph_replay_s", "note", "error"])
         for r in results:
             c = r.case
             w.writerow([stamp, device_name(c.device), versions, c.family, c.op, c.impl, c.shape, c.size, c.bytes,
                         f"{r.median_s:.6e}", f"{r.min_s:.6e}", r.repeats,
                         "" if r.bandwidth_gbs is None else f"{r.bandwidth_gbs:.2f}",
-                        "" if r.bandwidth_frac is None else f"{r.bandwidth_frac:.4f}", c.note, r.error])
+                        "" if r.bandwidth_frac is None else f"{r.bandwidth_frac:.4f}",
+                        "" if r.graph_s is None else f"{r.graph_s:.6e}", c.note, r.error])
     return path
 
 

@@ -17,7 +17,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from icrm_kernels.benchmarks.harness import Case
+from icrm_kernels.benchmarks.harness import Case, hot_loop
 from icrm_kernels.ops.pairwise import grebt_loss, group_win_rate
 
 FAMILY = "pairwise"
@@ -128,7 +128,7 @@ def cases(device, quick: bool = False) -> List[Case]:
         out.append(Case(FAMILY, op, "torch-vectorized", shape, n, nbytes, _fwd_bwd(lambda t, g=g: grebt_vectorized(t, g), x), dev))
         if n <= min(loop_max, 8192):
             out.append(Case(FAMILY, op, "torch-loop", shape, n, nbytes, _fwd_bwd(lambda t, g=g: grebt_loop(t, g), x), dev))
-    return out
+    return hot_loop(out)
 
 
 def _hard_vectorized(scores, group_size):
