@@ -49,9 +49,10 @@ def test_elbo_weights_and_hard_labels(backend, device, reduction):
     a, b = _params(29, device)
     y = torch.randint(0, 2, (29,), device=device).float()
     w = torch.rand(29, device=device) * 2
-    kw = dict(weights=w, reduction=reduction)
+    kw = dict(reduction=reduction)
+    # weights travel with the inputs so the float64 reference gets them on its own device
     assert_matches_reference(lambda **k: beta_elbo_loss(**k, **kw), lambda **k: ref.beta_elbo_loss(**k, **kw),
-                             dict(alpha=a, beta=b, labels=y), grad=["alpha", "beta"])
+                             dict(alpha=a, beta=b, labels=y, weights=w), grad=["alpha", "beta"])
     # bool labels are accepted
     out = beta_elbo_loss(a, b, y.bool(), weights=w, reduction=reduction)
     torch.testing.assert_close(out, beta_elbo_loss(a, b, y, weights=w, reduction=reduction))
@@ -64,11 +65,12 @@ def test_elbo_from_logits_matches_reference(backend, device, dtype):
     y = torch.rand(33, device=device).to(dtype)
     w = torch.rand(33, device=device).to(dtype)
     # fp16 tops out at 65504: a sum of 33 losses of up to ~1e4 (alpha ~ 1e-4) can overflow it
-    kw = dict(tau_min=0.05, kl_weight=0.5, weights=w, reduction="mean" if dtype == torch.float16 else "sum")
+    kw = dict(tau_min=0.05, kl_weight=0.5, reduction="mean" if dtype == torch.float16 else "sum")
     tol = {} if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
     assert_matches_reference(lambda **k: beta_elbo_loss_from_logits(**k, **kw),
                              lambda **k: ref.beta_elbo_loss_from_logits(**k, **kw),
-                             dict(mean_logit=m, conc_logit=c, labels=y), grad=["mean_logit", "conc_logit"], **tol)
+                             dict(mean_logit=m, conc_logit=c, labels=y, weights=w), grad=["mean_logit", "conc_logit"],
+                             dtype=dtype, **tol)
 
 
 def test_elbo_gradcheck_float64(backend, device):
