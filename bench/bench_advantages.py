@@ -1,23 +1,15 @@
 """pytest-benchmark: group_advantages beside its baselines on a few small cases (quick=True).
 
-    pytest bench/bench_advantages.py --benchmark-group-by=param:case
+    pytest bench/bench_advantages.py --benchmark-only
 """
 import pytest
-import torch
+from benchutil import DEVICE, case_ids, run_case
 
 from icrm_kernels.benchmarks.advantages import cases
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [c for c in cases(DEVICE, quick=True) if c.impl != "verl-loop" or c.size <= 4096]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.op}|{c.shape}|{c.impl}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_group_advantages(benchmark, case):
-    benchmark.group = f"{case.op} {case.shape}"
-    if DEVICE == "cuda":
-        def run():
-            case.fn()
-            torch.cuda.synchronize()
-        benchmark(run)
-    else:
-        benchmark(case.fn)
+    run_case(benchmark, case)

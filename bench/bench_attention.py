@@ -5,22 +5,13 @@ Cases come from icrm_kernels/benchmarks/attention.py::cases(device, quick=True):
 op and each baseline on the same inputs; compare rows of the same op and shape.
 """
 import pytest
-import torch
+from benchutil import DEVICE, case_ids, run_case
 
-from icrm_kernels.benchmarks import attention
+from icrm_kernels.benchmarks.attention import cases
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-CASES = attention.cases(DEVICE, quick=True)
+CASES = cases(DEVICE, quick=True)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.op}|{c.impl}|{c.shape}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_attention(benchmark, case):
-    benchmark.group = f"{case.op} {case.shape}"
-    benchmark.extra_info.update(impl=case.impl, bytes=case.bytes, note=case.note)
-    if DEVICE.type == "cuda":
-        def run():
-            case.fn()
-            torch.cuda.synchronize()
-        benchmark(run)
-    else:
-        benchmark(case.fn)
+    run_case(benchmark, case)

@@ -3,22 +3,13 @@
     pytest bench/bench_beta.py --benchmark-only
 """
 import pytest
-import torch
+from benchutil import DEVICE, case_ids, run_case
 
 from icrm_kernels.benchmarks.beta import cases
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = cases(DEVICE, quick=True)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.op}|{c.impl}|{c.shape}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_beta(benchmark, case):
-    benchmark.group = f"{case.op} {case.shape}"
-    if DEVICE == "cuda":
-        def run():
-            case.fn()
-            torch.cuda.synchronize()
-
-        benchmark(run)
-    else:
-        benchmark(case.fn)
+    run_case(benchmark, case)
