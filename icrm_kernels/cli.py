@@ -74,13 +74,16 @@ def cmd_bench(args) -> int:
     device = torch.device(args.device)
     out_dir = args.out or (os.path.join("bench", "results") if os.path.isdir("bench") else ".")
     print(f"icrm-kernels bench on {device} ({_device_label(device)}), quick={args.quick}")
-    all_results = []
+    # Every family's inputs are made before anything is timed: a CUDA-graph capture that fails
+    # (a baseline that syncs) can leave torch's CUDA RNG unusable for later torch.randn calls.
+    family_cases = []
     for name in _families(args.family):
         mod = _import_family("benchmarks", name)
-        if mod is None:
-            continue
+        if mod is not None:
+            family_cases.append((name, mod.cases(device, quick=args.quick)))
+    all_results = []
+    for name, cases in family_cases:
         print(f"[{name}]")
-        cases = mod.cases(device, quick=args.quick)
         results = harness.run_cases(cases)
         all_results.extend(results)
         if results:
