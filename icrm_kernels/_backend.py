@@ -14,6 +14,7 @@ default for the process.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 import warnings
@@ -24,16 +25,17 @@ BACKENDS = ("auto", "triton", "cpp", "reference")
 
 # ---------------------------------------------------------------- the C++ extension
 try:  # importing runs the TORCH_LIBRARY registrations of csrc/*.cpp
-    from icrm_kernels import _C  # noqa: F401
+    importlib.import_module("icrm_kernels._C")
 
     HAS_CPP = True
     _CPP_ERROR = None
-except Exception as exc:  # not built: a warning, never an import error
+except Exception as exc:  # not built, or built against another torch: a warning, never an error
     HAS_CPP = False
     _CPP_ERROR = exc
+    _reason = "it is not built" if isinstance(exc, ModuleNotFoundError) else f"it does not load: {exc}"
     warnings.warn(
-        "icrm_kernels: the C++ extension is not built (%s); CPU ops use the torch reference. "
-        "Reinstall with `pip install --no-build-isolation .` and a C++ compiler to build it." % exc,
+        f"icrm_kernels: C++ extension unavailable ({_reason}); CPU ops use the torch reference. "
+        "Reinstall with `pip install --no-build-isolation .` and a C++ compiler to build it.",
         RuntimeWarning,
         stacklevel=2,
     )
