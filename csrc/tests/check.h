@@ -1,4 +1,4 @@
-// A minimal test harness for the C++ tests (no gtest dependency): CHECK records a failure and
+// A minimal test harness for the C++ tests (no gtest dependency): EXPECT records a failure and
 // the test's main returns icrm_test::finish().
 #pragma once
 #include <cstdio>
@@ -12,7 +12,7 @@ inline int finish() {
 }
 }  // namespace icrm_test
 
-#define CHECK(cond)                                                             \
+#define EXPECT(cond)                                                             \
   do {                                                                          \
     if (!(cond)) {                                                              \
       std::printf("%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \

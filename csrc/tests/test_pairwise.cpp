@@ -45,25 +45,25 @@ int main() {
     Tensor s = at::tensor({3.0, 1.0, 3.0, 2.0}, f64);
     Tensor cu = at::tensor({0L, 3L, 4L}, i64);
     Tensor w = win_rate(s, cu, c10::nullopt, 0, 0.0);
-    CHECK(close(w[0].item<double>(), 0.75));
-    CHECK(close(w[1].item<double>(), 0.0));
-    CHECK(close(w[2].item<double>(), 0.75));
-    CHECK(close(w[3].item<double>(), 0.5));
+    EXPECT(close(w[0].item<double>(), 0.75));
+    EXPECT(close(w[1].item<double>(), 0.0));
+    EXPECT(close(w[2].item<double>(), 0.75));
+    EXPECT(close(w[3].item<double>(), 0.5));
   }
   // soft wins, fixed groups of 2: w_0 = sigma((s0 - s1)/T), w_1 = 1 - w_0; and its gradient
   {
     Tensor s = at::tensor({0.3, -0.5, 2.0, 2.0}, f64);
     const double t = 0.7;
     Tensor w = win_rate(s, c10::nullopt, c10::nullopt, 2, t);
-    CHECK(close(w[0].item<double>(), sig(0.8 / t)));
-    CHECK(close(w[1].item<double>(), 1 - sig(0.8 / t)));
-    CHECK(close(w[2].item<double>(), 0.5));
+    EXPECT(close(w[0].item<double>(), sig(0.8 / t)));
+    EXPECT(close(w[1].item<double>(), 1 - sig(0.8 / t)));
+    EXPECT(close(w[2].item<double>(), 0.5));
     Tensor gw = at::tensor({1.0, 0.0, 0.0, 0.0}, f64);
     Tensor ds = win_rate_bwd(gw, s, c10::nullopt, c10::nullopt, 2, t);
     const double p = sig(0.8 / t);
-    CHECK(close(ds[0].item<double>(), p * (1 - p) / t));
-    CHECK(close(ds[1].item<double>(), -p * (1 - p) / t));
-    CHECK(close(ds[2].item<double>(), 0.0));
+    EXPECT(close(ds[0].item<double>(), p * (1 - p) / t));
+    EXPECT(close(ds[1].item<double>(), -p * (1 - p) / t));
+    EXPECT(close(ds[2].item<double>(), 0.0));
   }
   // group_index layout through order: rows {0, 2} and {1, 3}
   {
@@ -71,10 +71,10 @@ int main() {
     Tensor cu = at::tensor({0L, 2L, 4L, 4L, 4L}, i64);
     Tensor order = at::tensor({0L, 2L, 1L, 3L}, i64);
     Tensor w = win_rate(s, cu, order, 0, 0.0);
-    CHECK(close(w[0].item<double>(), 0.0));
-    CHECK(close(w[2].item<double>(), 1.0));
-    CHECK(close(w[1].item<double>(), 1.0));
-    CHECK(close(w[3].item<double>(), 0.0));
+    EXPECT(close(w[0].item<double>(), 0.0));
+    EXPECT(close(w[2].item<double>(), 1.0));
+    EXPECT(close(w[1].item<double>(), 1.0));
+    EXPECT(close(w[3].item<double>(), 0.0));
   }
   // GREBT, n = 2: z = +-1/(1 + eps/sigma), L_GRE = entropy of softmax(z), L_BT = softplus(r_l - r_w)
   {
@@ -87,27 +87,27 @@ int main() {
     const double p = sig(2 * z);  // softmax(z, -z)
     const double h = -(p * std::log(p) + (1 - p) * std::log(1 - p));
     const double bt = std::log1p(std::exp(-1.2));
-    CHECK(close(loss[0].item<double>(), (1 - alpha) * bt + alpha * h));
-    CHECK(std::isnan(loss[1].item<double>()));  // singleton: skipped
-    CHECK(close(drow[2].item<double>(), 0.0));
-    CHECK(close((drow[0] + drow[1]).item<double>(), 0.0, 1e-9));  // shift invariance
-    CHECK(close(drow[1].item<double>(), -(1 - alpha) * sig(-1.2), 1e-5));  // L_GRE ~ constant for n = 2
+    EXPECT(close(loss[0].item<double>(), (1 - alpha) * bt + alpha * h));
+    EXPECT(std::isnan(loss[1].item<double>()));  // singleton: skipped
+    EXPECT(close(drow[2].item<double>(), 0.0));
+    EXPECT(close((drow[0] + drow[1]).item<double>(), 0.0, 1e-9));  // shift invariance
+    EXPECT(close(drow[1].item<double>(), -(1 - alpha) * sig(-1.2), 1e-5));  // L_GRE ~ constant for n = 2
   }
   // GREBT with select and ties: first argmax/argmin; identical rewards give finite values
   {
     Tensor r = at::tensor({1.0, 1.0, 1.0, 1.0}, f64);
     Tensor sel = at::tensor({0.0, 0.0, 0.0, 0.0}, f64);
     auto out = grebt(r, sel, c10::nullopt, c10::nullopt, 4, 0.5, 1e-6);
-    CHECK(close(std::get<0>(out)[0].item<double>(), 0.5 * std::log(2.0) + 0.5 * std::log(4.0)));
-    CHECK(close(std::get<1>(out).abs().max().item<double>(), 0.0));
+    EXPECT(close(std::get<0>(out)[0].item<double>(), 0.5 * std::log(2.0) + 0.5 * std::log(4.0)));
+    EXPECT(close(std::get<1>(out).abs().max().item<double>(), 0.0));
   }
   // NaN in select poisons its group
   {
     Tensor r = at::tensor({1.0, 2.0, 3.0, 4.0}, f64);
     Tensor sel = at::tensor({0.0, NAN, 1.0, 2.0}, f64);
     auto out = grebt(r, sel, c10::nullopt, c10::nullopt, 2, 0.3, 1e-6);
-    CHECK(std::isnan(std::get<0>(out)[0].item<double>()));
-    CHECK(!std::isnan(std::get<0>(out)[1].item<double>()));
+    EXPECT(std::isnan(std::get<0>(out)[0].item<double>()));
+    EXPECT(!std::isnan(std::get<0>(out)[1].item<double>()));
   }
   return icrm_test::finish();
 }
