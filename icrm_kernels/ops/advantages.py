@@ -149,8 +149,7 @@ def _opts(baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, agg
                 bnpo_bounds=(bnpo_low, bnpo_high), whiten_eps=whiten_eps, whiten_std=whiten_std)
 
 
-@torch.library.custom_op("icrm::group_advantages", mutates_args=())
-def _group_advantages_op(
+def _group_advantages_impl(
     rewards: torch.Tensor, group_size: int, cu_groups: Optional[torch.Tensor], group_index: Optional[torch.Tensor],
     reward_weights: Optional[torch.Tensor], response_mask: Optional[torch.Tensor], baseline: str, scale: str,
     whiten: str, eps: float, std_unbiased: bool, singleton: str, nan_policy: str, aggregation: str,
@@ -162,6 +161,11 @@ def _group_advantages_op(
     if backend == "reference":
         return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
     return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
+
+
+# The registered op (compile, export, autograd); eager calls without a gradient call the
+# implementation directly (see _backend.skip_dispatcher): same code, without the dispatch cost.
+_group_advantages_op = torch.library.custom_op("icrm::group_advantages", _group_advantages_impl, mutates_args=())
 
 
 @_group_advantages_op.register_fake
@@ -336,7 +340,8 @@ def group_advantages(
                          process_group=process_group)
         return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
                           process_group=process_group)
-    return _group_advantages_op(
+    return _backend.call_op(
+        _group_advantages_op, _group_advantages_impl,
         rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o["baseline"], o["scale"],
         o["whiten"], o["eps"], o["std_unbiased"], o["singleton"], o["nan_policy"], o["aggregation"], lo, hi,
         o["whiten_eps"], o["whiten_std"])

@@ -132,8 +132,7 @@ def _core_backward(ctx, dc, dlse):
 s2t_attention_core.register_autograd(_core_backward, setup_context=_core_setup_context)
 
 
-@torch.library.custom_op("icrm::r2m_reward_core", mutates_args=())
-def r2m_reward_core(
+def _r2m_reward_core_impl(
     q_tilde: Tensor, u: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """(y[B, H] = Σ_l softmax_l(q̃_h·h_l)(u_h·h_l), nonempty[B] bool); forward only."""
@@ -149,6 +148,10 @@ def r2m_reward_core(
     c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
     y = (c * u.to(c.dtype).unsqueeze(0)).sum(-1)
     return y.contiguous(), torch.isfinite(lse).all(dim=-1)
+
+
+# eager calls skip the dispatcher (_backend.call_op); compile and export go through the op
+r2m_reward_core = torch.library.custom_op("icrm::r2m_reward_core", _r2m_reward_core_impl, mutates_args=())
 
 
 @r2m_reward_core.register_fake
@@ -333,7 +336,8 @@ def r2m_reward(
         const = (b_v.to(acc) @ z.reshape(-1)) if b_v is not None else torch.zeros((), dtype=acc, device=query.device)
         if b_o is not None:
             const = const + b_o.to(acc) @ w_s
-        y, nonempty = r2m_reward_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
+        y, nonempty = _backend.call_op(r2m_reward_core, _r2m_reward_core_impl, q_tilde, u, states, cu_seqlens,
+                                       key_padding_mask)
         attn = torch.where(nonempty, y.sum(-1) + const, torch.zeros((), dtype=acc, device=query.device))
         om = omega.reshape(()).to(device=query.device, dtype=acc) if isinstance(omega, torch.Tensor) else float(omega)
         r = om * (query.to(acc) @ w_s) + (1 - om) * attn

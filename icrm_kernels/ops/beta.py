@@ -470,8 +470,7 @@ def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean")
 
 
 # ==================================================================== conjugate posterior
-@torch.library.custom_op("icrm::beta_posterior", mutates_args=())
-def _beta_posterior_op(
+def _beta_posterior_impl(
     outcomes: Tensor,
     weights: Optional[Tensor],
     cu: Optional[Tensor],
@@ -495,6 +494,10 @@ def _beta_posterior_op(
         return tri.posterior(outcomes.contiguous(), None if weights is None else weights.contiguous(), order,
                              cu.to(torch.int64).contiguous(), num_segments, prior_alpha, prior_beta, discount)
     return _posterior_reference(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount)
+
+
+# eager calls skip the dispatcher (_backend.call_op); compile and export go through the op
+_beta_posterior_op = torch.library.custom_op("icrm::beta_posterior", _beta_posterior_impl, mutates_args=())
 
 
 def _index_to_cu(index: Tensor, k: int) -> Tuple[Tensor, Tensor]:
@@ -614,7 +617,7 @@ def beta_posterior(
             if lo < 0 or hi >= k:
                 raise ValueError(f"segment_index must hold segment numbers in [0, {k}), got values in [{lo}, {hi}]")
         index = segment_index.to(torch.int64)
-    return _beta_posterior_op(outcomes, weights, cu, index, k, pa, pb, g)
+    return _backend.call_op(_beta_posterior_op, _beta_posterior_impl, outcomes, weights, cu, index, k, pa, pb, g)
 
 
 # ==================================================================== hypervolume

@@ -68,8 +68,7 @@ def _cpu_in(x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------- group_win_rate op
-@torch.library.custom_op("icrm::group_win_rate", mutates_args=())
-def _win_rate_op(scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], group_size: int, temperature: float) -> Tensor:
+def _win_rate_impl(scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], group_size: int, temperature: float) -> Tensor:
     backend = _backend.select(scores.device, cpp_op="pairwise_win_rate")
     if backend == "triton" and scores.dtype != torch.float64:
         from icrm_kernels.triton import pairwise as tri
@@ -81,6 +80,11 @@ def _win_rate_op(scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], 
     layout = _layout_from_tensors(scores.numel(), scores.device, cu, order, group_size)
     s = scores.to(_compute_dtype(scores.dtype))
     return ref.win_rate_from_layout(s, layout, None if temperature <= 0 else temperature).to(scores.dtype)
+
+
+# eager calls without a gradient skip the dispatcher (_backend.call_op); autograd, compile and
+# export go through the op
+_win_rate_op = torch.library.custom_op("icrm::group_win_rate", _win_rate_impl, mutates_args=())
 
 
 @_win_rate_op.register_fake
@@ -162,7 +166,7 @@ def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_group
     if temperature is not None:
         temperature = check_finite_float(temperature, "temperature", low=0.0, low_open=True)
     cu, order, g = _layout_tensors(layout)
-    return _win_rate_op(scores, cu, order, g, 0.0 if temperature is None else temperature)
+    return _backend.call_op(_win_rate_op, _win_rate_impl, scores, cu, order, g, 0.0 if temperature is None else temperature)
 
 
 # --------------------------------------------------------------------------- grebt_loss op
