@@ -230,6 +230,19 @@ def _needs_grad(*ts: Tensor) -> bool:
 
 
 # ---------------------------------------------------------------- public ELBO ops
+
+def _check_elbo_args(x, x_name, labels, weights, prior_alpha, prior_beta, kl_weight, reduction):
+    """The checks both ELBO entry points share: labels (required) and weights shaped like x,
+    priors > 0, kl_weight >= 0, a known reduction. Returns them converted."""
+    labels = _check_like(labels, "labels", x, x_name)
+    if labels is None:
+        raise TypeError("labels must be a torch.Tensor, got None")
+    weights = _check_like(weights, "weights", x, x_name)
+    pa, pb = _check_prior(prior_alpha, prior_beta)
+    kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
+    red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
+    return labels, weights, pa, pb, kw, red
+
 def beta_elbo_loss(
     alpha: Tensor,
     beta: Tensor,
@@ -256,13 +269,8 @@ def beta_elbo_loss(
     gradient (they are data). prior_alpha, prior_beta > 0 are Python numbers.
     """
     _check_pair(alpha, beta, "alpha", "beta")
-    labels = _check_like(labels, "labels", alpha, "alpha")
-    if labels is None:
-        raise TypeError("labels must be a torch.Tensor, got None")
-    weights = _check_like(weights, "weights", alpha, "alpha")
-    pa, pb = _check_prior(prior_alpha, prior_beta)
-    kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
-    red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
+    labels, weights, pa, pb, kw, red = _check_elbo_args(alpha, "alpha", labels, weights, prior_alpha, prior_beta,
+                                                        kl_weight, reduction)
     check_positive(alpha, "alpha")
     check_positive(beta, "beta")
     _check_unit_interval(labels, "labels")
@@ -287,14 +295,9 @@ def beta_elbo_loss_from_logits(
     fused pass: the parametrisation, the loss and d/d(logits) in the same kernel. Arguments and
     reduction as in :func:`beta_elbo_loss`; the logits must be finite, tau_min >= 0."""
     _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
-    labels = _check_like(labels, "labels", mean_logit, "mean_logit")
-    if labels is None:
-        raise TypeError("labels must be a torch.Tensor, got None")
-    weights = _check_like(weights, "weights", mean_logit, "mean_logit")
-    pa, pb = _check_prior(prior_alpha, prior_beta)
-    kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
+    labels, weights, pa, pb, kw, red = _check_elbo_args(mean_logit, "mean_logit", labels, weights, prior_alpha,
+                                                        prior_beta, kl_weight, reduction)
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
-    red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
     _check_finite(mean_logit, "mean_logit")
     _check_finite(conc_logit, "conc_logit")
     _check_unit_interval(labels, "labels")
