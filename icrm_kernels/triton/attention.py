@@ -157,6 +157,27 @@ def _s2t_combine_kernel(
 
 
 @triton.jit
+def _two_dots(x_ptr, a_ptr, b_ptr, offs_l, valid, stride_x, offs_h, mh, D,
+              BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per token and head, (a_h·x_l, b_h·x_l) for a block of token rows x and two [H, D] fp32
+    vectors a, b (generic kernels). Products accumulate elementwise over the D chunks and are
+    reduced once at the end: one cross-warp reduction per token block, not one per chunk."""
+    sa = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
+    sb = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        md = offs_d < D
+        hm = mh[:, None] & md[None, :]
+        x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
+                    mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+        b = tl.load(b_ptr + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
+        sa += x[:, None, :] * a[None, :, :]
+        sb += x[:, None, :] * b[None, :, :]
+    return tl.sum(sa, axis=2), tl.sum(sb, axis=2)
+
+
+@triton.jit
 def _s2t_bwd_kernel(
     x_ptr, q_ptr, dc_ptr, lse_ptr, delta_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
     dq_ptr, dx_ptr,
@@ -182,20 +203,8 @@ def _s2t_bwd_kernel(
         valid = in_range
         if HAS_MASK:
             valid = valid & (tl.load(mask_ptr + offs_l, mask=in_range, other=1) == 0)
-        s3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
-        g3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            md = offs_d < D
-            hm = mh[:, None] & md[None, :]
-            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
-                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
-            q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
-            dc = tl.load(dc_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
-            s3 += x[:, None, :] * q[None, :, :]
-            g3 += x[:, None, :] * dc[None, :, :]
-        s = tl.sum(s3, axis=2)
-        g = tl.sum(g3, axis=2)
+        s, g = _two_dots(x_ptr, q_base, dc_base, offs_l, valid, stride_x, offs_h, mh, D,
+                         BLOCK_L, BLOCK_H, BLOCK_D)
         keep = valid[:, None] & has_mass[None, :]
         p = tl.where(keep, tl.exp(s - lse_safe[None, :]), 0.0)
         ds = p * (g - delta[None, :])
@@ -238,20 +247,8 @@ def _r2m_kernel(
         valid = offs_l < end
         if HAS_MASK:
             valid = valid & (tl.load(mask_ptr + offs_l, mask=valid, other=1) == 0)
-        s3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
-        v3 = tl.zeros([BLOCK_L, BLOCK_H, BLOCK_D], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            md = offs_d < D
-            hm = mh[:, None] & md[None, :]
-            x = tl.load(x_ptr + offs_l[:, None] * stride_x + offs_d[None, :],
-                        mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
-            q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
-            u = tl.load(u_ptr + offs_h[:, None] * D + offs_d[None, :], mask=hm, other=0.0)
-            s3 += x[:, None, :] * q[None, :, :]
-            v3 += x[:, None, :] * u[None, :, :]
-        s = tl.sum(s3, axis=2)
-        v = tl.sum(v3, axis=2)
+        s, v = _two_dots(x_ptr, q_base, u_ptr, offs_l, valid, stride_x, offs_h, mh, D,
+                         BLOCK_L, BLOCK_H, BLOCK_D)
         s = tl.where(valid[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
