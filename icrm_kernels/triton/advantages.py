@@ -145,6 +145,22 @@ def _token_range(T, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Writes a [R, G] tile of advantages: A[i] per row, or with TOKENS the token-level
+    A[i, t] = A_i * mask[i, t] over this program's share of the T tokens (same launch)."""
+    if TOKENS:
+        t_lo, t_hi = _token_range(T, BLOCK_T)
+        for t0 in range(t_lo, t_hi, BLOCK_T):
+            tt = t0 + tl.arange(0, BLOCK_T)
+            m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
+            mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
+            val = a[:, :, None] * mk.to(a.dtype)
+            tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty), mask=m3)
+    else:
+        tl.store(out_ptr + rows, a.to(out_ptr.dtype.element_ty), mask=inb)
+
+
+@triton.jit
 def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
                   num_groups, G, P, T, stride_mask, eps,
                   FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, BASELINE: tl.constexpr, SCALE: tl.constexpr,
@@ -226,16 +242,7 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
             elif SINGLETON == 2:
                 a = tl.where(single[:, None], float("nan"), a)
         a = tl.where(valid, a, 0.0)
-        if TOKENS:
-            t_lo, t_hi = _token_range(T, BLOCK_T)
-            for t0 in range(t_lo, t_hi, BLOCK_T):
-                tt = t0 + tl.arange(0, BLOCK_T)
-                m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
-                mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
-                val = a[:, :, None] * mk.to(a.dtype)
-                tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty), mask=m3)
-        else:
-            tl.store(out_ptr + rows, a.to(out_ptr.dtype.element_ty), mask=inb)
+        _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
 
 
 @triton.jit
@@ -375,17 +382,7 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
             elif SINGLETON == 2:
                 a = tl.where(single[:, None], float("nan"), a)
             a = tl.where(valid, a, 0.0)
-            if TOKENS:
-                t_lo, t_hi = _token_range(T, BLOCK_T)
-                for t0 in range(t_lo, t_hi, BLOCK_T):
-                    tt = t0 + tl.arange(0, BLOCK_T)
-                    m3 = inb[:, :, None] & (tt[None, None, :] < t_hi)
-                    mk = tl.load(mask_ptr + rows[:, :, None] * stride_mask + tt[None, None, :], mask=m3, other=0)
-                    val = a[:, :, None] * mk.to(a.dtype)
-                    tl.store(out_ptr + rows[:, :, None] * T + tt[None, None, :], val.to(out_ptr.dtype.element_ty),
-                             mask=m3)
-            else:
-                tl.store(out_ptr + rows, a.to(out_ptr.dtype.element_ty), mask=inb)
+            _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
 
 
 # ------------------------------------------------------------------------ launchers
