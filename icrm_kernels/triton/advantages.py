@@ -145,6 +145,21 @@ def _token_range(T, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _group_block(cu_ptr, num_groups, G, FIXED: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's BLOCK_B groups: ids, mask, first row and length of each (int64), longest."""
+    pid = tl.program_id(0).to(tl.int64)
+    gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    gmask = gb < num_groups
+    if FIXED:
+        start = gb * G
+        length = tl.where(gmask, G, 0).to(tl.int64)
+    else:
+        start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
+        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
+    return gb, gmask, start, length, tl.max(length, axis=0)
+
+
+@triton.jit
 def _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS: tl.constexpr, BLOCK_T: tl.constexpr):
     """Writes a [R, G] tile of advantages: A[i] per row, or with TOKENS the token-level
     A[i, t] = A_i * mask[i, t] over this program's share of the T tokens (same launch)."""
@@ -168,16 +183,7 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
                   F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
                   BLOCK_P: tl.constexpr):
     """One program normalizes BLOCK_B groups; rows in chunks of BLOCK_L (one chunk for fixed G)."""
-    pid = tl.program_id(0).to(tl.int64)
-    gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    gmask = gb < num_groups
-    if FIXED:
-        start = gb * G
-        length = tl.where(gmask, G, 0).to(tl.int64)
-    else:
-        start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
-        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
-    maxlen = tl.max(length, axis=0)
+    gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, FIXED, BLOCK_B)
     cols = tl.arange(0, BLOCK_L)
 
     # batch statistics of the raw rewards (partials of the previous launch, fixed order)
@@ -320,16 +326,7 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
     """BNPO. PHASE 1: p_g (group mean of the min-max scaled rewards), n_g and the weight of the
     group in the over-group moments. PHASE 2: Beta(alpha, beta) from those moments, then
     A_i = clamp(1 / BetaPDF(p_g), 0, 1e6) * (s_i - p_g)."""
-    pid = tl.program_id(0).to(tl.int64)
-    gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    gmask = gb < num_groups
-    if FIXED:
-        start = gb * G
-        length = tl.where(gmask, G, 0).to(tl.int64)
-    else:
-        start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
-        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
-    maxlen = tl.max(length, axis=0)
+    gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, FIXED, BLOCK_B)
     cols = tl.arange(0, BLOCK_L)
     if PHASE == 1:
         rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, HAS_ORDER, OMIT, F64)

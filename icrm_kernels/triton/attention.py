@@ -287,6 +287,18 @@ def _load_rows(x_ptr, mask_ptr, row0, end, stride_x, offs_d, md, HAS_MASK: tl.co
 
 
 @triton.jit
+def _row_program(pid, q_ptr, B, H, D, cu_ptr, work_off_ptr, work_seq_ptr, tpp, D_PAD: tl.constexpr):
+    """What a full-row program works on: its head h (the heads of one work item are adjacent
+    programs), its sequence and token range, the D_PAD lanes and the head's q̃ row in registers."""
+    h = pid % H
+    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
+    offs_d = tl.arange(0, D_PAD)
+    md = offs_d < D
+    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    return h, seq, start, end, offs_d, md, q
+
+
+@triton.jit
 def _s2t_fwd_row_kernel(
     x_ptr, q_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
     m_ptr, l_ptr, acc_ptr,
@@ -294,11 +306,8 @@ def _s2t_fwd_row_kernel(
     HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, D_PAD: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    h = pid % H
-    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
-    offs_d = tl.arange(0, D_PAD)
-    md = offs_d < D
-    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    h, seq, start, end, offs_d, md, q = _row_program(pid, q_ptr, B, H, D, cu_ptr, work_off_ptr, work_seq_ptr, tpp,
+                                                     D_PAD)
     acc = tl.zeros([D_PAD], tl.float32)
     m_i = tl.max(acc, axis=0) * 0.0 + float("-inf")
     l_i = tl.sum(acc, axis=0)
@@ -333,11 +342,8 @@ def _s2t_bwd_row_kernel(
 ):
     """NEED_DX only with H == 1 (dx sums over heads; the launcher enforces it)."""
     pid = tl.program_id(0).to(tl.int64)
-    h = pid % H
-    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
-    offs_d = tl.arange(0, D_PAD)
-    md = offs_d < D
-    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    h, seq, start, end, offs_d, md, q = _row_program(pid, q_ptr, B, H, D, cu_ptr, work_off_ptr, work_seq_ptr, tpp,
+                                                     D_PAD)
     dc = tl.load(dc_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
     lse = tl.load(lse_ptr + seq * H + h)
     delta = tl.load(delta_ptr + seq * H + h)
@@ -373,11 +379,8 @@ def _r2m_row_kernel(
     HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, D_PAD: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    h = pid % H
-    seq, start, end = _work_range(pid // H, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp)
-    offs_d = tl.arange(0, D_PAD)
-    md = offs_d < D
-    q = tl.load(q_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
+    h, seq, start, end, offs_d, md, q = _row_program(pid, q_ptr, B, H, D, cu_ptr, work_off_ptr, work_seq_ptr, tpp,
+                                                     D_PAD)
     u = tl.load(u_ptr + h * D + offs_d, mask=md, other=0.0)
     zero = tl.sum(q, axis=0) * 0.0
     m_i = zero + float("-inf")
