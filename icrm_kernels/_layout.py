@@ -62,6 +62,35 @@ def sort_index(index: torch.Tensor, n: int):
     return order, cu, group[-1] + 1
 
 
+def check_groups(
+    n: int,
+    device: torch.device,
+    *,
+    group_size=None,
+    cu_groups=None,
+    group_index=None,
+    names=("group_size", "cu_groups", "group_index"),
+) -> str:
+    """Validate the three mutually exclusive layout arguments; returns "fixed", "ragged" or "index"."""
+    given = [name for name, v in zip(names, (group_size, cu_groups, group_index)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(names)}; got {', '.join(given) if given else 'none'}")
+    if group_size is not None:
+        check_positive_int(group_size, names[0])
+        if n % group_size != 0:
+            raise ValueError(f"{names[0]}={group_size} must divide the number of rows ({n})")
+        return "fixed"
+    if cu_groups is not None:
+        check_offsets(cu_groups, names[1], n)
+        if cu_groups.device != device:
+            raise ValueError(f"{names[1]} is on {cu_groups.device} but the rows are on {device}")
+        return "ragged"
+    check_index(group_index, names[2], n)
+    if group_index.device != device:
+        raise ValueError(f"{names[2]} is on {group_index.device} but the rows are on {device}")
+    return "index"
+
+
 def resolve_groups(
     n: int,
     device: torch.device,
@@ -71,23 +100,13 @@ def resolve_groups(
     group_index=None,
     names=("group_size", "cu_groups", "group_index"),
 ) -> GroupLayout:
-    """Validate the three mutually exclusive layout arguments; return the canonical layout."""
-    given = [name for name, v in zip(names, (group_size, cu_groups, group_index)) if v is not None]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of {', '.join(names)}; got {', '.join(given) if given else 'none'}")
-    if group_size is not None:
-        check_positive_int(group_size, names[0])
-        if n % group_size != 0:
-            raise ValueError(f"{names[0]}={group_size} must divide the number of rows ({n})")
+    """Validate the three mutually exclusive layout arguments (:func:`check_groups`); return the
+    canonical layout."""
+    kind = check_groups(n, device, group_size=group_size, cu_groups=cu_groups, group_index=group_index, names=names)
+    if kind == "fixed":
         return GroupLayout("fixed", n, device, n // group_size, group_size=group_size, num_groups=n // group_size)
-    if cu_groups is not None:
-        check_offsets(cu_groups, names[1], n)
-        if cu_groups.device != device:
-            raise ValueError(f"{names[1]} is on {cu_groups.device} but the rows are on {device}")
+    if kind == "ragged":
         b = cu_groups.numel() - 1
         return GroupLayout("ragged", n, device, b, cu=cu_groups.to(torch.int64), num_groups=b)
-    check_index(group_index, names[2], n)
-    if group_index.device != device:
-        raise ValueError(f"{names[2]} is on {group_index.device} but the rows are on {device}")
     order, cu, num = sort_index(group_index, n)
     return GroupLayout("index", n, device, n, cu=cu, order=order, num_groups=num)

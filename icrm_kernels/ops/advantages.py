@@ -15,13 +15,11 @@ from icrm_kernels import _backend
 from icrm_kernels._checks import (
     check_choice,
     check_finite_float,
-    check_index,
-    check_offsets,
-    check_positive_int,
     check_same_device,
     check_tensor,
     value_checks_enabled,
 )
+from icrm_kernels._layout import check_groups
 from icrm_kernels.reference import advantages as ref
 from icrm_kernels.reference.advantages import PRESETS, resolve_options
 
@@ -200,21 +198,6 @@ _group_advantages_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------ public function
-def _check_layout(n, device, group_size, cu_groups, group_index):
-    given = [k for k, v in (("group_size", group_size), ("cu_groups", cu_groups), ("group_index", group_index))
-             if v is not None]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of group_size, cu_groups, group_index; got {', '.join(given) or 'none'}")
-    if group_size is not None:
-        check_positive_int(group_size, "group_size")
-        if n % group_size != 0:
-            raise ValueError(f"group_size={group_size} must divide the number of rows ({n})")
-    elif cu_groups is not None:
-        check_offsets(cu_groups, "cu_groups", n)
-    else:
-        check_index(group_index, "group_index", n)
-
-
 def group_advantages(
     rewards: torch.Tensor,
     *,
@@ -313,7 +296,7 @@ def group_advantages(
         raise ValueError(f"bnpo_bounds must be (low, high) with high > low, got {o['bnpo_bounds']}")
     n = rewards.shape[0]
     K = rewards.shape[1] if rewards.dim() == 2 else 1
-    _check_layout(n, device, group_size, cu_groups, group_index)
+    check_groups(n, device, group_size=group_size, cu_groups=cu_groups, group_index=group_index)
     if reward_weights is not None:
         check_tensor(reward_weights, "reward_weights", ndim=1, floating=True)
         if reward_weights.numel() != K:
