@@ -389,3 +389,43 @@ def test_forced_kernel_variant(device, monkeypatch, variant, num_heads):
                                  (v.cpu() if torch.is_tensor(v) else v)) for k, v in inp.items()},
                           score_weight=sw.double().cpu(), omega=0.6)
     torch.testing.assert_close(got.double().cpu(), want, rtol=2e-4, atol=2e-5, msg=lambda m: f"seed {seed}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_head_gemv_matches_float64(device, dtype, heads):
+    """r2m_reward's z = W_o w_s and u_h = W_v,h z_h: read in the weight's dtype, fp32 accumulate.
+    Sizes off the block grid (R = 37 rows, 700 columns per head: two column blocks)."""
+    from icrm_kernels import _backend
+
+    if "triton" not in _backend.available_backends(device):
+        pytest.skip("no Triton backend here")
+    from icrm_kernels.triton import attention as tri
+
+    w = torch.randn(37, heads * 700, dtype=torch.float32).to(device, dtype)
+    v = torch.randn(heads, 700, dtype=torch.float32).to(device)
+    want = torch.einsum("rhc,hc->hr", w.double().cpu().view(37, heads, 700), v.double().cpu())
+    got = tri.head_gemv(w, v)
+    assert got.shape == (heads, 37) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-5, atol=1e-4)
+    # a weight seen through a transpose (unit column stride lost) is made contiguous first
+    wt = w.t().contiguous().t()
+    torch.testing.assert_close(tri.head_gemv(wt, v), got, rtol=0, atol=0)
+
+
+def test_r2m_reward_deterministic(device, monkeypatch):
+    """The per-sequence merge of partials walks them in work order (no scatter_add): bitwise
+    identical results run to run, with sequences split over several programs."""
+    from icrm_kernels import _backend
+
+    if "triton" not in _backend.available_backends(device):
+        pytest.skip("no Triton backend here")
+    from icrm_kernels.triton import attention as tri
+
+    monkeypatch.setattr(tri, "TOKENS_PER_PROGRAM", 4)
+    inp, _ = make_inputs(device, torch.float32, lens=(13, 0, 9), num_heads=2, bias=True, d=4)
+    sw = torch.randn(12, dtype=torch.float32).to(device)
+    with icrm_kernels.use_backend("triton"):
+        first = r2m_reward(**inp, score_weight=sw, omega=0.6)
+        for _ in range(3):
+            assert torch.equal(r2m_reward(**inp, score_weight=sw, omega=0.6), first)

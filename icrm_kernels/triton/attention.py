@@ -587,17 +587,52 @@ def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
             _r2m_row_kernel[(lay.P * heads,)](*args, HAS_MASK=lay.mask is not None, **_launch_kw(cfg))
         else:
             _r2m_kernel[(lay.P,)](*args, HAS_MASK=lay.mask is not None, **_launch_kw(cfg))
-    # merge the partials of each sequence (tiny [P, H] tensors; programs past the end are dropped)
-    live = (lay.work_seq < bsz).unsqueeze(1)
-    seq = lay.work_seq.clamp(max=max(bsz - 1, 0)).unsqueeze(1).expand(-1, heads)
-    m = torch.where(live, m, float("-inf"))
-    big_m = torch.full((bsz, heads), float("-inf"), device=dev).scatter_reduce(0, seq, m, "amax")
-    mb = big_m.gather(0, seq)
-    wt = torch.where(live & (m > float("-inf")), torch.exp(m - torch.where(mb > float("-inf"), mb, 0.0)), 0.0)
-    den = torch.zeros(bsz, heads, device=dev).scatter_add(0, seq, torch.where(live, wt * l, 0.0))
-    num = torch.zeros(bsz, heads, device=dev).scatter_add(0, seq, torch.where(live, wt * a, 0.0))
-    y = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
-    return y, (den > 0).all(dim=1)
+    # merge the partials of each sequence in work order: the fwd combine with D = 1 (a is the
+    # one-column accumulator). One launch, and deterministic, unlike a scatter_add of partials.
+    y = torch.empty(bsz, heads, 1, device=dev, dtype=torch.float32)
+    lse = torch.empty(bsz, heads, device=dev, dtype=torch.float32)
+    if bsz > 0:
+        _s2t_combine_kernel[(bsz, heads, 1)](m, l, a, lay.work_off, y, lse, heads, 1, SOFTMAX=True, BLOCK_D=2,
+                                             num_warps=1)
+    return y.view(bsz, heads), (lse > float("-inf")).all(dim=1)
+
+
+@triton.jit
+def _head_gemv_kernel(w_ptr, v_ptr, out_ptr, R, HC, stride_w, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[h, r] = Σ_{c < HC} W[r, h·HC + c] · v[h, c], fp32 accumulate; grid (cdiv(R, BLOCK_R), H).
+    W is read once in its own dtype; each program keeps a [BLOCK_R, BLOCK_C] partial tile and
+    reduces it once at the end (fixed order: deterministic)."""
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    h = tl.program_id(1).to(tl.int64)
+    mr = offs_r < R
+    acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    for c0 in range(0, HC, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mc = offs_c < HC
+        w = tl.load(w_ptr + offs_r[:, None] * stride_w + (h * HC + offs_c)[None, :],
+                    mask=mr[:, None] & mc[None, :], other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + h * HC + offs_c, mask=mc, other=0.0).to(tl.float32)
+        acc += w * v[None, :]
+    tl.store(out_ptr + h * R + offs_r, tl.sum(acc, axis=1), mask=mr)
+
+
+_GEMV_BLOCKS = dict(BLOCK_R=8, BLOCK_C=512)  # R = 4096: 512 programs, 8-16 KB per load
+
+
+def head_gemv(w, v):
+    """out[H, R] fp32 with out[h, r] = Σ_c W[r, h·C/H + c] v[h, c]; W [R, C] (any float dtype, unit
+    column stride), v [H, C/H]. What r2m_reward needs for z = W_o w_s and u_h = W_v,h z_h without
+    an fp32 copy of the weight (SPEC §4 shape: 16 MB read instead of 16 MB read + 32 MB written
+    + 32 MB read by torch's fp32 GEMV)."""
+    if w.stride(-1) != 1:
+        w = w.contiguous()
+    heads, hc = v.shape
+    rows = w.shape[0]
+    out = torch.empty(heads, rows, device=w.device, dtype=torch.float32)
+    if rows and heads:
+        _head_gemv_kernel[(triton.cdiv(rows, _GEMV_BLOCKS["BLOCK_R"]), heads)](
+            w, v.to(torch.float32).contiguous(), out, rows, hc, w.stride(0), **_GEMV_BLOCKS, num_warps=4)
+    return out
 
 
 # ---------------------------------------------------------------- ahead-of-time compile specs
@@ -622,6 +657,9 @@ def _r2m_sig(dt):
 
 _COMBINE_SIG = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "work_off_ptr": "*i64", "out_ptr": "*fp32",
                 "lse_ptr": "*fp32", "H": "i32", "D": "i32"}
+
+_GEMV_SIG = lambda dt: {"w_ptr": f"*{dt}", "v_ptr": "*fp32", "out_ptr": "*fp32", "R": "i32", "HC": "i32",  # noqa: E731
+                        "stride_w": "i64"}
 
 _B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (SPEC §4 shape)
 _B1_F32 = dict(BLOCK_L=4, BLOCK_H=1, BLOCK_D=256)  # one head, fp32 D_p = 4096
@@ -663,4 +701,7 @@ AOT_SPECS = [
     AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=8, label="bf16,L4,w8"),
     AotSpec(_r2m_row_kernel, _r2m_sig("bf16"), dict(HAS_MASK=False, **_R(4)), num_warps=16, label="bf16,L4,w16"),
     AotSpec(_r2m_row_kernel, _r2m_sig("fp32"), dict(HAS_MASK=True, **_R(2)), num_warps=8, label="fp32,mask,L2,w8"),
+    AotSpec(_s2t_combine_kernel, _COMBINE_SIG, dict(SOFTMAX=True, BLOCK_D=2), num_warps=1, label="r2m merge"),
+    AotSpec(_head_gemv_kernel, _GEMV_SIG("bf16"), _GEMV_BLOCKS, label="bf16"),
+    AotSpec(_head_gemv_kernel, _GEMV_SIG("fp32"), _GEMV_BLOCKS, label="fp32"),
 ]
