@@ -1,7 +1,8 @@
 """Benchmarks of group_advantages against verl (loop and vectorized), TRL and our reference.
 
 GPU (non-quick): N = 4K, 64K, 1M at G = 8 (GRPO preset), ragged and unsorted-index at 64K,
-trl_batch, dler and bnpo at 64K, token broadcast T = 1024 at N = 4K; the verl loop only up to 64K (it is slow).
+trl_batch, dler and bnpo at 64K, token broadcast T = 1024 at N = 4K and T = 4096 at N = 8K;
+the verl loop only up to 64K (it is slow).
 CPU: N = 1M, G = 8 (quick: 64K). bytes = rewards read + advantages written (+ mask read and
 token output written).
 """
@@ -125,6 +126,8 @@ def cases(device, quick=False):
             out += _grpo_cases(65536, 4, device, loop=False)
         out += _whiten_and_bnpo_cases(65536, 8, device)
         out += _token_cases(4096, 8, 1024, device)
+        if not quick:  # 32M tokens (160 MB): the bandwidth target, with the launch latency amortized
+            out += _token_cases(8192, 8, 4096, device)
         # verl's vectorized estimator and our reference read values on the host: not capturable
         return hot_loop(out, graph_unless=("loop", "verl-vectorized", "icrm-ref"))
     n = 65536 if quick else 1 << 20
