@@ -6,6 +6,7 @@ Public API: :func:`group_advantages` (the torch.library op), :func:`group_advant
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -76,8 +77,9 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
 
 def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
     """Kernel path: aggregation and multi-component composition around the one-component kernel."""
-    R = rewards if rewards.dim() == 2 else rewards.unsqueeze(1)
-    N, K = R.shape
+    # one component: no [N, 1] view and no column slice (each torch view op costs µs of host time)
+    R = rewards
+    N, K = (rewards.shape[0], 1) if rewards.dim() == 1 else rewards.shape
     out_dtype = rewards.dtype
     lay = _layout(N, R.device, group_size, cu_groups, group_index, backend)
     omit = o["nan_policy"] == "omit"
@@ -98,7 +100,7 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
                      whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
     if K == 1 or o["aggregation"] == "sum_then_normalize":
         if K == 1:
-            r = R[:, 0]
+            r = R if R.dim() == 1 else R[:, 0]
             if weights is not None and o["scale"] != "bnpo":  # (bnpo: a weighted mean of one component)
                 r = r * weights.to(r.dtype)[0]
         else:
@@ -137,6 +139,54 @@ def _reference(rewards, group_size, cu_groups, group_index, weights, mask, o, pr
         reward_weights=None if weights is None else weights.double(), response_mask=mask,
         process_group=process_group, **{k: v for k, v in o.items()})
     return out.to(rewards.dtype)
+
+
+# ------------------------------------------------------------------------ options
+def _validated_options(preset, baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation,
+                       bnpo_bounds, whiten_eps, whiten_std) -> dict:
+    """The preset applied, explicit keywords over it, every option checked (no tensor values)."""
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    o = resolve_options(preset, baseline=baseline, scale=scale, whiten=whiten, eps=eps, std_unbiased=std_unbiased,
+                        singleton=singleton, nan_policy=nan_policy, aggregation=aggregation,
+                        bnpo_bounds=bnpo_bounds, whiten_eps=whiten_eps, whiten_std=whiten_std)
+    check_choice(o["baseline"], "baseline", ref.BASELINES)
+    check_choice(o["scale"], "scale", ref.SCALES)
+    check_choice(o["whiten"], "whiten", ref.WHITENS)
+    check_choice(o["singleton"], "singleton", ref.SINGLETONS)
+    check_choice(o["nan_policy"], "nan_policy", ref.NAN_POLICIES)
+    check_choice(o["aggregation"], "aggregation", ref.AGGREGATIONS)
+    check_choice(o["whiten_std"], "whiten_std", ref.WHITEN_STDS)
+    o["eps"] = check_finite_float(o["eps"], "eps", low=0.0)
+    o["whiten_eps"] = check_finite_float(o["whiten_eps"], "whiten_eps", low=0.0)
+    if not isinstance(o["std_unbiased"], bool):
+        raise TypeError(f"std_unbiased must be a bool, got {type(o['std_unbiased']).__name__}")
+    if o["scale"] == "bnpo" and o["baseline"] != "group_mean":
+        raise ValueError(f"scale='bnpo' needs baseline='group_mean' (A = w_g (s_i - p_g)), got {o['baseline']!r}")
+    lo, hi = o["bnpo_bounds"]
+    lo = check_finite_float(lo, "bnpo_bounds[0]")
+    hi = check_finite_float(hi, "bnpo_bounds[1]")
+    if not hi > lo:
+        raise ValueError(f"bnpo_bounds must be (low, high) with high > low, got {o['bnpo_bounds']}")
+    o["bnpo_bounds"] = (lo, hi)
+    return o
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_options_cached(key) -> tuple:
+    return tuple(_validated_options(*(v for _, v in key)).items())
+
+
+def _options(*args) -> dict:
+    """:func:`_validated_options`, cached: a training loop calls the op with the same options
+    every step, and resolving and checking them is a fair share of a small call's host time.
+    The key holds each value's type (True, 1 and 1.0 hash alike but do not validate alike)."""
+    try:
+        return dict(_validated_options_cached(tuple((type(v), v) for v in args)))
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return _validated_options(*args)  # e.g. bnpo_bounds given as a list
 
 
 # ------------------------------------------------------------------------ custom op
@@ -271,29 +321,9 @@ def group_advantages(
     check_tensor(rewards, "rewards", ndim=(1, 2), floating=True)
     device = check_same_device(rewards=rewards, cu_groups=cu_groups, group_index=group_index,
                                reward_weights=reward_weights, response_mask=response_mask)
-    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    o = resolve_options(preset, baseline=baseline, scale=scale, whiten=whiten, eps=eps, std_unbiased=std_unbiased,
-                        singleton=singleton, nan_policy=nan_policy, aggregation=aggregation,
-                        bnpo_bounds=bnpo_bounds, whiten_eps=whiten_eps, whiten_std=whiten_std)
-    check_choice(o["baseline"], "baseline", ref.BASELINES)
-    check_choice(o["scale"], "scale", ref.SCALES)
-    check_choice(o["whiten"], "whiten", ref.WHITENS)
-    check_choice(o["singleton"], "singleton", ref.SINGLETONS)
-    check_choice(o["nan_policy"], "nan_policy", ref.NAN_POLICIES)
-    check_choice(o["aggregation"], "aggregation", ref.AGGREGATIONS)
-    check_choice(o["whiten_std"], "whiten_std", ref.WHITEN_STDS)
-    o["eps"] = check_finite_float(o["eps"], "eps", low=0.0)
-    o["whiten_eps"] = check_finite_float(o["whiten_eps"], "whiten_eps", low=0.0)
-    if not isinstance(o["std_unbiased"], bool):
-        raise TypeError(f"std_unbiased must be a bool, got {type(o['std_unbiased']).__name__}")
-    if o["scale"] == "bnpo" and o["baseline"] != "group_mean":
-        raise ValueError(f"scale='bnpo' needs baseline='group_mean' (A = w_g (s_i - p_g)), got {o['baseline']!r}")
+    o = _options(preset, baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_bounds,
+                 whiten_eps, whiten_std)
     lo, hi = o["bnpo_bounds"]
-    lo = check_finite_float(lo, "bnpo_bounds[0]")
-    hi = check_finite_float(hi, "bnpo_bounds[1]")
-    if not hi > lo:
-        raise ValueError(f"bnpo_bounds must be (low, high) with high > low, got {o['bnpo_bounds']}")
     n = rewards.shape[0]
     K = rewards.shape[1] if rewards.dim() == 2 else 1
     check_groups(n, device, group_size=group_size, cu_groups=cu_groups, group_index=group_index)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 
 # option codes (shared with csrc/advantages.cpp and ops/advantages.py)
@@ -416,9 +417,9 @@ def _moments(x, w, ref, omit, f64, process_group=None):
     import torch
 
     n = x.numel()
-    blocks = triton.cdiv(max(n, 1), _MOMENT_BLOCK)
+    blocks = cdiv(max(n, 1), _MOMENT_BLOCK)
     P = min(blocks, _MAX_PARTS)
-    iters = triton.cdiv(blocks, P)
+    iters = cdiv(blocks, P)
     parts = torch.empty(P * 3, dtype=torch.float64 if f64 else torch.float32, device=x.device)
     _moments_kernel[(P,)](x, w if w is not None else x, ref if ref is not None else x, parts, n, iters,
                           HAS_W=w is not None, OMIT=bool(omit), F64=f64, BLOCK=_MOMENT_BLOCK)
@@ -449,7 +450,7 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
     T = mask.shape[1] if mask is not None else 0
     _bnpo_kernel[grid](r, out, *common, parts, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, P, T,
                        mask.stride(0) if mask is not None else 0, lo, 1.0 / (hi - lo), PHASE=2,
-                       BLOCK_P=triton.next_power_of_2(P), **args)
+                       BLOCK_P=next_power_of_2(P), **args)
 
 
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
@@ -480,19 +481,19 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         parts, P = _moments(r, None, r if omit else None, omit, f64, process_group)
     fixed = group_size is not None
     if fixed:
-        block_l = min(max(triton.next_power_of_2(group_size), 2), 256)
+        block_l = min(max(next_power_of_2(group_size), 2), 256)
         num_groups = n // group_size
     else:
         num_groups = num_slots
         avg = n // max(1, cu.numel() - 1) if order is None else 16
-        block_l = min(max(triton.next_power_of_2(max(avg, 1)), 16), 256)
+        block_l = min(max(next_power_of_2(max(avg, 1)), 16), 256)
     tokens_here = mask is not None and wcode == 0
-    block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if tokens_here else 1
+    block_t = min(max(next_power_of_2(max(T, 1)), 16), 128) if tokens_here else 1
     block_b = max(1, (2048 if not tokens_here else 2048 // block_t) // block_l)
     a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
-    t_splits = triton.cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
-    grid = (triton.cdiv(max(num_groups, 1), block_b), t_splits)
+    t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
+    grid = (cdiv(max(num_groups, 1), block_b), t_splits)
     dummy = r
     if s == 3:
         _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,
@@ -504,21 +505,21 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
             mask.stride(0) if tokens_here else 0, float(eps),
             FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
             OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
-            BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=triton.next_power_of_2(P),
+            BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=next_power_of_2(P),
             num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
         )
     if wcode == 0:
         return out
     parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64, process_group)
-    block_t = min(max(triton.next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
+    block_t = min(max(next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
     block_r = max(1, 2048 // block_t) if mask is not None else 1024
-    t_splits = triton.cdiv(T, 2 * block_t) if mask is not None and T > 0 else 1
-    _whiten_kernel[(triton.cdiv(n, block_r), t_splits)](
+    t_splits = cdiv(T, 2 * block_t) if mask is not None and T > 0 else 1
+    _whiten_kernel[(cdiv(n, block_r), t_splits)](
         a_buf, whiten_weights if whiten_weights is not None else a_buf, r, parts2, out,
         mask if mask is not None else a_buf, n, P2, T, mask.stride(0) if mask is not None else 0, float(whiten_eps),
         FORM=WHITEN_STD[whiten_std], UNBIASED=bool(std_unbiased), HAS_W=whiten_weights is not None,
         OMIT=bool(omit), TOKENS=mask is not None, F64=f64, BLOCK_R=block_r, BLOCK_T=block_t,
-        BLOCK_P=triton.next_power_of_2(P2), num_warps=8 if block_r * block_t >= 2048 else 4,
+        BLOCK_P=next_power_of_2(P2), num_warps=8 if block_r * block_t >= 2048 else 4,
     )
     return out
 

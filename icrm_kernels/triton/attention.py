@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 
 # Tests set this to force tiny per-program shares so the interpreter exercises the combine.
@@ -429,17 +430,17 @@ def _blocks(num_heads: int, d: int, elem_bytes: int):
     sweep hits L1/L2 even with a few programs per SM (BLOCK_L = 8 for bf16 D_p = 4096). The
     [BLOCK_L, BLOCK_H, BLOCK_D] register accumulators hold <= 4096 fp32 values (32 per thread at
     4 warps)."""
-    block_h = triton.next_power_of_2(max(num_heads, 1))
+    block_h = next_power_of_2(max(num_heads, 1))
     block_l = 16 if block_h <= 4 else 8
     while block_l > 4 and block_l * d * elem_bytes > 64 * 1024:
         block_l //= 2
-    block_d = max(16, min(4096 // (block_l * block_h), 256, triton.next_power_of_2(max(d, 1))))
+    block_d = max(16, min(4096 // (block_l * block_h), 256, next_power_of_2(max(d, 1))))
     return block_l, block_h, block_d
 
 
 def _config(kind: str, heads: int, d: int, elem_bytes: int, need_dx: bool = False) -> dict:
     ov = dict(CONFIG_OVERRIDE.get(kind) or {})
-    d_pad = triton.next_power_of_2(max(d, 1))
+    d_pad = next_power_of_2(max(d, 1))
     row_ok = d_pad <= ROW_MAX_DPAD and not (kind == "bwd" and need_dx and heads > 1)
     variant = ov.pop("variant", "row" if (row_ok and heads <= ROW_MAX_HEADS) else "generic")
     if variant == "row" and not row_ok:
@@ -469,8 +470,8 @@ def _tokens_per_program(total_rows: int, device: torch.device, cfg: dict) -> int
     if cfg.get("tpp"):
         return int(cfg["tpp"])
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    target = triton.cdiv(max(total_rows, 1), int(cfg["programs_per_sm"]) * n_sm)
-    return max(cfg["BLOCK_L"], min(1024, triton.next_power_of_2(target)))
+    target = cdiv(max(total_rows, 1), int(cfg["programs_per_sm"]) * n_sm)
+    return max(cfg["BLOCK_L"], min(1024, next_power_of_2(target)))
 
 
 class _Layout:
@@ -535,8 +536,8 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
             lay.x, q, lay.mask_arg, lay.cu, lay.work_off, lay.work_seq, m, l, acc,
             bsz, heads, d, lay.x.stride(0), lay.tpp, HAS_MASK=lay.mask is not None, **_launch_kw(cfg),
         )
-    cb = min(1024, triton.next_power_of_2(d))
-    _s2t_combine_kernel[(bsz, heads, triton.cdiv(d, cb))](
+    cb = min(1024, next_power_of_2(d))
+    _s2t_combine_kernel[(bsz, heads, cdiv(d, cb))](
         m, l, acc, lay.work_off, c, lse, heads, d, SOFTMAX=True, BLOCK_D=cb, num_warps=4,
     )
     return c, lse
@@ -564,8 +565,8 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
             *args, HAS_MASK=lay.mask is not None, NEED_DX=need_dstates, **_launch_kw(cfg))
     else:
         _s2t_bwd_kernel[(lay.P,)](*args, HAS_MASK=lay.mask is not None, NEED_DX=need_dstates, **_launch_kw(cfg))
-    cb = min(1024, triton.next_power_of_2(d))
-    _s2t_combine_kernel[(bsz, heads, triton.cdiv(d, cb))](
+    cb = min(1024, next_power_of_2(d))
+    _s2t_combine_kernel[(bsz, heads, cdiv(d, cb))](
         part, part, part, lay.work_off, dq, lse, heads, d, SOFTMAX=False, BLOCK_D=cb, num_warps=4,
     )
     return dq, (dx.view(states.shape) if need_dstates else None)
@@ -630,7 +631,7 @@ def head_gemv(w, v):
     rows = w.shape[0]
     out = torch.empty(heads, rows, device=w.device, dtype=torch.float32)
     if rows and heads:
-        _head_gemv_kernel[(triton.cdiv(rows, _GEMV_BLOCKS["BLOCK_R"]), heads)](
+        _head_gemv_kernel[(cdiv(rows, _GEMV_BLOCKS["BLOCK_R"]), heads)](
             w, v.to(torch.float32).contiguous(), out, rows, hc, w.stride(0), **_GEMV_BLOCKS, num_warps=4)
     return out
 

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 from icrm_kernels.triton.special import gamma_terms, log1p_small, log_ratios, neg_entropy_core
 
@@ -166,7 +167,7 @@ def elbo(x1, x2, labels, weights, prior_a, prior_b, lnb0, kl_weight, tau_min, fr
     """Returns (loss [n] in x1's dtype, or partial sums [programs] fp32; g1, g2 fp32 [n] or empty)."""
     x1, x2 = x1.contiguous(), x2.contiguous()
     n = x1.numel()
-    grid = max(1, triton.cdiv(n, BLOCK))
+    grid = max(1, cdiv(n, BLOCK))
     dev = x1.device
     loss = torch.empty(grid if reduce else n, device=dev, dtype=torch.float32 if reduce else x1.dtype)
     g1 = torch.empty(n if grad else 0, device=dev, dtype=torch.float32)
@@ -190,7 +191,7 @@ def stats(a, b):
     n = a.numel()
     out = torch.empty((6, n), device=a.device, dtype=a.dtype)
     if n:
-        _stats_kernel[(triton.cdiv(n, BLOCK),)](a, b, out, n, BLOCK=BLOCK, num_warps=4)
+        _stats_kernel[(cdiv(n, BLOCK),)](a, b, out, n, BLOCK=BLOCK, num_warps=4)
     return out
 
 
@@ -203,10 +204,10 @@ def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, disc
         return alpha, beta
     m = outcomes.numel()
     mean_len = max(1, m // num_segments)
-    block = min(1024, max(16, triton.next_power_of_2(mean_len)))
+    block = min(1024, max(16, next_power_of_2(mean_len)))
     segs = max(1, 1024 // block)  # ~1024 demonstrations per step and program
     log2_gamma = math.log2(discount) if discount < 1.0 else 0.0
-    _posterior_kernel[(triton.cdiv(num_segments, segs),)](
+    _posterior_kernel[(cdiv(num_segments, segs),)](
         outcomes, weights if weights is not None else outcomes, order if order is not None else cu, cu,
         alpha, beta, num_segments, float(prior_a), float(prior_b), float(log2_gamma),
         HAS_W=weights is not None, HAS_ORDER=order is not None, DISCOUNT=discount < 1.0, SEGS=segs, BLOCK=block,
@@ -220,7 +221,7 @@ def from_logits(m, c, tau_min):
     a, b = torch.empty_like(m), torch.empty_like(m)
     n = m.numel()
     if n:
-        _from_logits_kernel[(triton.cdiv(n, 1024),)](m, c, a, b, n, float(tau_min), BLOCK=1024, num_warps=4)
+        _from_logits_kernel[(cdiv(n, 1024),)](m, c, a, b, n, float(tau_min), BLOCK=1024, num_warps=4)
     return a, b
 
 

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 
 
@@ -350,13 +351,13 @@ _FIXED_GREBT_MAX = 256  # GREBT: [R, BG] tiles of 1024 rows
 
 
 def _fixed_win_tile(group_size):
-    bg = max(triton.next_power_of_2(group_size), 2)
+    bg = max(next_power_of_2(group_size), 2)
     return bg, max(1, 2048 // (bg * bg))
 
 
 def _win_block(cu, group_size):
     if cu is None:
-        return min(max(triton.next_power_of_2(group_size), 2), 64)
+        return min(max(next_power_of_2(group_size), 2), 64)
     return 32
 
 
@@ -377,7 +378,7 @@ def win_rate_forward(scores, cu, order, group_size: int, temperature):
     inv_t = 0.0 if hard else 1.0 / float(temperature)
     if cu is None and group_size <= _FIXED_WIN_MAX:
         bg, r = _fixed_win_tile(group_size)
-        _win_rate_fixed_kernel[(triton.cdiv(groups, r),)](
+        _win_rate_fixed_kernel[(cdiv(groups, r),)](
             scores, out, groups, group_size, inv_t, HARD=hard, BG=bg, R=r, num_warps=4,
         )
         return out
@@ -398,7 +399,7 @@ def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: f
         return out
     if cu is None and group_size <= _FIXED_WIN_MAX:
         bg, r = _fixed_win_tile(group_size)
-        _win_rate_fixed_bwd_kernel[(triton.cdiv(groups, r),)](
+        _win_rate_fixed_bwd_kernel[(cdiv(groups, r),)](
             scores, grad_w, out, groups, group_size, 1.0 / float(temperature), BG=bg, R=r, num_warps=4,
         )
         return out
@@ -422,14 +423,14 @@ def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps
     if n == 0:
         return losses.fill_(float("nan")), drow
     if cu is None and group_size <= _FIXED_GREBT_MAX:
-        bg = triton.next_power_of_2(group_size)
+        bg = next_power_of_2(group_size)
         r = max(1, 1024 // bg)
-        _grebt_fixed_kernel[(triton.cdiv(groups, r),)](
+        _grebt_fixed_kernel[(cdiv(groups, r),)](
             rewards, rewards if select is None else select, losses, drow, groups, group_size, float(alpha), float(eps),
             HAS_SELECT=select is not None, BG=bg, R=r, num_warps=8,
         )
         return losses, drow
-    block = min(max(triton.next_power_of_2(group_size), 16), 1024) if cu is None else 128
+    block = min(max(next_power_of_2(group_size), 16), 1024) if cu is None else 128
     _grebt_kernel[(groups,)](
         rewards, rewards if select is None else select, losses, drow, cu_arg, order_arg, group_size, n,
         float(alpha), float(eps),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 
 
@@ -229,7 +230,7 @@ def unary(name: str, x):
     out = torch.empty_like(x)
     n = x.numel()
     if n:
-        _unary_kernel[(triton.cdiv(n, BLOCK),)](x, out, n, WHICH=UNARY[name], BLOCK=BLOCK, num_warps=4)
+        _unary_kernel[(cdiv(n, BLOCK),)](x, out, n, WHICH=UNARY[name], BLOCK=BLOCK, num_warps=4)
     return out
 
 
@@ -240,7 +241,7 @@ def betaln_launch(a, b):
     out = torch.empty_like(a)
     n = a.numel()
     if n:
-        _betaln_kernel[(triton.cdiv(n, BLOCK),)](a, b, out, n, BLOCK=BLOCK, num_warps=4)
+        _betaln_kernel[(cdiv(n, BLOCK),)](a, b, out, n, BLOCK=BLOCK, num_warps=4)
     return out
 
 
