@@ -129,15 +129,9 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
     return "reference"
 
 
-def skip_dispatcher(*tensors) -> bool:
-    """True when an op may call its implementation directly instead of through torch.library.
-
-    The registered custom op is what torch.compile, export, tracing and autograd need; a plain
-    eager call with no gradient gains nothing from it but its dispatch cost (~30-70 µs a call,
-    more than the kernels of the small ops). So: not while compiling or exporting, not under a
-    torch dispatch mode (make_fx, FakeTensorMode), only plain tensors (no subclasses such as
-    FakeTensor or DTensor), and none that would need a gradient.
-    """
+def _eager_mode(tensors) -> bool:
+    """True outside torch.compile, export and dispatch modes (make_fx, FakeTensorMode), with
+    plain tensors only (no subclasses such as FakeTensor or DTensor)."""
     try:
         if torch.compiler.is_compiling():
             return False
@@ -147,18 +141,61 @@ def skip_dispatcher(*tensors) -> bool:
 
     if _get_current_dispatch_mode() is not None:
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        if type(t) is not torch.Tensor or (grad and t.requires_grad):
-            return False
-    return True
+    return all(type(t) is torch.Tensor for t in tensors)
+
+
+def skip_dispatcher(*tensors) -> bool:
+    """True when an op may call its implementation directly instead of through torch.library.
+
+    The registered custom op is what torch.compile, export, tracing and autograd need; a plain
+    eager call with no gradient gains nothing from it but its dispatch cost (~30-70 µs a call,
+    more than the kernels of the small ops). So: only in eager mode (:func:`_eager_mode`) and
+    with no tensor that would need a gradient.
+    """
+    tensors = [t for t in tensors if t is not None]
+    if not _eager_mode(tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+# op -> autograd.Function.apply running the op's implementation with its registered formula
+_EAGER_AUTOGRAD = {}
+
+
+def register_autograd(op, impl, backward, setup_context):
+    """``op.register_autograd(backward, setup_context=setup_context)``, plus the same formula as
+    a ``torch.autograd.Function`` around ``impl`` that :func:`call_op` uses for eager calls that
+    need a gradient: torch.library's autograd path adds ~50 µs of host time a call (argument
+    defaults refilled, redispatch, dynamo's disable wrapper) to a forward that may itself take
+    a few µs. Both paths run the same ``setup_context`` and ``backward`` on the same kind of
+    ctx (torch.library's formula is an autograd.Function too)."""
+    op.register_autograd(backward, setup_context=setup_context)
+
+    def forward(ctx, *args):
+        out = impl(*args)
+        setup_context(ctx, args, out)
+        return out
+
+    eager = type(f"Eager_{getattr(op, '_name', 'op').replace('::', '_')}", (torch.autograd.Function,),
+                 {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    _EAGER_AUTOGRAD[op] = eager.apply
 
 
 def call_op(op, impl, *args):
-    """``impl(*args)`` where :func:`skip_dispatcher` allows it, else the registered ``op(*args)``."""
-    return (impl if skip_dispatcher(*[a for a in args if isinstance(a, torch.Tensor)]) else op)(*args)
+    """Runs a registered op with the least host work that keeps its semantics:
+
+    - eager, no gradient needed: ``impl(*args)`` (no dispatcher);
+    - eager, a gradient needed, and the formula registered with :func:`register_autograd`: the
+      eager ``autograd.Function`` around ``impl``;
+    - otherwise (torch.compile, export, tracing, tensor subclasses): ``op(*args)``.
+    """
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not _eager_mode(tensors):
+        return op(*args)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        eager = _EAGER_AUTOGRAD.get(op)
+        return eager(*args) if eager is not None else op(*args)
+    return impl(*args)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

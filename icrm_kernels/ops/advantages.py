@@ -244,7 +244,7 @@ def _backward(ctx, grad):
     return (g.to(rewards.dtype),) + (None,) * 17
 
 
-_group_advantages_op.register_autograd(_backward, setup_context=_setup_context)
+_backend.register_autograd(_group_advantages_op, _group_advantages_impl, _backward, _setup_context)
 
 
 # ------------------------------------------------------------------------ public function

@@ -63,8 +63,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ---------------------------------------------------------------- core custom ops
-@torch.library.custom_op("icrm::s2t_attention_core", mutates_args=())
-def s2t_attention_core(
+def _s2t_core_impl(
     q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """(c[B, H, D_p], lse[B, H]) in fp32 (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l."""
@@ -81,6 +80,10 @@ def s2t_attention_core(
     return c.to(dt).contiguous(), lse.to(dt).contiguous()
 
 
+# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
+s2t_attention_core = torch.library.custom_op("icrm::s2t_attention_core", _s2t_core_impl, mutates_args=())
+
+
 @s2t_attention_core.register_fake
 def _(q_tilde, states, cu_seqlens, key_padding_mask):
     b, h, _ = q_tilde.shape
@@ -88,8 +91,7 @@ def _(q_tilde, states, cu_seqlens, key_padding_mask):
     return q_tilde.new_empty(q_tilde.shape, dtype=dt), q_tilde.new_empty((b, h), dtype=dt)
 
 
-@torch.library.custom_op("icrm::s2t_attention_core_bwd", mutates_args=())
-def s2t_attention_core_bwd(
+def _s2t_core_bwd_impl(
     dc: Tensor, q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor],
     c: Tensor, lse: Tensor, need_dstates: bool,
 ) -> Tuple[Tensor, Tensor]:
@@ -106,6 +108,9 @@ def s2t_attention_core_bwd(
         dq, dx = _ref.s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens, key_padding_mask, need_dstates)
     dx = dx.to(states.dtype).reshape(states.shape).contiguous() if need_dstates else states.new_empty(0)
     return dq.to(q_tilde.dtype).contiguous(), dx
+
+
+s2t_attention_core_bwd = torch.library.custom_op("icrm::s2t_attention_core_bwd", _s2t_core_bwd_impl, mutates_args=())
 
 
 @s2t_attention_core_bwd.register_fake
@@ -125,11 +130,12 @@ def _core_backward(ctx, dc, dlse):
     need_dstates = bool(ctx.needs_input_grad[1])
     if dc is None:
         dc = torch.zeros_like(c)
-    dq, dx = s2t_attention_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates)
+    dq, dx = _backend.call_op(s2t_attention_core_bwd, _s2t_core_bwd_impl, dc, q_tilde, states, cu_seqlens,
+                              key_padding_mask, c, lse, need_dstates)
     return dq, (dx if need_dstates else None), None, None
 
 
-s2t_attention_core.register_autograd(_core_backward, setup_context=_core_setup_context)
+_backend.register_autograd(s2t_attention_core, _s2t_core_impl, _core_backward, _core_setup_context)
 
 
 def _r2m_reward_core_impl(
@@ -269,7 +275,7 @@ def seq_to_token_attention(
     d = _check_inputs(query, states, w_q, w_k, w_v, w_o, cu_seqlens, key_padding_mask, num_heads, b_q, b_k, b_v, b_o, scale)
     dh = d // num_heads
     q_tilde = _query_tilde(query, w_q, b_q, w_k, num_heads, scale)
-    c, lse = s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    c, lse = _backend.call_op(s2t_attention_core, _s2t_core_impl, q_tilde, states, cu_seqlens, key_padding_mask)
     if num_heads == 1:
         o = c[:, 0].to(query.dtype) @ w_v
     else:

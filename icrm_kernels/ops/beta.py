@@ -76,8 +76,7 @@ def _lnbeta(a: float, b: float) -> float:
 
 
 # ==================================================================== ELBO / KL (one kernel)
-@torch.library.custom_op("icrm::beta_elbo", mutates_args=())
-def _beta_elbo_op(
+def _beta_elbo_impl(
     x1: Tensor,
     x2: Tensor,
     labels: Optional[Tensor],
@@ -149,6 +148,10 @@ def _elbo_reference(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, c
     return loss.reshape(-1), g1.reshape(-1), g2.reshape(-1)
 
 
+# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
+_beta_elbo_op = torch.library.custom_op("icrm::beta_elbo", _beta_elbo_impl, mutates_args=())
+
+
 @_beta_elbo_op.register_fake
 def _(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min, from_logits, reduction, compute_grad):
     loss = x1.new_empty(x1.shape if reduction == 0 else ())
@@ -165,10 +168,12 @@ def _elbo_setup(ctx, inputs, output):
     ctx.compute_grad = inputs[10]
     ctx.dtypes = (x1.dtype, x2.dtype)
     ctx.save_for_backward(output[1], output[2])
+    # the gradient outputs are internal: no [N]-sized zero gradients materialized for them
+    ctx.set_materialize_grads(False)
 
 
 def _elbo_backward(ctx, grad_loss, _g1, _g2):
-    if not ctx.compute_grad:  # only labels/weights required grad: they get none (documented)
+    if not ctx.compute_grad or grad_loss is None:  # only labels/weights required grad: they get none
         return (None,) * 11
     g1, g2 = ctx.saved_tensors
     scale = grad_loss.to(g1.dtype)
@@ -178,7 +183,7 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
             None, None, None, None, None, None, None, None, None)
 
 
-_beta_elbo_op.register_autograd(_elbo_backward, setup_context=_elbo_setup)
+_backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup)
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -275,7 +280,8 @@ def beta_elbo_loss(
     check_positive(beta, "beta")
     _check_unit_interval(labels, "labels")
     _check_finite(weights, "weights")
-    loss, _, _ = _beta_elbo_op(alpha, beta, labels, weights, pa, pb, kw, 0.0, False, red, _needs_grad(alpha, beta))
+    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, labels, weights, pa, pb, kw, 0.0, False,
+                                  red, _needs_grad(alpha, beta))
     return loss
 
 
@@ -302,8 +308,8 @@ def beta_elbo_loss_from_logits(
     _check_finite(conc_logit, "conc_logit")
     _check_unit_interval(labels, "labels")
     _check_finite(weights, "weights")
-    loss, _, _ = _beta_elbo_op(mean_logit, conc_logit, labels, weights, pa, pb, kw, tmin, True, red,
-                               _needs_grad(mean_logit, conc_logit))
+    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, mean_logit, conc_logit, labels, weights, pa, pb, kw,
+                                  tmin, True, red, _needs_grad(mean_logit, conc_logit))
     return loss
 
 
@@ -329,7 +335,8 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
                 check_finite_float(p, name, low=0.0, low_open=True)
         return ref.beta_kl(alpha, beta, prior_alpha, prior_beta)
     pa, pb = _check_prior(prior_alpha, prior_beta)
-    loss, _, _ = _beta_elbo_op(alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0, _needs_grad(alpha, beta))
+    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0,
+                                  _needs_grad(alpha, beta))
     return loss
 
 

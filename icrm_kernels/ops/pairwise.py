@@ -129,7 +129,7 @@ def _win_rate_backward(ctx, grad):
     return ds, None, None, None, None
 
 
-_win_rate_op.register_autograd(_win_rate_backward, setup_context=_win_rate_setup)
+_backend.register_autograd(_win_rate_op, _win_rate_impl, _win_rate_backward, _win_rate_setup)
 
 
 def _prepare(x: Tensor, name: str, group_size, cu_groups, group_index):
@@ -170,9 +170,8 @@ def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_group
 
 
 # --------------------------------------------------------------------------- grebt_loss op
-@torch.library.custom_op("icrm::grebt_group_losses", mutates_args=())
-def _grebt_op(rewards: Tensor, select: Optional[Tensor], cu: Optional[Tensor], order: Optional[Tensor], group_size: int,
-              alpha: float, eps: float) -> Tuple[Tensor, Tensor]:
+def _grebt_impl(rewards: Tensor, select: Optional[Tensor], cu: Optional[Tensor], order: Optional[Tensor],
+                group_size: int, alpha: float, eps: float) -> Tuple[Tensor, Tensor]:
     """(per-group losses [groups], NaN for groups of < 2 rows; dloss_g/dr_i [N]), fused."""
     backend = _backend.select(rewards.device, cpp_op="pairwise_grebt")
     if backend == "triton" and rewards.dtype != torch.float64:
@@ -196,6 +195,10 @@ def _grebt_op(rewards: Tensor, select: Optional[Tensor], cu: Optional[Tensor], o
     return out.to(cdt), drow.to(cdt)
 
 
+# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
+_grebt_op = torch.library.custom_op("icrm::grebt_group_losses", _grebt_impl, mutates_args=())
+
+
 @_grebt_op.register_fake
 def _(rewards, select, cu, order, group_size, alpha, eps):
     cdt = _compute_dtype(rewards.dtype)
@@ -208,9 +211,12 @@ def _grebt_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1], cu, order)
     ctx.group_size = group_size
     ctx.dtype = rewards.dtype
+    ctx.set_materialize_grads(False)  # drow is internal: no [N]-sized zero gradient for it
 
 
 def _grebt_backward(ctx, grad_losses, grad_drow):
+    if grad_losses is None:
+        return (None,) * 7
     drow, cu, order = ctx.saved_tensors
     n = drow.numel()
     g_loss = grad_losses.to(drow.dtype)
@@ -224,7 +230,7 @@ def _grebt_backward(ctx, grad_losses, grad_drow):
     return grad.to(ctx.dtype), None, None, None, None, None, None
 
 
-_grebt_op.register_autograd(_grebt_backward, setup_context=_grebt_setup)
+_backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup)
 
 
 def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
@@ -276,7 +282,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
             raise ValueError(f"select must have one value per reward ({rewards.numel()}), got {select.numel()}")
         select = select.detach()
     cu, order, g = _layout_tensors(layout)
-    losses, _ = _grebt_op(rewards, select, cu, order, g, alpha, eps)
+    losses, _ = _backend.call_op(_grebt_op, _grebt_impl, rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":
         if layout.kind == "index":
             return losses[: int(layout.num_groups)]

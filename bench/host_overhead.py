@@ -1,0 +1,98 @@
+"""Host (Python) time of each op's Triton path, with every kernel launch replaced by a no-op.
+
+Eager calls of the small ops cost far more on the host than on the GPU (bench/NOTES.md: a
+group_advantages call at N = 64K is ~7 µs of device time and ~95 µs eager). This script
+measures the package's own share of that host time on any machine, GPU or not: it runs the
+Triton path on CPU tensors under Triton's interpreter with each ``*_kernel`` of
+``icrm_kernels.triton.*`` swapped for a launch that does nothing, so what is timed is the op's
+validation, layout, allocation and dispatch code. Triton's own launcher cost (per launch, on
+top) and the CUDA launch latency are not included. Outputs are garbage: timing only.
+
+    python bench/host_overhead.py            # median µs per call, one line per op
+"""
+import os
+import statistics
+import sys
+import time
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+
+import torch  # noqa: E402
+
+import icrm_kernels as ik  # noqa: E402
+from icrm_kernels import _checks  # noqa: E402
+
+
+class _NullLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _null_kernels():
+    import importlib
+
+    from icrm_kernels.triton import FAMILY_MODULES
+
+    for fam in FAMILY_MODULES:
+        mod = importlib.import_module(f"icrm_kernels.triton.{fam}")
+        for name in dir(mod):
+            if name.endswith("_kernel"):
+                setattr(mod, name, _NullLaunch())
+
+
+def _median_us(fn, repeats=2000, warmup=50):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def cases():
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    r = torch.randn(n, generator=g)
+    mask = torch.rand(n // 8, 16, generator=g) > 0.2
+    a = torch.rand(n, generator=g) + 0.5
+    b = torch.rand(n, generator=g) + 0.5
+    y = torch.rand(n, generator=g)
+    cu = torch.arange(0, n + 1, 64)
+    d_r, d_p, d = 16, 32, 16
+    lens = torch.tensor([0, 40, 70, 100, 128])
+    attn = dict(query=torch.randn(4, d_r), states=torch.randn(128, d_p), w_q=torch.randn(d_r, d),
+                w_k=torch.randn(d_p, d), w_v=torch.randn(d_p, d), w_o=torch.randn(d, d_r), cu_seqlens=lens)
+    sw = torch.randn(d_r)
+    return {
+        "group_advantages verl_grpo": lambda: ik.group_advantages(r, group_size=8, preset="verl_grpo"),
+        "group_advantages trl_batch": lambda: ik.group_advantages(r, group_size=8, preset="trl_batch"),
+        "group_advantages tokens": lambda: ik.group_advantages(r[: n // 8], group_size=8, preset="verl_grpo",
+                                                                response_mask=mask),
+        "group_win_rate soft": lambda: ik.group_win_rate(r, group_size=8, temperature=1.0),
+        "grebt_loss (fwd)": lambda: ik.grebt_loss(r, group_size=8),
+        "beta_elbo_loss (fwd)": lambda: ik.beta_elbo_loss(a, b, y),
+        "beta_posterior": lambda: ik.beta_posterior(y, cu_segments=cu, discount=0.9),
+        "beta_stats": lambda: ik.beta_stats(a, b),
+        "seq_to_token_attention (fwd)": lambda: ik.seq_to_token_attention(**attn),
+        "r2m_reward": lambda: ik.r2m_reward(**attn, score_weight=sw, omega=0.6),
+    }
+
+
+def main():
+    torch.set_num_threads(1)
+    _null_kernels()
+    print(f"host time per call, kernels replaced by no-ops (torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs); median of 2000 calls")
+    with ik.use_backend("triton"), torch.no_grad():
+        for name, fn in cases().items():
+            checked = _median_us(fn)
+            with _checks.unchecked():
+                quiet = _median_us(fn)
+            print(f"  {name:32s} {checked:7.1f} µs   unchecked() {quiet:7.1f} µs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""How eager calls reach the kernels (icrm_kernels/_backend.py::call_op).
+
+Eager calls skip torch.library's dispatcher: without a gradient they call the op's
+implementation; with one, an autograd.Function built from the op's registered formula
+(``_backend.register_autograd``). Both must give exactly what the registered op gives, forward
+and backward, on every backend.
+"""
+import pytest
+import torch
+
+import icrm_kernels as ik
+from icrm_kernels import _backend
+
+
+def _elbo(device):
+    a = (torch.rand(37, device=device) * 3 + 0.2).requires_grad_(True)
+    b = (torch.rand(37, device=device) * 3 + 0.2).requires_grad_(True)
+    y = torch.rand(37, device=device)
+    return lambda: ik.beta_elbo_loss(a, b, y), (a, b), "beta_elbo"
+
+
+def _elbo_logits(device):
+    m = torch.randn(37, device=device).requires_grad_(True)
+    c = torch.randn(37, device=device).requires_grad_(True)
+    y = torch.rand(37, device=device)
+    return lambda: ik.beta_elbo_loss_from_logits(m, c, y, reduction="sum"), (m, c), "beta_elbo"
+
+
+def _grebt(device):
+    r = torch.randn(24, device=device).requires_grad_(True)
+    return lambda: ik.grebt_loss(r, group_size=6), (r,), "grebt"
+
+
+def _win_rate(device):
+    s = torch.randn(24, device=device).requires_grad_(True)
+    return lambda: (ik.group_win_rate(s, group_size=6, temperature=0.7) * torch.arange(24, device=device)).sum(), \
+        (s,), "win_rate"
+
+
+def _attention(device):
+    g = torch.Generator().manual_seed(0)
+    d_r, d_p, d = 6, 5, 4
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    q, x = r(3, d_r).requires_grad_(True), r(9, d_p).requires_grad_(True)
+    w = dict(w_q=r(d_r, d), w_k=r(d_p, d), w_v=r(d_p, d), w_o=r(d, d_r))
+    cu = torch.tensor([0, 4, 4, 9], device=device)
+    return lambda: ik.seq_to_token_attention(q, x, **w, cu_seqlens=cu).square().sum(), (q, x), "s2t_attention_core"
+
+
+CASES = {"elbo": _elbo, "elbo_logits": _elbo_logits, "grebt": _grebt, "win_rate": _win_rate, "attention": _attention}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_eager_autograd_equals_the_registered_op(backend, device, case, monkeypatch):
+    run, leaves, op_name = CASES[case](device)
+    loss = run()
+    fast = [loss.detach()] + list(torch.autograd.grad(loss, leaves))
+    monkeypatch.setattr(_backend, "_EAGER_AUTOGRAD", {})  # every call through torch.library's autograd
+    loss_op = run()
+    slow = [loss_op.detach()] + list(torch.autograd.grad(loss_op, leaves))
+    for f, s in zip(fast, slow):
+        torch.testing.assert_close(f, s, rtol=0, atol=0)
+
+
+def test_eager_autograd_is_used_and_compile_goes_through_the_op():
+    a = (torch.rand(8) + 0.5).requires_grad_(True)
+    b = (torch.rand(8) + 0.5).requires_grad_(True)
+    y = torch.rand(8)
+    loss = ik.beta_elbo_loss(a, b, y, reduction="none")
+    assert type(loss.grad_fn).__name__.startswith("Eager")  # the eager Function, not torch.library's
+    with torch.no_grad():
+        assert ik.beta_elbo_loss(a, b, y).grad_fn is None
+    compiled = torch.compile(lambda a, b, y: ik.beta_elbo_loss(a, b, y), backend="eager", fullgraph=True)
+    out = compiled(a, b, y)
+    ga = torch.autograd.grad(out, a)[0]
+    torch.testing.assert_close(ga, torch.autograd.grad(ik.beta_elbo_loss(a, b, y), a)[0])
+
+
+def test_internal_outputs_get_no_materialized_gradient(monkeypatch):
+    """The ELBO's per-element gradient outputs are internal: backward receives None for them
+    (no [N]-sized zero tensors), on both the eager and the torch.library path."""
+    from icrm_kernels.ops import beta as ops_beta
+
+    seen = []
+    original = ops_beta._elbo_backward
+
+    def spy(ctx, grad_loss, g1, g2):
+        seen.append((g1, g2))
+        return original(ctx, grad_loss, g1, g2)
+
+    a = (torch.rand(8) + 0.5).requires_grad_(True)
+    b = (torch.rand(8) + 0.5).requires_grad_(True)
+    saved = dict(_backend._EAGER_AUTOGRAD)
+    try:  # both registrations (torch.library's and the eager Function) take the spy
+        _backend.register_autograd(ops_beta._beta_elbo_op, ops_beta._beta_elbo_impl, spy, ops_beta._elbo_setup)
+        torch.autograd.grad(ik.beta_elbo_loss(a, b, torch.rand(8)), (a, b))
+        monkeypatch.setattr(_backend, "_EAGER_AUTOGRAD", {})
+        torch.autograd.grad(ik.beta_elbo_loss(a, b, torch.rand(8)), (a, b))
+    finally:
+        _backend.register_autograd(ops_beta._beta_elbo_op, ops_beta._beta_elbo_impl, original, ops_beta._elbo_setup)
+        _backend._EAGER_AUTOGRAD.update(saved)
+    assert len(seen) == 2 and all(g1 is None and g2 is None for g1, g2 in seen)
