@@ -347,6 +347,29 @@ def test_posterior_ragged_long_segments(backend, device, layout):
     torch.testing.assert_close(beta.double().cpu(), eb, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tile", [16, 2048])
+def test_posterior_tile_sizes(device, tile, monkeypatch):
+    """The Triton posterior with other demonstrations-per-program tiles (the benchmark's
+    candidate 2048, and 16: one segment per program): same sums."""
+    from icrm_kernels import _backend
+
+    if "triton" not in _backend.available_backends(device):
+        pytest.skip("no Triton backend here")
+    from icrm_kernels.triton import beta as tri
+
+    monkeypatch.setattr(tri, "POSTERIOR_TILE", tile)
+    sizes = torch.tensor([5, 0, 64, 3, 130, 1, 17, 64])
+    k, m = sizes.numel(), int(sizes.sum())
+    y, w = torch.rand(m, device=device), torch.rand(m, device=device)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)]).to(device)
+    with icrm_kernels.use_backend("triton"):
+        alpha, beta = beta_posterior(y, cu_segments=cu, weights=w, discount=0.9)
+    seg = torch.repeat_interleave(torch.arange(k), sizes).tolist()
+    ea, eb = _brute_posterior(y.double().cpu().tolist(), seg, k, w.double().cpu().tolist(), 1.0, 1.0, 0.9)
+    torch.testing.assert_close(alpha.double().cpu(), ea, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(beta.double().cpu(), eb, atol=1e-4, rtol=1e-5)
+
+
 def test_posterior_hard_labels_is_conjugate_update(backend, device):
     seg = torch.randint(0, 5, (60,), device=device)
     y = torch.randint(0, 2, (60,), device=device).bool()

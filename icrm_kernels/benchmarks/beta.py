@@ -70,6 +70,19 @@ def _fwd_bwd(loss_fn, leaves):
     return run
 
 
+def _with_posterior_tile(tile, fn):
+    def run():
+        from icrm_kernels.triton import beta as tri
+
+        saved, tri.POSTERIOR_TILE = tri.POSTERIOR_TILE, tile
+        try:
+            return fn()
+        finally:
+            tri.POSTERIOR_TILE = saved
+
+    return run
+
+
 def _unchecked(fn):
     def run():
         with _checks.unchecked():
@@ -132,6 +145,10 @@ def cases(device, quick: bool = False):
         out.append(Case(FAMILY, op, "icrm", shape, msize, nbytes,
                         _unchecked(lambda y=y, cu=cu: beta_posterior(y, cu_segments=cu, discount=0.9)), dev,
                         note="segments of 64 demonstrations"))
+        if on_gpu:  # the same kernel with 2x larger tiles (candidate default, see bench/NOTES.md §4)
+            out.append(Case(FAMILY, op, "icrm-tile2048", shape, msize, nbytes,
+                            _unchecked(_with_posterior_tile(2048, lambda y=y, cu=cu: beta_posterior(
+                                y, cu_segments=cu, discount=0.9))), dev))
         out.append(Case(FAMILY, op, "torch-eager", shape, msize, nbytes,
                         lambda y=y, cu=cu, k=k: _eager_posterior(y, cu, k, 0.9), dev))
     return out

@@ -195,6 +195,12 @@ def stats(a, b):
     return out
 
 
+# Demonstrations per program and step of the posterior kernel (a power of 2). 1024 is what the
+# H100 runs measured; the benchmark also times 2048 (more bytes in flight per SM, 2x fewer
+# programs) so that the next GPU run can pick the faster one (bench/NOTES.md §4).
+POSTERIOR_TILE = 1024
+
+
 def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, discount):
     """cu: int64 [K+1] offsets into the (optionally ``order``-permuted) demonstrations."""
     dev = outcomes.device
@@ -205,7 +211,7 @@ def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, disc
     m = outcomes.numel()
     mean_len = max(1, m // num_segments)
     block = min(1024, max(16, next_power_of_2(mean_len)))
-    segs = max(1, 1024 // block)  # ~1024 demonstrations per step and program
+    segs = max(1, POSTERIOR_TILE // block)  # ~POSTERIOR_TILE demonstrations per step and program
     log2_gamma = math.log2(discount) if discount < 1.0 else 0.0
     _posterior_kernel[(cdiv(num_segments, segs),)](
         outcomes, weights if weights is not None else outcomes, order if order is not None else cu, cu,
@@ -233,6 +239,10 @@ def _elbo_spec(t, from_logits, has_w, reduce, label):
                                        "GRAD": True, "BLOCK": BLOCK}, num_warps=4, label=label)
 
 
+_POSTERIOR_SIG_F32 = {"y_ptr": "*fp32", "w_ptr": "*fp32", "order_ptr": "*i64", "cu_ptr": "*i64", "alpha_ptr": "*fp32",
+                      "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32", "prior_b": "fp32",
+                      "log2_gamma": "fp32"}
+
 AOT_SPECS = [
     _elbo_spec("fp32", False, False, True, "fp32,mean"),
     _elbo_spec("bf16", False, True, False, "bf16,weights,none"),
@@ -242,11 +252,12 @@ AOT_SPECS = [
             num_warps=4, label="fp32"),
     AotSpec(_stats_kernel, {"a_ptr": "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16", "n": "i64"}, {"BLOCK": BLOCK},
             num_warps=4, label="bf16"),
-    AotSpec(_posterior_kernel, {"y_ptr": "*fp32", "w_ptr": "*fp32", "order_ptr": "*i64", "cu_ptr": "*i64",
-                                "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32",
-                                "prior_b": "fp32", "log2_gamma": "fp32"},
+    AotSpec(_posterior_kernel, _POSTERIOR_SIG_F32,
             {"HAS_W": True, "HAS_ORDER": True, "DISCOUNT": True, "SEGS": 16, "BLOCK": 64}, num_warps=8,
             label="fp32,w,order,disc,16x64"),
+    AotSpec(_posterior_kernel, _POSTERIOR_SIG_F32,
+            {"HAS_W": False, "HAS_ORDER": False, "DISCOUNT": True, "SEGS": 32, "BLOCK": 64}, num_warps=8,
+            label="fp32,disc,32x64 (tile 2048)"),
     AotSpec(_posterior_kernel, {"y_ptr": "*bf16", "w_ptr": "*bf16", "order_ptr": "*i64", "cu_ptr": "*i64",
                                 "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32",
                                 "prior_b": "fp32", "log2_gamma": "fp32"},
