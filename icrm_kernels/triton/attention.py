@@ -64,6 +64,20 @@ def _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp):
 
 
 @triton.jit
+def _online_softmax(m_i, l_i, s, valid):
+    """One token block of the streaming softmax. s: scores [L] or [L, H]; valid broadcasts to s
+    (invalid tokens get weight 0); m_i, l_i: running max and sum ([] or [H]). Returns the new
+    max, the factor alpha that rescales the running sums, the block's weights p = exp(s - max)
+    and the new sum l_i * alpha + Σ p."""
+    s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=0))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.where(valid, tl.exp(s - m_safe), 0.0)
+    return m_new, alpha, p, l_i * alpha + tl.sum(p, axis=0)
+
+
+@triton.jit
 def _s2t_fwd_kernel(
     x_ptr, q_ptr, mask_ptr, cu_ptr, work_off_ptr, work_seq_ptr,
     m_ptr, l_ptr, acc_ptr,
@@ -95,14 +109,7 @@ def _s2t_fwd_kernel(
                         mask=valid[:, None] & md[None, :], other=0.0).to(tl.float32)
             q = tl.load(q_base + offs_h[:, None] * D + offs_d[None, :], mask=mh[:, None] & md[None, :], other=0.0)
             s3 += x[:, None, :] * q[None, :, :]
-        s = tl.sum(s3, axis=2)
-        s = tl.where(valid[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+        m_i, alpha, p, l_i = _online_softmax(m_i, l_i, tl.sum(s3, axis=2), valid[:, None])
         # sweep 2: the same tile again (cache hit), acc = acc·alpha + Σ_l p_l x_l. The partial acc
         # is read back from the workspace this program wrote in the previous block: the barrier
         # orders those stores before these loads whatever thread mapping the loads get.
@@ -250,14 +257,8 @@ def _r2m_kernel(
             valid = valid & (tl.load(mask_ptr + offs_l, mask=valid, other=1) == 0)
         s, v = _two_dots(x_ptr, q_base, u_ptr, offs_l, valid, stride_x, offs_h, mh, D,
                          BLOCK_L, BLOCK_H, BLOCK_D)
-        s = tl.where(valid[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.where(valid[:, None], tl.exp(s - m_safe[None, :]), 0.0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i, alpha, p, l_i = _online_softmax(m_i, l_i, s, valid[:, None])
         a_i = a_i * alpha + tl.sum(p * v, axis=0)
-        m_i = m_new
     tl.store(m_ptr + pid * H + offs_h, m_i, mask=mh)
     tl.store(l_ptr + pid * H + offs_h, l_i, mask=mh)
     tl.store(a_ptr + pid * H + offs_h, a_i, mask=mh)
@@ -321,13 +322,7 @@ def _s2t_fwd_row_kernel(
         x_next, valid_next = _load_rows(x_ptr, mask_ptr, start + (i + 1) * BLOCK_L, end, stride_x, offs_d, md,
                                         HAS_MASK, BLOCK_L)
         x = x_raw.to(tl.float32)
-        s = tl.where(valid, tl.sum(x * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.where(valid, tl.exp(s - m_safe), 0.0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+        m_i, alpha, p, l_i = _online_softmax(m_i, l_i, tl.sum(x * q[None, :], axis=1), valid)
         acc = acc * alpha + tl.sum(p[:, None] * x, axis=0)
     tl.store(m_ptr + pid, m_i)
     tl.store(l_ptr + pid, l_i)
@@ -397,14 +392,8 @@ def _r2m_row_kernel(
                                         HAS_MASK, BLOCK_L)
         x = x_raw.to(tl.float32)
         s, v = tl.reduce((x * q[None, :], x * u[None, :]), 1, _add2)  # one cross-warp reduction for both
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.where(valid, tl.exp(s - m_safe), 0.0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i, alpha, p, l_i = _online_softmax(m_i, l_i, s, valid)
         a_i = a_i * alpha + tl.sum(p * v, axis=0)
-        m_i = m_new
     tl.store(m_ptr + pid, m_i)
     tl.store(l_ptr + pid, l_i)
     tl.store(a_ptr + pid, a_i)
