@@ -32,6 +32,15 @@ WHITEN_STD = {"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2}
 
 
 @triton.jit
+def _acc(x, F64: tl.constexpr):
+    """x in the accumulation dtype: fp64 for fp64 inputs, else fp32 (bf16/fp16 are upcast)."""
+    if F64:
+        return x.to(tl.float64)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
 def _merge(Wa, ma, Ma, Wb, mb, Mb):
     """Chan's exact merge of two (W, mean, M2) summaries; an empty side changes nothing."""
     W = Wa + Wb
@@ -49,17 +58,9 @@ def _reduce_parts(part_ptr, P, BLOCK_P: tl.constexpr, F64: tl.constexpr):
     """Merge P partial summaries (stored W, mean, M2) in one fixed order; exact for equal means."""
     p = tl.arange(0, BLOCK_P)
     pm = p < P
-    W = tl.load(part_ptr + p * 3, mask=pm, other=0.0)
-    m = tl.load(part_ptr + p * 3 + 1, mask=pm, other=0.0)
-    M2 = tl.load(part_ptr + p * 3 + 2, mask=pm, other=0.0)
-    if F64:
-        W = W.to(tl.float64)
-        m = m.to(tl.float64)
-        M2 = M2.to(tl.float64)
-    else:
-        W = W.to(tl.float32)
-        m = m.to(tl.float32)
-        M2 = M2.to(tl.float32)
+    W = _acc(tl.load(part_ptr + p * 3, mask=pm, other=0.0), F64)
+    m = _acc(tl.load(part_ptr + p * 3 + 1, mask=pm, other=0.0), F64)
+    M2 = _acc(tl.load(part_ptr + p * 3 + 2, mask=pm, other=0.0), F64)
     used = W > 0
     pivot = tl.max(tl.where(used, m, float("-inf")), axis=0)
     Wt = tl.sum(W, axis=0)
@@ -88,11 +89,7 @@ def _moments_kernel(x_ptr, w_ptr, ref_ptr, part_ptr, n, iters,
     for it in range(0, iters):
         offs = (pid * iters + it) * BLOCK + cols
         inb = offs < n
-        x = tl.load(x_ptr + offs, mask=inb, other=0.0)
-        if F64:
-            x = x.to(tl.float64)
-        else:
-            x = x.to(tl.float32)
+        x = _acc(tl.load(x_ptr + offs, mask=inb, other=0.0), F64)
         valid = inb
         if HAS_W:
             w = tl.load(w_ptr + offs, mask=inb, other=0.0).to(x.dtype)
@@ -125,11 +122,7 @@ def _load_rows(r_ptr, order_ptr, start, length, c, cols,
         rows = tl.load(order_ptr + pos, mask=inb, other=0)
     else:
         rows = pos
-    x = tl.load(r_ptr + rows, mask=inb, other=0.0)
-    if F64:
-        x = x.to(tl.float64)
-    else:
-        x = x.to(tl.float32)
+    x = _acc(tl.load(r_ptr + rows, mask=inb, other=0.0), F64)
     valid = inb
     if OMIT:
         valid = inb & (x == x)
@@ -273,11 +266,7 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
         mul = 1.0 / tl.sqrt(var + weps)
     else:
         mul = 1.0 / tl.sqrt(tl.maximum(var, weps))
-    a = tl.load(a_ptr + rows, mask=rm, other=0.0)
-    if F64:
-        a = a.to(tl.float64)
-    else:
-        a = a.to(tl.float32)
+    a = _acc(tl.load(a_ptr + rows, mask=rm, other=0.0), F64)
     keep = rm
     if HAS_W:
         keep = keep & (tl.load(w_ptr + rows, mask=rm, other=0.0) > 0)

@@ -46,6 +46,15 @@ def _rows(start, pos, mask, order_ptr, HAS_ORDER: tl.constexpr):
 
 
 @triton.jit
+def _group_scores(s_ptr, order_ptr, start, pos, n, HAS_ORDER: tl.constexpr):
+    """Positions ``pos`` of the group that starts at ``start`` (n rows): (in-group mask,
+    original rows, scores in fp32)."""
+    mask = pos < n
+    row = _rows(start, pos, mask, order_ptr, HAS_ORDER)
+    return mask, row, tl.load(s_ptr + row, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _win_rate_fwd_kernel(
     s_ptr, w_ptr, cu_ptr, order_ptr, group_size, n_rows, inv_t,
     HARD: tl.constexpr, HAS_CU: tl.constexpr, HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
@@ -57,15 +66,11 @@ def _win_rate_fwd_kernel(
     offs = tl.arange(0, BLOCK).to(tl.int64)
     for i0 in range(0, n, BLOCK):
         pi = i0 + offs
-        mi = pi < n
-        ri = _rows(start, pi, mi, order_ptr, HAS_ORDER)
-        si = tl.load(s_ptr + ri, mask=mi, other=0.0).to(tl.float32)
+        mi, ri, si = _group_scores(s_ptr, order_ptr, start, pi, n, HAS_ORDER)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for j0 in range(0, n, BLOCK):
             pj = j0 + offs
-            mj = pj < n
-            rj = _rows(start, pj, mj, order_ptr, HAS_ORDER)
-            sj = tl.load(s_ptr + rj, mask=mj, other=0.0).to(tl.float32)
+            mj, rj, sj = _group_scores(s_ptr, order_ptr, start, pj, n, HAS_ORDER)
             a = si[:, None]
             b = sj[None, :]
             if HARD:  # 1 win, 1/2 tie, 0 loss; NaN stays NaN (a - b)
@@ -90,16 +95,12 @@ def _win_rate_bwd_kernel(
     offs = tl.arange(0, BLOCK).to(tl.int64)
     for i0 in range(0, n, BLOCK):
         pi = i0 + offs
-        mi = pi < n
-        ri = _rows(start, pi, mi, order_ptr, HAS_ORDER)
-        si = tl.load(s_ptr + ri, mask=mi, other=0.0).to(tl.float32)
+        mi, ri, si = _group_scores(s_ptr, order_ptr, start, pi, n, HAS_ORDER)
         gi = tl.load(dw_ptr + ri, mask=mi, other=0.0).to(tl.float32)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for j0 in range(0, n, BLOCK):
             pj = j0 + offs
-            mj = pj < n
-            rj = _rows(start, pj, mj, order_ptr, HAS_ORDER)
-            sj = tl.load(s_ptr + rj, mask=mj, other=0.0).to(tl.float32)
+            mj, rj, sj = _group_scores(s_ptr, order_ptr, start, pj, n, HAS_ORDER)
             gj = tl.load(dw_ptr + rj, mask=mj, other=0.0).to(tl.float32)
             p = 1.0 / (1.0 + tl.exp((sj[None, :] - si[:, None]) * inv_t))
             keep = mj[None, :] & (pi[:, None] != pj[None, :])
