@@ -130,12 +130,15 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
 
 
 def _eager_mode(tensors) -> bool:
-    """True outside torch.compile, export and dispatch modes (make_fx, FakeTensorMode), with
-    plain tensors only (no subclasses such as FakeTensor or DTensor)."""
+    """True outside torch.compile, export, torch.func transforms and dispatch modes (make_fx,
+    FakeTensorMode), with plain tensors only (no subclasses such as FakeTensor or DTensor)."""
     try:
         if torch.compiler.is_compiling():
             return False
     except AttributeError:
+        return False
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None and active():  # vmap/grad wrap tensors that still look plain
         return False
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 

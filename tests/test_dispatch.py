@@ -103,3 +103,17 @@ def test_internal_outputs_get_no_materialized_gradient(monkeypatch):
         _backend.register_autograd(ops_beta._beta_elbo_op, ops_beta._beta_elbo_impl, original, ops_beta._elbo_setup)
         _backend._EAGER_AUTOGRAD.update(saved)
     assert len(seen) == 2 and all(g1 is None and g2 is None for g1, g2 in seen)
+
+
+def test_functorch_transforms_go_through_the_op():
+    """Under torch.func transforms the tensors are wrapped but look plain: the eager shortcuts
+    must not be taken (the op path decides what the transform supports)."""
+    seen = []
+
+    def f(x):
+        seen.append(_backend._eager_mode([x]))
+        return x.sum()
+
+    torch.func.grad(f)(torch.randn(3))
+    assert seen == [False]
+    assert _backend._eager_mode([torch.randn(3)])
