@@ -309,5 +309,12 @@ ICRM_LANE GammaTermsLanes gamma_terms_lanes(float x) {
   return out;
 }
 
+// log(a) + log(b / s) (neg_entropy_core's pair) as one log of min(a,b) * (max(a,b) / s):
+// max/s >= 1/2, so the product underflows only where min(a,b) itself does. inv_s = 1/(a+b).
+ICRM_LANE float log_a_fb_lanes(float a, float b, float inv_s) {
+  const float lo = a < b ? a : b, hi = a < b ? b : a;
+  return log_lanes(lo * (hi * inv_s));
+}
+
 }  // namespace special
 }  // namespace icrm
