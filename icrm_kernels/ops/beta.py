@@ -165,10 +165,13 @@ def _elbo_setup(ctx, inputs, output):
     ctx.compute_grad = inputs[10]
     ctx.dtypes = (x1.dtype, x2.dtype)
     ctx.save_for_backward(output[1], output[2])
+    # the gradient outputs are never differentiated through: do not fill two n-sized zero tensors
+    # for their incoming gradients on every backward (a measurable share of a CPU step at N = 1M)
+    ctx.set_materialize_grads(False)
 
 
 def _elbo_backward(ctx, grad_loss, _g1, _g2):
-    if not ctx.compute_grad:  # only labels/weights required grad: they get none (documented)
+    if not ctx.compute_grad or grad_loss is None:  # only labels/weights required grad: they get none (documented)
         return (None,) * 11
     g1, g2 = ctx.saved_tensors
     scale = grad_loss.to(g1.dtype)
