@@ -37,7 +37,10 @@ def _extension_kwargs():
         for p in glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
         if os.path.basename(p) != "library.cpp"
     )
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DNDEBUG"]
+    # -fno-trapping-math (clang's default; values unchanged, we never unmask FP exceptions) lets
+    # GCC if-convert selects between float expressions, without which the branch-free lane loops
+    # of the float kernels (csrc/special.h) do not vectorize.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-DNDEBUG"]
     if sys.platform == "darwin":  # Apple clang has no -fopenmp without libomp
         cxx = [f for f in cxx if f != "-fopenmp"]
     ext = CppExtension(

@@ -5,6 +5,8 @@
 #include "common.h"
 #include "special.h"
 
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 namespace icrm {
@@ -53,9 +55,225 @@ at::Tensor betaln(const at::Tensor& a_in, const at::Tensor& b_in) {
   return out.to(a_in.scalar_type());
 }
 
+// ---------------------------------------------------------------- float32 lane kernels
+// The float32 ELBO and statistics run the lane helpers of special.h over blocks of kLaneBlock
+// elements: one branch-free loop per block that the compiler vectorizes. On x86 with GCC/Clang
+// each loop is built twice, for AVX2+FMA and for the baseline ISA, and the CPU picks one at run
+// time, so the package needs no -march flag (ICRM_NO_AVX2=1 forces the baseline copy, which the
+// tests use to cover it). float64 keeps the scalar path with the library log/exp.
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define ICRM_AVX2_DISPATCH 1
+#define ICRM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define ICRM_AVX2_DISPATCH 0
+#endif
+
+constexpr int64_t kLaneBlock = 512;  // a block's loss buffer stays in L1
+
+bool use_avx2() {
+#if ICRM_AVX2_DISPATCH
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          !(std::getenv("ICRM_NO_AVX2") && std::string(std::getenv("ICRM_NO_AVX2")) == "1");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// K is a lane kernel: a struct with `Args` and `static ICRM_LANE void run(const Args&)`, which the
+// two entry points below inline, each with its own ISA.
+template <class K>
+using LaneFn = void (*)(const typename K::Args&);
+
+template <class K>
+void lanes_baseline(const typename K::Args& p) {
+  K::run(p);
+}
+
+#if ICRM_AVX2_DISPATCH
+template <class K>
+ICRM_TARGET_AVX2 void lanes_avx2(const typename K::Args& p) {
+  K::run(p);
+}
+#endif
+
+template <class K>
+LaneFn<K> pick_lanes() {
+#if ICRM_AVX2_DISPATCH
+  if (use_avx2()) return &lanes_avx2<K>;
+#endif
+  return &lanes_baseline<K>;
+}
+
 // ---------------------------------------------------------------- ELBO
 // Per element L = -[y(psi(a)-psi(s)) + (1-y)(psi(b)-psi(s))] + kl_weight KL, times the weight.
 // from_logits: x1, x2 are (mean_logit, conc_logit) and the gradients are w.r.t. them.
+template <typename T>
+struct ElboProblem {
+  const T *x1, *x2, *y, *w;  // y, w: nullptr when absent
+  T *loss, *g1, *g2;         // loss: nullptr when reduced; g1, g2: nullptr without compute_grad
+  T pa, pb, p0, lb0, kw, tmin;
+  bool from_logits;
+};
+
+// Scalar path (float64): the losses of [lo, hi) summed in order, or stored.
+template <typename T>
+double elbo_range(const ElboProblem<T>& pr, int64_t lo, int64_t hi) {
+  const T pa = pr.pa, pb = pr.pb, p0 = pr.p0, kw = pr.kw;
+  double acc = 0.0;
+  for (int64_t i = lo; i < hi; ++i) {
+    T a, b, mu = 0, mu_c = 0, tau = 0;
+    if (pr.from_logits) {
+      const T m = pr.x1[i], cl = pr.x2[i];
+      mu = T(1) / (T(1) + std::exp(-m));
+      mu_c = T(1) / (T(1) + std::exp(m));
+      tau = std::max(cl, T(0)) + sp::log1p_small(std::exp(-std::abs(cl))) + pr.tmin;
+      a = mu * tau;
+      b = mu_c * tau;
+    } else {
+      a = pr.x1[i];
+      b = pr.x2[i];
+    }
+    const T s = a + b;
+    const auto ta = sp::gamma_terms(a), tb = sp::gamma_terms(b), ts = sp::gamma_terms(s);
+    const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
+    const T rb = sp::log_ratio_b(a, b);
+    const T kl = pr.lb0 + sp::neg_entropy_core(a, ta.g, tb.g, ts.g, rb) - pa * da - pb * db;
+    T l = kw * kl;
+    const T yv = pr.y ? pr.y[i] : T(0);
+    if (pr.y) l -= yv * da + (T(1) - yv) * db;
+    const T wv = pr.w ? pr.w[i] : T(1);
+    l *= wv;
+    if (pr.loss) pr.loss[i] = l; else acc += double(l);
+    if (pr.g1) {
+      T gra = kw * (-pa / a + p0 / s + (a - pa) * ta.e + (p0 - s) * ts.e);
+      T grb = kw * (-pb / b + p0 / s + (b - pb) * tb.e + (p0 - s) * ts.e);
+      if (pr.y) {
+        const T trs = ts.e + T(1) / s;
+        gra += trs - yv * (ta.e + T(1) / a);
+        grb += trs - (T(1) - yv) * (tb.e + T(1) / b);
+      }
+      gra *= wv;
+      grb *= wv;
+      if (pr.from_logits) {
+        const T sig_c = T(1) / (T(1) + std::exp(-pr.x2[i]));
+        pr.g1[i] = (gra - grb) * tau * mu * mu_c;
+        pr.g2[i] = (gra * mu + grb * mu_c) * sig_c;
+      } else {
+        pr.g1[i] = gra;
+        pr.g2[i] = grb;
+      }
+    }
+  }
+  return acc;
+}
+
+// One block of the float32 ELBO: the same math as elbo_range, branch-free.
+struct ElboLaneArgs {
+  int64_t n;                     // <= kLaneBlock
+  const float *x1, *x2, *y, *w;  // y: zeros and w: ones when the op has none
+  float *loss, *g1, *g2;         // loss: always written (a scratch block when reduced)
+  float pa, pb, p0, lb0, kw, tmin;
+  float data;  // 1 with labels, 0 without (drops the data term)
+};
+
+template <bool kLogits, bool kGrad>
+struct ElboLanes {
+  using Args = ElboLaneArgs;
+  static ICRM_LANE void run(const Args& p) {
+    const float* __restrict x1 = p.x1;
+    const float* __restrict x2 = p.x2;
+    const float* __restrict yp = p.y;
+    const float* __restrict wp = p.w;
+    float* __restrict lp = p.loss;
+    float* __restrict g1p = p.g1;
+    float* __restrict g2p = p.g2;
+    const float pa = p.pa, pb = p.pb, p0 = p.p0, kw = p.kw, data = p.data, tmin = p.tmin;
+    const float lb0 = p.lb0 - float(sp::kHalfLog2Pi + 0.5);  // neg_entropy_core's constant
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+#pragma omp simd
+    for (int64_t i = 0; i < p.n; ++i) {
+      float a, b, mu = 0.0f, mu_c = 0.0f, tau = 0.0f, sig_c = 0.0f;
+      if (kLogits) {
+        // sigmoid(+-m), sigmoid(c) and softplus(c) from exp(-|m|), exp(-|c|): no overflow
+        const float m = x1[i], c = x2[i];
+        const float em = sp::exp_neg_lanes(-std::abs(m)), ec = sp::exp_neg_lanes(-std::abs(c));
+        const float im = 1.0f / (1.0f + em), ic = 1.0f / (1.0f + ec);
+        mu = m >= 0.0f ? im : em * im;
+        mu_c = m >= 0.0f ? em * im : im;
+        sig_c = c >= 0.0f ? ic : ec * ic;
+        tau = std::max(c, 0.0f) + sp::log1p_small(ec) + tmin;
+        a = mu * tau;
+        b = mu_c * tau;
+      } else {
+        a = x1[i];
+        b = x2[i];
+      }
+      const float s = a + b;
+      const auto ta = sp::gamma_terms_lanes(a), tb = sp::gamma_terms_lanes(b), ts = sp::gamma_terms_lanes(s);
+      const float da = ta.psi - ts.psi, db = tb.psi - ts.psi, is = ts.inv_x;
+      const float nec = 0.5f * sp::log_a_fb_lanes(a, b, is) - ta.g - tb.g + ts.g;
+      const float yv = yp[i], wv = wp[i];
+      const float l = kw * (lb0 + nec - pa * da - pb * db) - data * (yv * da + (1.0f - yv) * db);
+      const bool valid = a > 0.0f && b > 0.0f;  // the unchecked path returns NaN for a, b <= 0
+      lp[i] = valid ? l * wv : nan;
+      if (kGrad) {
+        const float ia = ta.inv_x, ib = tb.inv_x;
+        const float ks = p0 * is + (p0 - s) * ts.e, trs = ts.e + is;
+        float gra = kw * (ks - pa * ia + (a - pa) * ta.e) + data * (trs - yv * (ta.e + ia));
+        float grb = kw * (ks - pb * ib + (b - pb) * tb.e) + data * (trs - (1.0f - yv) * (tb.e + ib));
+        gra = valid ? gra * wv : nan;
+        grb = valid ? grb * wv : nan;
+        if (kLogits) {
+          g1p[i] = (gra - grb) * tau * mu * mu_c;
+          g2p[i] = (gra * mu + grb * mu_c) * sig_c;
+        } else {
+          g1p[i] = gra;
+          g2p[i] = grb;
+        }
+      }
+    }
+  }
+};
+
+using ElboLaneFn = void (*)(const ElboLaneArgs&);
+
+template <bool kLogits>
+ElboLaneFn pick_elbo_lanes(bool compute_grad) {
+  return compute_grad ? pick_lanes<ElboLanes<kLogits, true>>() : pick_lanes<ElboLanes<kLogits, false>>();
+}
+
+// Lane path (float32): blocks of kLaneBlock; a reduced block's losses are summed in double with
+// four interleaved partials in a fixed order, so the total does not depend on the ISA's width.
+double elbo_range(const ElboProblem<float>& pr, int64_t lo, int64_t hi) {
+  static const std::vector<float> zeros(kLaneBlock, 0.0f), ones(kLaneBlock, 1.0f);
+  const ElboLaneFn lanes = pr.from_logits ? pick_elbo_lanes<true>(pr.g1 != nullptr) : pick_elbo_lanes<false>(pr.g1 != nullptr);
+  float lbuf[kLaneBlock];
+  ElboLaneArgs p;
+  p.pa = pr.pa, p.pb = pr.pb, p.p0 = pr.p0, p.lb0 = pr.lb0, p.kw = pr.kw, p.tmin = pr.tmin;
+  p.data = pr.y ? 1.0f : 0.0f;
+  double acc = 0.0;
+  for (int64_t i = lo; i < hi; i += kLaneBlock) {
+    p.n = std::min(kLaneBlock, hi - i);
+    p.x1 = pr.x1 + i;
+    p.x2 = pr.x2 + i;
+    p.y = pr.y ? pr.y + i : zeros.data();
+    p.w = pr.w ? pr.w + i : ones.data();
+    p.loss = pr.loss ? pr.loss + i : lbuf;
+    p.g1 = pr.g1 ? pr.g1 + i : nullptr;
+    p.g2 = pr.g2 ? pr.g2 + i : nullptr;
+    lanes(p);
+    if (pr.loss) continue;
+    double part[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t j = 0;
+    for (; j + 4 <= p.n; j += 4)
+      for (int k = 0; k < 4; ++k) part[k] += double(lbuf[j + k]);
+    for (; j < p.n; ++j) part[0] += double(lbuf[j]);
+    acc += (part[0] + part[1]) + (part[2] + part[3]);
+  }
+  return acc;
+}
+
 // reduction: 0 none (loss[n]), 1 sum (loss[]), 2 mean (loss[] = sum / n).
 // Returns (loss, g1, g2): the unscaled per-element gradients (empty unless compute_grad).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beta_elbo(
@@ -84,67 +302,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beta_elbo(
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES(st, "beta_elbo", [&] {
     using T = scalar_t;
-    const T* x1p = x1.data_ptr<T>();
-    const T* x2p = x2.data_ptr<T>();
-    const T* yp = y.defined() ? y.data_ptr<T>() : nullptr;
-    const T* wp = w.defined() ? w.data_ptr<T>() : nullptr;
-    T* lp = reduction == 0 ? loss.data_ptr<T>() : nullptr;
-    T* g1p = compute_grad ? g1.data_ptr<T>() : nullptr;
-    T* g2p = compute_grad ? g2.data_ptr<T>() : nullptr;
-    const T pa = T(prior_a), pb = T(prior_b), p0 = T(prior_a + prior_b), lb0 = T(lnb0), kw = T(kl_weight);
-    const T tmin = T(tau_min);
+    ElboProblem<T> pr;
+    pr.x1 = x1.data_ptr<T>();
+    pr.x2 = x2.data_ptr<T>();
+    pr.y = y.defined() ? y.data_ptr<T>() : nullptr;
+    pr.w = w.defined() ? w.data_ptr<T>() : nullptr;
+    pr.loss = reduction == 0 ? loss.data_ptr<T>() : nullptr;
+    pr.g1 = compute_grad ? g1.data_ptr<T>() : nullptr;
+    pr.g2 = compute_grad ? g2.data_ptr<T>() : nullptr;
+    pr.pa = T(prior_a), pr.pb = T(prior_b), pr.p0 = T(prior_a + prior_b), pr.lb0 = T(lnb0), pr.kw = T(kl_weight);
+    pr.tmin = T(tau_min);
+    pr.from_logits = from_logits;
     const int64_t chunks = std::max<int64_t>(1, (n + kGrain - 1) / kGrain);
     std::vector<double> partial(chunks, 0.0);
     at::parallel_for(0, chunks, 1, [&](int64_t c_lo, int64_t c_hi) {
-      for (int64_t c = c_lo; c < c_hi; ++c) {
-        const int64_t lo = c * kGrain, hi = std::min(n, lo + kGrain);
-        double acc = 0.0;
-        for (int64_t i = lo; i < hi; ++i) {
-          T a, b, mu = 0, mu_c = 0, tau = 0;
-          if (from_logits) {
-            const T m = x1p[i], cl = x2p[i];
-            mu = T(1) / (T(1) + std::exp(-m));
-            mu_c = T(1) / (T(1) + std::exp(m));
-            tau = std::max(cl, T(0)) + sp::log1p_small(std::exp(-std::abs(cl))) + tmin;
-            a = mu * tau;
-            b = mu_c * tau;
-          } else {
-            a = x1p[i];
-            b = x2p[i];
-          }
-          const T s = a + b;
-          const auto ta = sp::gamma_terms(a), tb = sp::gamma_terms(b), ts = sp::gamma_terms(s);
-          const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
-          const T rb = sp::log_ratio_b(a, b);
-          const T kl = lb0 + sp::neg_entropy_core(a, ta.g, tb.g, ts.g, rb) - pa * da - pb * db;
-          T l = kw * kl;
-          const T yv = yp ? yp[i] : T(0);
-          if (yp) l -= yv * da + (T(1) - yv) * db;
-          const T wv = wp ? wp[i] : T(1);
-          l *= wv;
-          if (lp) lp[i] = l; else acc += double(l);
-          if (compute_grad) {
-            T gra = kw * (-pa / a + p0 / s + (a - pa) * ta.e + (p0 - s) * ts.e);
-            T grb = kw * (-pb / b + p0 / s + (b - pb) * tb.e + (p0 - s) * ts.e);
-            if (yp) {
-              const T trs = ts.e + T(1) / s;
-              gra += trs - yv * (ta.e + T(1) / a);
-              grb += trs - (T(1) - yv) * (tb.e + T(1) / b);
-            }
-            gra *= wv;
-            grb *= wv;
-            if (from_logits) {
-              const T sig_c = T(1) / (T(1) + std::exp(-x2p[i]));
-              g1p[i] = (gra - grb) * tau * mu * mu_c;
-              g2p[i] = (gra * mu + grb * mu_c) * sig_c;
-            } else {
-              g1p[i] = gra;
-              g2p[i] = grb;
-            }
-          }
-        }
-        partial[c] = acc;
-      }
+      for (int64_t c = c_lo; c < c_hi; ++c) partial[c] = elbo_range(pr, c * kGrain, std::min(n, (c + 1) * kGrain));
     });
     for (double v : partial) total += v;  // fixed order: deterministic
   });
@@ -183,6 +355,42 @@ std::tuple<at::Tensor, at::Tensor> beta_from_logits(const at::Tensor& m_in, cons
 }
 
 // ---------------------------------------------------------------- statistics
+// One block of beta_stats in float32 (lane helpers, see the ELBO); NaN rows for a, b <= 0.
+struct StatsLaneArgs {
+  int64_t n;
+  const float *a, *b;
+  float* out[6];
+};
+
+struct StatsLanes {
+  using Args = StatsLaneArgs;
+  static ICRM_LANE void run(const Args& p) {
+    const float* __restrict ap = p.a;
+    const float* __restrict bp = p.b;
+    float* __restrict mean_p = p.out[0];
+    float* __restrict var_p = p.out[1];
+    float* __restrict elog_p = p.out[2];
+    float* __restrict elog1m_p = p.out[3];
+    float* __restrict elogit_p = p.out[4];
+    float* __restrict ent_p = p.out[5];
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+#pragma omp simd
+    for (int64_t i = 0; i < p.n; ++i) {
+      const float a = ap[i], b = bp[i], s = a + b;
+      const auto ta = sp::gamma_terms_lanes(a), tb = sp::gamma_terms_lanes(b), ts = sp::gamma_terms_lanes(s);
+      const float da = ta.psi - ts.psi, db = tb.psi - ts.psi, is = ts.inv_x, mean = a * is;
+      const float nec = 0.5f * sp::log_a_fb_lanes(a, b, is) - float(sp::kHalfLog2Pi + 0.5) - ta.g - tb.g + ts.g;
+      const bool valid = a > 0.0f && b > 0.0f;
+      mean_p[i] = valid ? mean : nan;
+      var_p[i] = valid ? mean * (b * is) / (s + 1.0f) : nan;
+      elog_p[i] = valid ? da : nan;
+      elog1m_p[i] = valid ? db : nan;
+      elogit_p[i] = valid ? ta.psi - tb.psi : nan;
+      ent_p[i] = valid ? da + db - nec : nan;
+    }
+  }
+};
+
 // out[6, n]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy.
 at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
   check_cpu(a_in, "alpha");
@@ -191,26 +399,41 @@ at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
   const int64_t n = a.numel();
   TORCH_CHECK(b.numel() == n, "beta_stats: alpha and beta must have the same number of elements");
   at::Tensor out = at::empty({6, n}, a.options());
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "beta_stats", [&] {
-    using T = scalar_t;
-    const T* ap = a.data_ptr<T>();
-    const T* bp = b.data_ptr<T>();
-    T* op = out.data_ptr<T>();
+  if (a.scalar_type() == at::kFloat) {
+    const LaneFn<StatsLanes> lanes = pick_lanes<StatsLanes>();
+    const float* ap = a.data_ptr<float>();
+    const float* bp = b.data_ptr<float>();
+    float* op = out.data_ptr<float>();
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const T av = ap[i], bv = bp[i], s = av + bv;
-        const auto ta = sp::gamma_terms(av), tb = sp::gamma_terms(bv), ts = sp::gamma_terms(s);
-        const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
-        const T rb = sp::log_ratio_b(av, bv);
-        const T mean = av / s;
-        op[i] = mean;
-        op[n + i] = mean * (bv / s) / (s + T(1));
-        op[2 * n + i] = da;
-        op[3 * n + i] = db;
-        op[4 * n + i] = ta.psi - tb.psi;
-        op[5 * n + i] = da + db - sp::neg_entropy_core(av, ta.g, tb.g, ts.g, rb);
+      for (int64_t i = lo; i < hi; i += kLaneBlock) {
+        StatsLaneArgs p;
+        p.n = std::min(kLaneBlock, hi - i);
+        p.a = ap + i;
+        p.b = bp + i;
+        for (int k = 0; k < 6; ++k) p.out[k] = op + k * n + i;
+        lanes(p);
       }
     });
+    return out.to(a_in.scalar_type());
+  }
+  using T = double;  // upcast() leaves float32 or float64
+  const T* ap = a.data_ptr<T>();
+  const T* bp = b.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const T av = ap[i], bv = bp[i], s = av + bv;
+      const auto ta = sp::gamma_terms(av), tb = sp::gamma_terms(bv), ts = sp::gamma_terms(s);
+      const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
+      const T rb = sp::log_ratio_b(av, bv);
+      const T mean = av / s;
+      op[i] = mean;
+      op[n + i] = mean * (bv / s) / (s + T(1));
+      op[2 * n + i] = da;
+      op[3 * n + i] = db;
+      op[4 * n + i] = ta.psi - tb.psi;
+      op[5 * n + i] = da + db - sp::neg_entropy_core(av, ta.g, tb.g, ts.g, rb);
+    }
   });
   return out.to(a_in.scalar_type());
 }

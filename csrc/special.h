@@ -9,6 +9,20 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+// Forces inlining of the lane helpers below: a loop over them vectorizes only when every call in
+// its body is inlined, and the compiled copy must take the ISA of the function it is inlined into
+// (the AVX2 clone of a kernel, see beta.cpp), not the default one of an out-of-line copy.
+#if defined(__GNUC__) || defined(__clang__)
+#define ICRM_LANE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define ICRM_LANE __forceinline
+#else
+#define ICRM_LANE inline
+#endif
 
 namespace icrm {
 namespace special {
@@ -46,10 +60,11 @@ inline Shifted<T> shift(T x) {
   return s;
 }
 
-// Asymptotic pieces, valid for y >= shift_to<T>().
+// Asymptotic pieces, valid for y >= shift_to<T>(); they take t = 1/y so that callers share
+// one reciprocal.
 template <typename T>
-inline T digamma_asym_poly(T y) {  // sum_k B_2k / (2k y^2k)
-  const T t = T(1) / y, t2 = t * t;
+ICRM_LANE T digamma_asym_poly(T t) {  // sum_k B_2k / (2k y^2k)
+  const T t2 = t * t;
   T p = T(-691.0 / 32760.0);
   p = p * t2 + T(1.0 / 132.0);
   p = p * t2 - T(1.0 / 240.0);
@@ -61,12 +76,13 @@ inline T digamma_asym_poly(T y) {  // sum_k B_2k / (2k y^2k)
 
 template <typename T>
 inline T digamma_asym(T y) {
-  return std::log(y) - T(0.5) / y - digamma_asym_poly(y);
+  const T t = T(1) / y;
+  return std::log(y) - T(0.5) * t - digamma_asym_poly(t);
 }
 
 template <typename T>
-inline T trigamma_asym_m_recip(T y) {  // trigamma(y) - 1/y
-  const T t = T(1) / y, t2 = t * t;
+ICRM_LANE T trigamma_asym_m_recip(T t) {  // trigamma(y) - 1/y
+  const T t2 = t * t;
   T p = T(7.0 / 6.0);
   p = p * t2 - T(691.0 / 2730.0);
   p = p * t2 + T(5.0 / 66.0);
@@ -78,8 +94,8 @@ inline T trigamma_asym_m_recip(T y) {  // trigamma(y) - 1/y
 }
 
 template <typename T>
-inline T stirling_corr(T y) {  // C(y)
-  const T t = T(1) / y, t2 = t * t;
+ICRM_LANE T stirling_corr(T t) {  // C(y)
+  const T t2 = t * t;
   T p = T(1.0 / 156.0);
   p = p * t2 - T(691.0 / 360360.0);
   p = p * t2 + T(1.0 / 1188.0);
@@ -91,8 +107,8 @@ inline T stirling_corr(T y) {  // C(y)
 }
 
 template <typename T>
-inline T entropy_corr_asym(T y) {  // G(y) = sum_k B_2k / ((2k-1) y^(2k-1))
-  const T t = T(1) / y, t2 = t * t;
+ICRM_LANE T entropy_corr_asym(T t) {  // G(y) = sum_k B_2k / ((2k-1) y^(2k-1))
+  const T t2 = t * t;
   T p = T(7.0 / 78.0);
   p = p * t2 - T(691.0 / 30030.0);
   p = p * t2 + T(5.0 / 594.0);
@@ -112,20 +128,23 @@ inline T digamma(T x) {
 template <typename T>
 inline T trigamma(T x) {
   const auto s = shift(x);
-  return s.q + T(1) / s.y + trigamma_asym_m_recip(s.y);
+  const T t = T(1) / s.y;
+  return s.q + t + trigamma_asym_m_recip(t);
 }
 
 template <typename T>
 inline T lgamma(T x) {
   const auto s = shift(x);
-  return (s.y - T(0.5)) * (std::log(s.y) - T(1)) + T(kHalfLog2Pi - 0.5) + stirling_corr(s.y) - std::log(s.prod);
+  return (s.y - T(0.5)) * (std::log(s.y) - T(1)) + T(kHalfLog2Pi - 0.5) + stirling_corr(T(1) / s.y) -
+         std::log(s.prod);
 }
 
 template <typename T>
 inline T stirling_remainder(T x) {  // C(x)
-  if (x >= shift_to<T>()) return stirling_corr(x);
+  if (x >= shift_to<T>()) return stirling_corr(T(1) / x);
   const auto s = shift(x);
-  return (s.y - T(0.5)) * (std::log(s.y) - T(1)) + stirling_corr(s.y) - std::log(s.prod) - (x - T(0.5)) * (std::log(x) - T(1));
+  return (s.y - T(0.5)) * (std::log(s.y) - T(1)) + stirling_corr(T(1) / s.y) - std::log(s.prod) -
+         (x - T(0.5)) * (std::log(x) - T(1));
 }
 
 template <typename T>
@@ -178,12 +197,12 @@ inline GammaTerms<T> gamma_terms(T x) {
   const auto s = shift(x);
   const T t = T(1) / s.y, log_y = std::log(s.y);
   GammaTerms<T> out;
-  out.psi = log_y - T(0.5) * t - digamma_asym_poly(s.y) - s.r;
-  out.e = s.q + t + trigamma_asym_m_recip(s.y) - T(1) / x;
+  out.psi = log_y - T(0.5) * t - digamma_asym_poly(t) - s.r;
+  out.e = s.q + t + trigamma_asym_m_recip(t) - T(1) / x;
   if (x >= shift_to<T>()) {
-    out.g = entropy_corr_asym(x);
+    out.g = entropy_corr_asym(t);
   } else {
-    const T lg = (s.y - T(0.5)) * (log_y - T(1)) - T(0.5) + stirling_corr(s.y) - std::log(s.prod);
+    const T lg = (s.y - T(0.5)) * (log_y - T(1)) - T(0.5) + stirling_corr(t) - std::log(s.prod);
     out.g = lg + T(0.5) * std::log(x) + x - T(0.5) - x * out.psi;
   }
   return out;
@@ -193,6 +212,108 @@ inline GammaTerms<T> gamma_terms(T x) {
 template <typename T>
 inline T neg_entropy_core(T a, T ga, T gb, T gs, T rb) {
   return T(0.5) * (std::log(a) + rb) - T(kHalfLog2Pi + 0.5) - ga - gb + gs;
+}
+
+// ---------------------------------------------------------------- lane (SIMD-friendly) float32
+// The float kernels run these in loops the compiler vectorizes: no branches (selects only), no
+// library calls, a fixed trip count. Same algorithms and series as above; std::log/std::exp are
+// replaced by Cephes' logf/expf polynomials (|err| <= 1 ulp over the normal range) written with
+// bit operations, the data-dependent shift loop by four masked steps (x > 0 reaches y >= 4 in
+// at most four), and the reciprocals 1/prod, 1/y, 1/x by one division.
+
+ICRM_LANE float bits_to_float(int32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+ICRM_LANE int32_t float_to_bits(float f) {
+  int32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+// log(x) for every float: -inf at 0, NaN below 0 or at NaN, +inf at +inf; subnormals are
+// scaled by 2^23 first. x = 2^e m, m in [sqrt(1/2), sqrt(2)), log(m) = f - f^2/2 + f^3 P(f), f = m - 1.
+ICRM_LANE float log_lanes(float x) {
+  const bool sub = x < std::numeric_limits<float>::min();
+  const float xn = sub ? x * 8388608.0f : x;
+  const int32_t bits = float_to_bits(xn);
+  const float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // [1/2, 1)
+  float e = float(((bits >> 23) & 0xff) - 126) - (sub ? 23.0f : 0.0f);
+  const bool low = m < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  const float f = low ? m + m - 1.0f : m - 1.0f, z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  // ln 2 split in a part exact in float (0.693359375) and a small remainder: e ln2 stays exact.
+  float r = f * z * p + e * -2.12194440e-4f - 0.5f * z;
+  r = (f + r) + e * 0.693359375f;
+  const float inf = std::numeric_limits<float>::infinity();
+  r = x == inf ? inf : r;
+  return x > 0.0f ? r : (x == 0.0f ? -inf : std::numeric_limits<float>::quiet_NaN());
+}
+
+// exp(x) for x <= 0 (the logit paths only need exp(-|v|)); below -87.3 it returns ~1e-38
+// instead of a subnormal. exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln2 / 2.
+ICRM_LANE float exp_neg_lanes(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  // round to nearest by the 1.5 * 2^23 trick (exact: no fast-math, so not folded away)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * (r * r) + r + 1.0f;
+  return er * bits_to_float((int32_t(n) + 127) << 23);
+}
+
+// gamma_terms for one float lane, plus 1/x (the ELBO gradient needs it).
+struct GammaTermsLanes {
+  float psi, e, g, inv_x;
+};
+
+ICRM_LANE GammaTermsLanes gamma_terms_lanes(float x) {
+  // shift(): y = x + n, prod = x (x+1)...(x+n-1) = x pp, r and q as fractions over prod
+  float y = x, prod = 1.0f, pp = 1.0f, rn = 0.0f, qn = 0.0f;
+  for (int k = 0; k < 4; ++k) {
+    const bool step = y < 4.0f;
+    rn = step ? rn * y + prod : rn;
+    qn = step ? qn * (y * y) + prod * prod : qn;
+    pp = step && k > 0 ? pp * y : pp;
+    prod = step ? prod * y : prod;
+    y = step ? y + 1.0f : y;
+  }
+  const float inv = 1.0f / (prod * y);  // prod < 840 and y < 8 when shifted, prod = 1 if not
+  const float ip = inv * y, t = inv * prod;
+  const bool small = x < 4.0f;
+  GammaTermsLanes out;
+  out.inv_x = small ? pp * ip : t;  // prod = x pp; unshifted y = x
+  const float r = rn * ip, q = qn * ip * ip, log_y = log_lanes(y);
+  out.psi = log_y - 0.5f * t - digamma_asym_poly(t) - r;
+  out.e = q + t + trigamma_asym_m_recip(t) - out.inv_x;
+  // small x: lgamma(x) + log(x)/2 + x - 1/2 - x psi(x); -log(prod) + log(x)/2 = -log(x pp^2)/2
+  const float g_small = (y - 0.5f) * (log_y - 1.0f) - 1.0f + stirling_corr(t) - 0.5f * log_lanes(x * pp * pp) + x -
+                        x * out.psi;
+  out.g = small ? g_small : entropy_corr_asym(t);
+  return out;
+}
+
+// log(a) + log(b / s) (neg_entropy_core's pair) as one log of min(a,b) * (max(a,b) / s):
+// max/s >= 1/2, so the product underflows only where min(a,b) itself does. inv_s = 1/(a+b).
+ICRM_LANE float log_a_fb_lanes(float a, float b, float inv_s) {
+  const float lo = a < b ? a : b, hi = a < b ? b : a;
+  return log_lanes(lo * (hi * inv_s));
 }
 
 }  // namespace special

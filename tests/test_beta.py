@@ -1,11 +1,15 @@
 """ICRM Beta posterior math (SPEC §3): every op against the float64 reference, every backend."""
 import itertools
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import icrm_kernels
+from icrm_kernels import _backend
 from icrm_kernels import (
     BetaStats,
     beta_elbo_loss,
@@ -107,6 +111,41 @@ def test_elbo_extreme_concentrations(backend, device, scale):
     for name, got, want in zip(BetaStats._fields, st, rs):
         torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-4, msg=name)
     torch.testing.assert_close(beta_kl(a, b).double(), ref.beta_kl(a.double(), b.double()), atol=2e-5, rtol=1e-4)
+
+
+_BASELINE_ISA_SCRIPT = """
+import torch
+from icrm_kernels import beta_elbo_loss, beta_elbo_loss_from_logits, beta_stats, use_backend
+from icrm_kernels.reference import beta as ref
+from icrm_kernels.testing import assert_matches_reference
+torch.manual_seed(0)
+n = 1300  # two full lane blocks and a partial one
+a, b = torch.exp(torch.empty(2, n).uniform_(-9.0, 13.0))
+y, w = torch.rand(n), torch.rand(n) * 2
+m, c = torch.randn(2, n) * 3
+kw = dict(prior_alpha=1.5, prior_beta=0.7, kl_weight=0.3, reduction="none")
+with use_backend("cpp"):
+    assert_matches_reference(lambda **k: beta_elbo_loss(**k, **kw), lambda **k: ref.beta_elbo_loss(**k, **kw),
+                             dict(alpha=a, beta=b, labels=y, weights=w), grad=["alpha", "beta"], grad_atol=1e2)
+    assert_matches_reference(lambda **k: beta_elbo_loss_from_logits(**k, reduction="sum"),
+                             lambda **k: ref.beta_elbo_loss_from_logits(**k, reduction="sum"),
+                             dict(mean_logit=m, conc_logit=c, labels=y), grad=["mean_logit", "conc_logit"])
+    got = beta_stats(a, b)
+want = ref.beta_stats(a.double(), b.double())
+for g, r in zip(got, want):
+    torch.testing.assert_close(g.double(), r, atol=2e-5, rtol=1e-3)
+"""
+
+
+@pytest.mark.skipif(not _backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpu_float32_lane_kernels_baseline_isa():
+    """The baseline-ISA copy of the float32 CPU lane kernels (what CPUs without AVX2+FMA run;
+    ICRM_NO_AVX2=1 forces it) against float64, in a fresh process: the choice is made once."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(icrm_kernels.__file__)))
+    env = dict(os.environ, ICRM_NO_AVX2="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _BASELINE_ISA_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_elbo_optimum_in_tau_is_finite(device):
