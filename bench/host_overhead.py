@@ -65,6 +65,13 @@ def cases():
     attn = dict(query=torch.randn(4, d_r), states=torch.randn(128, d_p), w_q=torch.randn(d_r, d),
                 w_k=torch.randn(d_p, d), w_v=torch.randn(d_p, d), w_o=torch.randn(d, d_r), cu_seqlens=lens)
     sw = torch.randn(d_r)
+    ag, bg, rg = a.clone().requires_grad_(True), b.clone().requires_grad_(True), r.clone().requires_grad_(True)
+    qg = attn["query"].clone().requires_grad_(True)
+    attn_g = dict(attn, query=qg)
+
+    def fwd_bwd(loss_fn, leaves):
+        return lambda: torch.autograd.grad(loss_fn(), leaves)
+
     return {
         "group_advantages verl_grpo": lambda: ik.group_advantages(r, group_size=8, preset="verl_grpo"),
         "group_advantages trl_batch": lambda: ik.group_advantages(r, group_size=8, preset="trl_batch"),
@@ -77,6 +84,9 @@ def cases():
         "beta_stats": lambda: ik.beta_stats(a, b),
         "seq_to_token_attention (fwd)": lambda: ik.seq_to_token_attention(**attn),
         "r2m_reward": lambda: ik.r2m_reward(**attn, score_weight=sw, omega=0.6),
+        "beta_elbo_loss fwd+bwd": fwd_bwd(lambda: ik.beta_elbo_loss(ag, bg, y), (ag, bg)),
+        "grebt_loss fwd+bwd": fwd_bwd(lambda: ik.grebt_loss(rg, group_size=8), (rg,)),
+        "seq_to_token_attention fwd+bwd": fwd_bwd(lambda: ik.seq_to_token_attention(**attn_g).sum(), (qg,)),
     }
 
 
@@ -85,7 +95,7 @@ def main():
     _null_kernels()
     print(f"host time per call, kernels replaced by no-ops (torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs); median of 2000 calls")
-    with ik.use_backend("triton"), torch.no_grad():
+    with ik.use_backend("triton"):
         for name, fn in cases().items():
             checked = _median_us(fn)
             with _checks.unchecked():
