@@ -385,7 +385,7 @@ struct StatsLanes {
       var_p[i] = valid ? mean * (b * is) / (s + 1.0f) : nan;
       elog_p[i] = valid ? da : nan;
       elog1m_p[i] = valid ? db : nan;
-      elogit_p[i] = valid ? ta.psi - tb.psi : nan;
+      elogit_p[i] = valid ? sp::digamma_diff_lanes(a, b, ta.psi, tb.psi) : nan;
       ent_p[i] = valid ? da + db - nec : nan;
     }
   }
@@ -431,7 +431,7 @@ at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
       op[n + i] = mean * (bv / s) / (s + T(1));
       op[2 * n + i] = da;
       op[3 * n + i] = db;
-      op[4 * n + i] = ta.psi - tb.psi;
+      op[4 * n + i] = sp::digamma_diff(av, bv, ta.psi, tb.psi);
       op[5 * n + i] = da + db - sp::neg_entropy_core(av, ta.g, tb.g, ts.g, rb);
     }
   });

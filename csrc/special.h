@@ -8,6 +8,7 @@
 // let betaln and the Beta entropy be computed without cancelling 1e7-sized terms.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -208,6 +209,16 @@ inline GammaTerms<T> gamma_terms(T x) {
   return out;
 }
 
+// psi(a) - psi(b) (E[logit t] of Beta(a, b)). For min(a, b) < 1 as
+// psi(a+1) - psi(b+1) + (a - b)/(a b): the 1/a and 1/b poles then cancel in a - b (exact for
+// nearby a, b) instead of in the difference of two ~1/x values, which loses every digit of a
+// small E[logit t] when a, b -> 0. psi_a, psi_b: the plain values, used for min(a, b) >= 1.
+template <typename T>
+inline T digamma_diff(T a, T b, T psi_a, T psi_b) {
+  if (!(std::min(a, b) < T(1))) return psi_a - psi_b;
+  return (digamma(a + T(1)) - digamma(b + T(1))) + (a - b) / a / b;
+}
+
 // -ln B(a,b) + a (psi(a) - psi(s)) + b (psi(b) - psi(s)), from the G remainders; rb = log(b/s).
 template <typename T>
 inline T neg_entropy_core(T a, T ga, T gb, T gs, T rb) {
@@ -307,6 +318,28 @@ ICRM_LANE GammaTermsLanes gamma_terms_lanes(float x) {
                         x * out.psi;
   out.g = small ? g_small : entropy_corr_asym(t);
   return out;
+}
+
+// psi(x) for one float lane (the shift of gamma_terms_lanes, without its other terms).
+ICRM_LANE float digamma_lanes(float x) {
+  float y = x, prod = 1.0f, rn = 0.0f;
+  for (int k = 0; k < 4; ++k) {
+    const bool step = y < 4.0f;
+    rn = step ? rn * y + prod : rn;
+    prod = step ? prod * y : prod;
+    y = step ? y + 1.0f : y;
+  }
+  const float inv = 1.0f / (prod * y);
+  const float t = inv * prod;
+  return log_lanes(y) - 0.5f * t - digamma_asym_poly(t) - rn * (inv * y);
+}
+
+// digamma_diff for float lanes (branch-free: both forms computed, one selected).
+ICRM_LANE float digamma_diff_lanes(float a, float b, float psi_a, float psi_b) {
+  const bool small = (a < b ? a : b) < 1.0f;
+  const float a1 = small ? a : 1.0f, b1 = small ? b : 1.0f;  // unused lanes stay finite
+  const float d = (digamma_lanes(a1 + 1.0f) - digamma_lanes(b1 + 1.0f)) + (a1 - b1) / a1 / b1;
+  return small ? d : psi_a - psi_b;
 }
 
 // log(a) + log(b / s) (neg_entropy_core's pair) as one log of min(a,b) * (max(a,b) / s):

@@ -113,6 +113,18 @@ def test_elbo_extreme_concentrations(backend, device, scale):
     torch.testing.assert_close(beta_kl(a, b).double(), ref.beta_kl(a.double(), b.double()), atol=2e-5, rtol=1e-4)
 
 
+def test_logit_mean_small_nearby_concentrations(backend, device):
+    """E[logit t] = psi(a) - psi(b) for a, b -> 0 and a ~ b: two ~1/a poles cancel. Computed as
+    psi(a+1) - psi(b+1) + (a - b)/(a b), it keeps its digits (the plain difference loses ~1e-3
+    absolute at a ~ 1e-4 in fp32; this test failed on it). Deterministic edge values."""
+    a = torch.tensor([1e-4, 1e-4, 3e-5, 1e-6, 2e-3, 0.5, 0.9, 1e-3, 7.0, 3.0], dtype=torch.float32)
+    b = a * torch.tensor([1 + 1e-6, 1 - 3e-6, 1 + 1e-5, 1 + 1e-4, 1 - 1e-6, 1 + 1e-6, 1.0, 5e4, 1.0, 1 + 1e-6])
+    with torch.no_grad():
+        got = beta_stats(a.to(device), b.to(device)).logit_mean.double().cpu()
+    want = ref.beta_stats(a.double(), b.double()).logit_mean
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
 _BASELINE_ISA_SCRIPT = """
 import torch
 from icrm_kernels import beta_elbo_loss, beta_elbo_loss_from_logits, beta_stats, use_backend

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
-from icrm_kernels.triton.special import gamma_terms, log1p_small, log_ratios, neg_entropy_core
+from icrm_kernels.triton.special import digamma_diff, gamma_terms, log1p_small, log_ratios, neg_entropy_core
 
 BLOCK = 256  # 2 elements per thread at 4 warps: the special functions need many live registers
 
@@ -108,7 +108,7 @@ def _stats_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + n + offs, var.to(ty), mask=mask)
     tl.store(out_ptr + 2 * n + offs, da.to(ty), mask=mask)
     tl.store(out_ptr + 3 * n + offs, db.to(ty), mask=mask)
-    tl.store(out_ptr + 4 * n + offs, (psa - psb).to(ty), mask=mask)
+    tl.store(out_ptr + 4 * n + offs, digamma_diff(a, b, psa, psb).to(ty), mask=mask)
     tl.store(out_ptr + 5 * n + offs, ent.to(ty), mask=mask)
 
 

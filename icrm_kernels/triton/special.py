@@ -131,6 +131,19 @@ def digamma(x):
 
 
 @triton.jit
+def digamma_diff(a, b, psi_a, psi_b):
+    """psi(a) - psi(b) (E[logit t] of Beta(a, b)) given psi_a, psi_b. For min(a, b) < 1 as
+    psi(a+1) - psi(b+1) + (a - b)/(a b): the 1/a, 1/b poles cancel in a - b (exact for nearby
+    a, b) instead of in the difference of two ~1/x values, which loses every digit of a small
+    E[logit t] when a, b -> 0."""
+    small = tl.minimum(a, b) < 1.0
+    a1 = tl.where(small, a, 1.0)  # the unused lanes stay finite
+    b1 = tl.where(small, b, 1.0)
+    d = (digamma(a1 + 1.0) - digamma(b1 + 1.0)) + (a1 - b1) / a1 / b1
+    return tl.where(small, d, psi_a - psi_b)
+
+
+@triton.jit
 def trigamma(x):
     """psi'(x) for x > 0 (fp32 tensor)."""
     y, prod, r, q = _shift4(x)
