@@ -156,9 +156,11 @@ def skip_dispatcher(*tensors) -> bool:
     with no tensor that would need a gradient.
     """
     tensors = [t for t in tensors if t is not None]
-    if not _eager_mode(tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return _eager_mode(tensors) and not _needs_grad(tensors)
+
+
+def _needs_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 # op -> autograd.Function.apply running the op's implementation with its registered formula
@@ -195,10 +197,9 @@ def call_op(op, impl, *args):
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if not _eager_mode(tensors):
         return op(*args)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        eager = _EAGER_AUTOGRAD.get(op)
-        return eager(*args) if eager is not None else op(*args)
-    return impl(*args)
+    if not _needs_grad(tensors):
+        return impl(*args)
+    return _EAGER_AUTOGRAD.get(op, op)(*args)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

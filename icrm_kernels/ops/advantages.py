@@ -181,12 +181,12 @@ def _options(*args) -> dict:
     """:func:`_validated_options`, cached: a training loop calls the op with the same options
     every step, and resolving and checking them is a fair share of a small call's host time.
     The key holds each value's type (True, 1 and 1.0 hash alike but do not validate alike)."""
+    key = tuple((type(v), v) for v in args)
     try:
-        return dict(_validated_options_cached(tuple((type(v), v) for v in args)))
-    except TypeError as exc:
-        if "unhashable" not in str(exc):
-            raise
-        return _validated_options(*args)  # e.g. bnpo_bounds given as a list
+        hash(key)
+    except TypeError:  # e.g. bnpo_bounds given as a list
+        return _validated_options(*args)
+    return dict(_validated_options_cached(key))
 
 
 # ------------------------------------------------------------------------ custom op
