@@ -7,10 +7,12 @@
 // partition (so results do not depend on the thread count: deterministic):
 //   1. batch moments of the raw rewards (only for baseline=batch_mean / scale=batch_std),
 //   2. per group: n, mean, M2 (two passes over the group's rows, shifted by the group's first
-//      valid value so identical rewards give exactly 0), then A for every row,
+//      valid value so identical rewards give exactly 0), then A for every row; fixed layouts
+//      with G = 4, 8 or 16 run it with lanes = groups (FixedGroupLanes), bitwise equal,
 //   3. whitening (optional): weighted batch moments of A, then (A - mean) * spread.
 // All statistics accumulate in double. Option codes match icrm_kernels/ops/advantages.py.
 #include "common.h"
+#include "lanes.h"
 
 #include <algorithm>
 #include <tuple>
@@ -114,12 +116,11 @@ struct Options {
 };
 
 // One group: rows lo..hi of the (sorted) layout; compile-time flags keep the loops tight.
-// GS > 0: the group size is a compile-time constant (fixed layouts with G = 4, 8 or 16), so
-// the loops unroll; NaN rows are masked (branch-free), so every loop runs over lo..hi.
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
-inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi_rt,
+// NaN rows are masked (branch-free), so every loop runs over lo..hi. FixedGroupLanes below
+// repeats this arithmetic operation for operation: change both together.
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi,
                                 const Options& o, double batch_mean, double batch_std) {
-  const int64_t hi = GS > 0 ? lo + GS : hi_rt;
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
   auto row = [&](int64_t j) -> int64_t {
     if constexpr (ORDER) return order[j];
@@ -178,7 +179,7 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   }
 }
 
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
 void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
                         int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
@@ -186,9 +187,147 @@ void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* or
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t lo = group_size > 0 ? g * group_size : cu[g];
       const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
-      if (hi > lo)
-        normalize_one_group<T, OMIT, ORDER, BASE, SCALE, GS>(r, out, order, lo, hi, o, batch_mean, batch_std);
+      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, lo, hi, o, batch_mean, batch_std);
     }
+  });
+}
+
+constexpr int64_t kGroupBlock = 64;  // groups per tile: x[16][64] doubles = 8 KB, in L1
+
+// Fixed layouts with G = GS (4, 8 or 16): normalize_one_group for kGroupBlock groups at once,
+// lanes = groups, so the compiler vectorizes across groups (one group per double lane). The
+// block is transposed into x[GS][kGroupBlock] (row j of every group contiguous), and each loop
+// over k does one group's work with the same operations in the same order as the scalar code:
+// pivot = first valid value, n and S1 in row order, shift = S1 / n, M2 in row order, then
+// A = ((v - pivot) - shift) [* loo] * inv, selects in place of branches (a raw singleton takes
+// pivot = shift = 0 and loo = 1, which give v exactly). Built without FMA (kFma = false), so
+// every lane rounds as the scalar code does: results are bitwise equal to it (tested).
+template <typename T, bool OMIT, int64_t BASE, int64_t SCALE, int64_t GS>
+struct FixedGroupLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const T* r;
+    T* out;
+    int64_t g0, g1;  // groups g0..g1
+    const Options* o;
+    double batch_mean, batch_std;
+  };
+
+  static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
+    constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
+    const Options& o = *p.o;
+    const bool raw_rule = o.singleton == kRaw;
+    const double const_value = o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+    const double eps = o.eps, batch_mean = p.batch_mean;
+    const double ddof = o.unbiased ? 1.0 : 0.0;
+    const double s_fixed = SCALE == kBatchStd ? p.batch_std : 1.0;
+    alignas(64) double x[GS][kGroupBlock];
+    const T* r = p.r + g * GS;
+    for (int64_t k = 0; k < nb; ++k)
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+
+    // group k's statistics, as in normalize_one_group (q: M2 over its divisor, group_std only)
+    auto stats = [&](int64_t k, double& pivot, double& shift, double& loo, double& q, bool& to_const) {
+      double n = 0.0, S1 = 0.0;
+      if constexpr (OMIT) {
+        pivot = 0.0;  // all NaN: as the scalar code, 0
+        for (int64_t j = GS - 1; j >= 0; --j) pivot = x[j][k] == x[j][k] ? x[j][k] : pivot;
+      } else {
+        pivot = x[0][k];
+      }
+      for (int64_t j = 0; j < GS; ++j) {
+        const double v = x[j][k];
+        if constexpr (OMIT) {
+          const bool ok = v == v;
+          n += ok ? 1.0 : 0.0;
+          S1 += ok ? v - pivot : 0.0;
+        } else {
+          n += 1.0;
+          S1 += v - pivot;
+        }
+      }
+      shift = S1 / n;
+      if constexpr (SCALE == kGroupStd) {
+        double M2 = 0.0;
+        for (int64_t j = 0; j < GS; ++j) {
+          const double v = x[j][k];
+          double d = (v - pivot) - shift;
+          if constexpr (OMIT) d = v == v ? d : 0.0;
+          M2 += d * d;
+        }
+        q = M2 / (n - ddof);
+      }
+      loo = n / (n - 1.0);
+      const bool single = n == 1.0;
+      const bool raw_single = single && raw_rule;
+      to_const = single && !raw_rule;
+      pivot = raw_single ? 0.0 : pivot;
+      shift = raw_single ? 0.0 : shift;
+      loo = raw_single ? 1.0 : loo;
+      q = raw_single ? 1.0 : q;  // s = 1 (sqrt(1) = 1 exactly)
+    };
+    // pass 2 of group k, A written over x
+    auto write = [&](int64_t k, double pivot, double shift, double loo, double inv, bool to_const) {
+      for (int64_t j = 0; j < GS; ++j) {
+        const double v = x[j][k];
+        double centered;
+        if constexpr (BASE == kGroupMean) centered = (v - pivot) - shift;
+        else if constexpr (BASE == kLeaveOneOut) centered = ((v - pivot) - shift) * loo;
+        else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+        else centered = v;
+        double a = to_const ? const_value : centered * inv;
+        if constexpr (OMIT) a = v == v ? a : 0.0;
+        x[j][k] = a;
+      }
+    };
+
+    if constexpr (SCALE == kGroupStd) {
+      // std::sqrt may set errno, which keeps it out of a vectorized loop: three loops over k,
+      // the middle one scalar (one sqrt per group)
+      alignas(64) double P[kGroupBlock], Sh[kGroupBlock], L[kGroupBlock], Q[kGroupBlock], C[kGroupBlock];
+      for (int64_t k = 0; k < nb; ++k) {
+        double pivot, shift, loo, q;
+        bool to_const;
+        stats(k, pivot, shift, loo, q, to_const);
+        P[k] = pivot;
+        Sh[k] = shift;
+        L[k] = loo;
+        Q[k] = q;
+        C[k] = to_const ? 1.0 : 0.0;
+      }
+      for (int64_t k = 0; k < nb; ++k) Q[k] = std::sqrt(Q[k]);
+      for (int64_t k = 0; k < nb; ++k) write(k, P[k], Sh[k], L[k], 1.0 / (Q[k] + eps), C[k] != 0.0);
+    } else if constexpr (group_level) {
+      const double inv = 1.0 / (s_fixed + eps);
+      for (int64_t k = 0; k < nb; ++k) {
+        double pivot, shift, loo, q = 0.0;
+        bool to_const;
+        stats(k, pivot, shift, loo, q, to_const);
+        write(k, pivot, shift, loo, inv, to_const);
+      }
+    } else {
+      const double inv = 1.0 / (s_fixed + eps);
+      for (int64_t k = 0; k < nb; ++k) write(k, 0.0, 0.0, 1.0, inv, false);
+    }
+
+    T* out = p.out + g * GS;
+    for (int64_t k = 0; k < nb; ++k)
+      for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
+  }
+
+  static ICRM_LANE void run(const Args& p) {
+    for (int64_t g = p.g0; g < p.g1; g += kGroupBlock) block(p, g, std::min(kGroupBlock, p.g1 - g));
+  }
+};
+
+template <typename T, bool OMIT, int64_t BASE, int64_t SCALE, int64_t GS>
+void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options& o, double batch_mean,
+                           double batch_std) {
+  using K = FixedGroupLanes<T, OMIT, BASE, SCALE, GS>;
+  const LaneFn<K> lanes = pick_lanes<K>();
+  // the same partition as the scalar path; a group's result does not depend on its block
+  at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
+    lanes(typename K::Args{r, out, g0, g1, &o, batch_mean, batch_std});
   });
 }
 
@@ -196,12 +335,11 @@ template <typename T, bool OMIT, bool ORDER, int64_t B, int64_t S>
 void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
                 const Options& o, double bm, double bs) {
   if constexpr (!ORDER) {
-    if (group_size == 4) return normalize_groups_t<T, OMIT, false, B, S, 4>(r, out, cu, order, 4, num_groups, o, bm, bs);
-    if (group_size == 8) return normalize_groups_t<T, OMIT, false, B, S, 8>(r, out, cu, order, 8, num_groups, o, bm, bs);
-    if (group_size == 16)
-      return normalize_groups_t<T, OMIT, false, B, S, 16>(r, out, cu, order, 16, num_groups, o, bm, bs);
+    if (group_size == 4) return normalize_fixed_lanes<T, OMIT, B, S, 4>(r, out, num_groups, o, bm, bs);
+    if (group_size == 8) return normalize_fixed_lanes<T, OMIT, B, S, 8>(r, out, num_groups, o, bm, bs);
+    if (group_size == 16) return normalize_fixed_lanes<T, OMIT, B, S, 16>(r, out, num_groups, o, bm, bs);
   }
-  normalize_groups_t<T, OMIT, ORDER, B, S, 0>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  normalize_groups_t<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
 }
 
 template <typename T, bool OMIT, bool ORDER>

@@ -542,3 +542,56 @@ def test_eager_calls_without_grad_skip_the_dispatcher_with_the_same_result(backe
         through_op = group_advantages(rg.detach().clamp(0, 1).requires_grad_(True), group_size=4, preset=preset)
         assert through_op.requires_grad and not fast.requires_grad
         torch.testing.assert_close(fast, through_op.detach(), rtol=0, atol=0)
+
+
+def _fixed_equals_ragged_bitwise(seed=0):
+    """The C++ fixed-size lanes (G = 4, 8, 16: groups vectorized across) against the scalar
+    per-group loop that the ragged layout runs, over the same groups: bitwise equal, for every
+    baseline / scale / singleton / nan_policy / ddof and both dtypes, with NaNs, all-NaN groups,
+    single valid rows and identical rewards, B not a multiple of the 64-group block."""
+    gen = torch.Generator().manual_seed(seed)
+    with ik.use_backend("cpp"):
+        for g in (4, 8, 16):
+            b = 2 * 64 + 37
+            base = torch.randn(b * g, generator=gen, dtype=torch.float64) * 3
+            base[torch.rand(b * g, generator=gen) < 0.15] = float("nan")
+            base.view(b, g)[5] = float("nan")  # all NaN
+            base.view(b, g)[6, 1:] = float("nan")  # one valid row
+            base.view(b, g)[7] = 0.7  # identical rewards
+            base.view(b, g)[8, :-1] = float("nan")  # one valid row, last
+            cu = torch.arange(b + 1) * g
+            for dtype in (torch.float32, torch.float64):
+                r = base.to(dtype)
+                for baseline in ("none", "group_mean", "leave_one_out", "batch_mean"):
+                    for scale in ("none", "group_std", "batch_std"):
+                        for nan_policy in ("propagate", "omit"):
+                            for singleton in ("zero", "raw", "nan"):
+                                for unbiased in (True, False):
+                                    kw = dict(baseline=baseline, scale=scale, nan_policy=nan_policy,
+                                              singleton=singleton, std_unbiased=unbiased, eps=1e-4)
+                                    fixed = group_advantages(r, group_size=g, **kw)
+                                    ragged = group_advantages(r, cu_groups=cu, **kw)
+                                    bits = torch.int32 if dtype == torch.float32 else torch.int64
+                                    assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpp_fixed_lanes_bitwise_equal_scalar():
+    _fixed_equals_ragged_bitwise(SEED)
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpp_fixed_lanes_bitwise_equal_scalar_baseline_isa():
+    """The same with ICRM_NO_AVX2=1 (the baseline-ISA copy of the lanes), in a fresh process:
+    the ISA is picked once per process."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ik.__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, ICRM_NO_AVX2="1",
+               PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]))
+    script = f"import test_advantages as t; t._fixed_equals_ragged_bitwise({SEED})"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
