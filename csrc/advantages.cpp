@@ -282,21 +282,13 @@ struct FixedGroupLanes {
     };
 
     if constexpr (SCALE == kGroupStd) {
-      // std::sqrt may set errno, which keeps it out of a vectorized loop: three loops over k,
-      // the middle one scalar (one sqrt per group)
-      alignas(64) double P[kGroupBlock], Sh[kGroupBlock], L[kGroupBlock], Q[kGroupBlock], C[kGroupBlock];
+      // one loop over k (std::sqrt vectorizes because the build has -fno-math-errno)
       for (int64_t k = 0; k < nb; ++k) {
         double pivot, shift, loo, q;
         bool to_const;
         stats(k, pivot, shift, loo, q, to_const);
-        P[k] = pivot;
-        Sh[k] = shift;
-        L[k] = loo;
-        Q[k] = q;
-        C[k] = to_const ? 1.0 : 0.0;
+        write(k, pivot, shift, loo, 1.0 / (std::sqrt(q) + eps), to_const);
       }
-      for (int64_t k = 0; k < nb; ++k) Q[k] = std::sqrt(Q[k]);
-      for (int64_t k = 0; k < nb; ++k) write(k, P[k], Sh[k], L[k], 1.0 / (Q[k] + eps), C[k] != 0.0);
     } else if constexpr (group_level) {
       const double inv = 1.0 / (s_fixed + eps);
       for (int64_t k = 0; k < nb; ++k) {
@@ -498,13 +490,18 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bnpo_low, bnpo_high);
     else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bmean, bstd);
     if (whiten != kWhitenNone) {
-      // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r
-      at::Tensor w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
-      if (omit) w.masked_fill_(at::isnan(r), 0.0);
+      // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r.
+      // Without weights or omitted rows, no weight tensor: weight 1 everywhere gives the same
+      // bits (1 * d = d) without writing and reading N doubles.
+      at::Tensor w;
+      if (weights.defined() || omit) {
+        w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
+        if (omit) w.masked_fill_(at::isnan(r), 0.0);
+      }
       // whitening reads A, where omitted rows are 0 (not NaN): skip by weight only
       Options ow = o;
       ow.omit = false;
-      whiten_inplace(out.data_ptr<scalar_t>(), w.data_ptr<double>(), n, ow);
+      whiten_inplace(out.data_ptr<scalar_t>(), w.defined() ? w.data_ptr<double>() : nullptr, n, ow);
     }
   });
   return out;
