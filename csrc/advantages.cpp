@@ -15,7 +15,9 @@
 #include "lanes.h"
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace icrm {
@@ -46,6 +48,67 @@ inline Moments merge(const Moments& a, const Moments& b) {
   return m;
 }
 
+// One term of chunk_moments_t for one accumulator (Tv = double) or four (Tv = Lanes4): weight,
+// shifted value d, then W += w, A += w d, B += w d d. Shared by both, so a lane rounds as the
+// scalar accumulator does.
+template <bool OMIT, bool HAS_W, typename Tv>
+ICRM_LANE void moment_step(Tv v, Tv wi, Tv pivot, Tv& Wk, Tv& Ak, Tv& Bk) {
+  const Tv zero{};
+  Tv d = v - pivot;
+  if constexpr (OMIT) {
+    const auto ok = v == v;
+    wi = ok ? wi : zero;
+    d = ok ? d : zero;
+  }
+  if constexpr (HAS_W) d = wi == zero ? zero : d;
+  Wk += wi;
+  Ak += wi * d;
+  Bk += wi * d * d;
+}
+
+#if ICRM_AVX2_DISPATCH
+typedef double Lanes4 __attribute__((vector_size(32)));  // the four accumulators: one ymm register
+typedef float Floats4 __attribute__((vector_size(16)));
+
+// The four accumulators of chunk_moments_t over x[lo:hi) ((hi - lo) % 4 == 0) as the lanes of
+// one vector: element lo + 4m + k goes to lane k, in order of m, as in the scalar loop. For the
+// AVX2 copy only (the baseline ISA has no blend: the scalar loop is faster there); no FMA
+// (kFma = false), so each lane is bitwise the scalar accumulator.
+template <typename T, bool OMIT, bool HAS_W>
+struct MomentLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const T* x;
+    const double* w;
+    int64_t lo, hi;
+    double pivot;
+    double *W, *A, *B;  // [4] each, in and out
+  };
+  static ICRM_LANE void run(const Args& p) {
+    Lanes4 W, A, B;
+    std::memcpy(&W, p.W, sizeof W);
+    std::memcpy(&A, p.A, sizeof A);
+    std::memcpy(&B, p.B, sizeof B);
+    const Lanes4 pivot = Lanes4{} + p.pivot;
+    for (int64_t i = p.lo; i < p.hi; i += 4) {
+      Lanes4 v, wi = Lanes4{} + 1.0;
+      if constexpr (std::is_same_v<T, float>) {
+        Floats4 f;
+        std::memcpy(&f, p.x + i, sizeof f);
+        v = __builtin_convertvector(f, Lanes4);
+      } else {
+        std::memcpy(&v, p.x + i, sizeof v);
+      }
+      if constexpr (HAS_W) std::memcpy(&wi, p.w + i, sizeof wi);
+      moment_step<OMIT, HAS_W>(v, wi, pivot, W, A, B);
+    }
+    std::memcpy(p.W, &W, sizeof W);
+    std::memcpy(p.A, &A, sizeof A);
+    std::memcpy(p.B, &B, sizeof B);
+  }
+};
+#endif
+
 // Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
 // shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
 // for identical values), four independent accumulators (fixed order: deterministic).
@@ -56,33 +119,25 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
   while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
   if (first == hi) return m;
   const double pivot = static_cast<double>(x[first]);
-  // four independent accumulators (registers), combined in a fixed order
-  double W0 = 0, W1 = 0, W2 = 0, W3 = 0, A0 = 0, A1 = 0, A2 = 0, A3 = 0, B0 = 0, B1 = 0, B2 = 0, B3 = 0;
-  auto term = [&](int64_t i, double& Wk, double& Ak, double& Bk) {
-    const double v = static_cast<double>(x[i]);
-    double wi = HAS_W ? w[i] : 1.0;
-    double d = v - pivot;
-    if (OMIT) {
-      const bool ok = v == v;
-      wi = ok ? wi : 0.0;
-      d = ok ? d : 0.0;
-    }
-    if (HAS_W) d = wi == 0.0 ? 0.0 : d;
-    Wk += wi;
-    Ak += wi * d;
-    Bk += wi * d * d;
+  double W[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, B[4] = {0, 0, 0, 0};
+  auto term = [&](int64_t i, int k) {
+    moment_step<OMIT, HAS_W>(static_cast<double>(x[i]), HAS_W ? w[i] : 1.0, pivot, W[k], A[k], B[k]);
   };
-  int64_t i = first;
-  for (; i + 4 <= hi; i += 4) {
-    term(i, W0, A0, B0);
-    term(i + 1, W1, A1, B1);
-    term(i + 2, W2, A2, B2);
-    term(i + 3, W3, A3, B3);
+  const int64_t body = first + (hi - first) / 4 * 4;
+#if ICRM_AVX2_DISPATCH
+  if (use_avx2()) {
+    using K = MomentLanes<T, OMIT, HAS_W>;
+    lanes_avx2_nofma<K>(typename K::Args{x, w, first, body, pivot, W, A, B});
+  } else
+#endif
+  {
+    for (int64_t i = first; i < body; i += 4)
+      for (int k = 0; k < 4; ++k) term(i + k, k);
   }
-  for (; i < hi; ++i) term(i, W0, A0, B0);
-  const double Wt = (W0 + W1) + (W2 + W3);
-  const double St = (A0 + A1) + (A2 + A3);
-  const double S2t = (B0 + B1) + (B2 + B3);
+  for (int64_t i = body; i < hi; ++i) term(i, 0);
+  const double Wt = (W[0] + W[1]) + (W[2] + W[3]);
+  const double St = (A[0] + A[1]) + (A[2] + A[3]);
+  const double S2t = (B[0] + B[1]) + (B[2] + B[3]);
   if (Wt == 0.0) return m;
   m.W = Wt;
   m.mean = pivot + St / Wt;
