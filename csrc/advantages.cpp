@@ -8,7 +8,7 @@
 //   1. batch moments of the raw rewards (only for baseline=batch_mean / scale=batch_std),
 //   2. per group: n, mean, M2 (two passes over the group's rows, shifted by the group's first
 //      valid value so identical rewards give exactly 0), then A for every row; fixed layouts
-//      with G = 4, 8 or 16 run it with lanes = groups (FixedGroupLanes), bitwise equal,
+//      with G = 4, 8 or 16 vectorize it across groups (FixedGroupLanes), with the same bits,
 //   3. whitening (optional): weighted batch moments of A, then (A - mean) * spread.
 // All statistics accumulate in double. Option codes match icrm_kernels/ops/advantages.py.
 #include "common.h"
@@ -170,26 +170,38 @@ struct Options {
   bool unbiased, omit;
 };
 
-// One group: rows lo..hi of the (sorted) layout; compile-time flags keep the loops tight.
-// NaN rows are masked (branch-free), so every loop runs over lo..hi. FixedGroupLanes below
-// repeats this arithmetic operation for operation: change both together.
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi,
-                                const Options& o, double batch_mean, double batch_std) {
+// What pass 2 needs of one group: A = ((v - pivot) - shift) [* loo] * inv, or const_value.
+struct GroupParams {
+  double pivot, shift, loo, inv;
+  bool to_const;
+};
+
+// The options group_params reads, taken out of Options once (values, not loads in the loop).
+struct GroupRule {
+  double eps, ddof, batch_std;
+  bool raw_singleton;
+  explicit GroupRule(const Options& o, double batch_std)
+      : eps(o.eps), ddof(o.unbiased ? 1.0 : 0.0), batch_std(batch_std), raw_singleton(o.singleton == kRaw) {}
+};
+
+// One group's statistics, its row j being val(j) (j < len), for the scalar loop and the lanes
+// alike (so both round the same): pivot = first valid value, n and S1 = sum (v - pivot) in row
+// order, shift = S1 / n, M2 in row order, s = sqrt(M2 / (n - ddof)). Branch-free (NaN rows are
+// masked, the pivot is found by selects), so that a loop over groups vectorizes; a raw singleton
+// takes pivot = shift = 0, loo = 1 and s = sqrt(1), which give A = v / (1 + eps) exactly.
+template <bool OMIT, int64_t BASE, int64_t SCALE, class Val>
+ICRM_LANE GroupParams group_params(Val val, int64_t len, const GroupRule& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
-  auto row = [&](int64_t j) -> int64_t {
-    if constexpr (ORDER) return order[j];
-    else return j;
-  };
-  // pass 1: count, pivot (first valid value), shifted sum (branch-free: NaN rows add 0 when OMIT)
-  double n = 0.0, pivot = 0.0, S1 = 0.0;
-  int64_t first = lo;
+  const double s_fixed = SCALE == kBatchStd ? o.batch_std : 1.0;
+  if constexpr (!group_level) return {0.0, 0.0, 1.0, 1.0 / (s_fixed + o.eps), false};
+  double pivot = 0.0, n = 0.0, S1 = 0.0;  // all NaN (OMIT): pivot 0
   if constexpr (OMIT) {
-    while (first < hi && std::isnan(static_cast<double>(r[row(first)]))) ++first;
+    for (int64_t j = len - 1; j >= 0; --j) pivot = val(j) == val(j) ? val(j) : pivot;
+  } else {
+    pivot = val(0);
   }
-  if (first < hi) pivot = static_cast<double>(r[row(first)]);
-  for (int64_t j = lo; j < hi; ++j) {
-    const double v = static_cast<double>(r[row(j)]);
+  for (int64_t j = 0; j < len; ++j) {
+    const double v = val(j);
     if constexpr (OMIT) {
       const bool ok = v == v;
       n += ok ? 1.0 : 0.0;
@@ -199,38 +211,61 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
       S1 += v - pivot;
     }
   }
-  const double shift = S1 / n;  // mean = pivot + shift
-  const bool single = n == 1.0;
-  const bool raw_single = single && o.singleton == kRaw;
-  double s = 1.0;
+  double shift = S1 / n;  // mean = pivot + shift
+  double var = 1.0;
   if constexpr (SCALE == kGroupStd) {
     double M2 = 0.0;
-    for (int64_t j = lo; j < hi; ++j) {
-      const double v = static_cast<double>(r[row(j)]);
+    for (int64_t j = 0; j < len; ++j) {
+      const double v = val(j);
       double d = (v - pivot) - shift;
       if constexpr (OMIT) d = v == v ? d : 0.0;
       M2 += d * d;
     }
-    s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
-  } else if constexpr (SCALE == kBatchStd) {
-    s = batch_std;
+    var = M2 / (n - o.ddof);
   }
-  const double inv = 1.0 / (s + o.eps);
-  const double loo = n / (n - 1.0);
-  const bool to_const = group_level && single && o.singleton != kRaw;
-  const double const_value = o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
-  // pass 2: write (r - b) * inv, written so identical rewards give exactly 0
+  double loo = n / (n - 1.0);
+  const bool single = n == 1.0;
+  const bool raw_single = single && o.raw_singleton;
+  pivot = raw_single ? 0.0 : pivot;
+  shift = raw_single ? 0.0 : shift;
+  loo = raw_single ? 1.0 : loo;
+  var = raw_single ? 1.0 : var;
+  // std::sqrt vectorizes in a loop over groups because the build has -fno-math-errno
+  const double s = SCALE == kGroupStd ? std::sqrt(var) : s_fixed;
+  return {pivot, shift, loo, 1.0 / (s + o.eps), single && !o.raw_singleton};
+}
+
+// A of one row (0 for a NaN row when OMIT), written so identical rewards give exactly 0.
+template <bool OMIT, int64_t BASE>
+ICRM_LANE double row_advantage(double v, const GroupParams& g, double const_value, double batch_mean) {
+  double centered;
+  if constexpr (BASE == kGroupMean) centered = (v - g.pivot) - g.shift;
+  else if constexpr (BASE == kLeaveOneOut) centered = ((v - g.pivot) - g.shift) * g.loo;
+  else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+  else centered = v;
+  double a = g.to_const ? const_value : centered * g.inv;
+  if constexpr (OMIT) a = v == v ? a : 0.0;
+  return a;
+}
+
+inline double singleton_value(const Options& o) {
+  return o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+}
+
+// One group: rows lo..hi of the (sorted) layout.
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi,
+                                const Options& o, double batch_mean, double batch_std) {
+  auto row = [&](int64_t j) -> int64_t {
+    if constexpr (ORDER) return order[j];
+    else return j;
+  };
+  auto val = [&](int64_t j) { return static_cast<double>(r[row(lo + j)]); };
+  const GroupParams g = group_params<OMIT, BASE, SCALE>(val, hi - lo, GroupRule(o, batch_std));
+  const double const_value = singleton_value(o);
   for (int64_t j = lo; j < hi; ++j) {
     const int64_t i = row(j);
-    const double v = static_cast<double>(r[i]);
-    double centered;
-    if constexpr (BASE == kGroupMean) centered = raw_single ? v : (v - pivot) - shift;
-    else if constexpr (BASE == kLeaveOneOut) centered = raw_single ? v : ((v - pivot) - shift) * loo;
-    else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
-    else centered = v;
-    double a = to_const ? const_value : centered * inv;
-    if constexpr (OMIT) a = v == v ? a : 0.0;
-    out[i] = static_cast<T>(a);
+    out[i] = static_cast<T>(row_advantage<OMIT, BASE>(static_cast<double>(r[i]), g, const_value, batch_mean));
   }
 }
 
@@ -249,14 +284,13 @@ void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* or
 
 constexpr int64_t kGroupBlock = 64;  // groups per tile: x[16][64] doubles = 8 KB, in L1
 
-// Fixed layouts with G = GS (4, 8 or 16): normalize_one_group for kGroupBlock groups at once,
-// lanes = groups, so the compiler vectorizes across groups (one group per double lane). The
-// block is transposed into x[GS][kGroupBlock] (row j of every group contiguous), and each loop
-// over k does one group's work with the same operations in the same order as the scalar code:
-// pivot = first valid value, n and S1 in row order, shift = S1 / n, M2 in row order, then
-// A = ((v - pivot) - shift) [* loo] * inv, selects in place of branches (a raw singleton takes
-// pivot = shift = 0 and loo = 1, which give v exactly). Built without FMA (kFma = false), so
-// every lane rounds as the scalar code does: results are bitwise equal to it (tested).
+// Fixed layouts with G = GS (4, 8 or 16): kGroupBlock groups at once with lanes = groups, so
+// the compiler vectorizes group_params and row_advantage across groups (one group per double
+// lane). The block is transposed into x[GS][kGroupBlock] (row j of every group contiguous).
+// GCC 12 vectorizes every combination but leave_one_out with nan_policy omit (its loop stays
+// scalar; the order of statements in group_params matters to its vectorizer).
+// The same functions as the scalar loop, built without FMA (kFma = false): every lane rounds as
+// the scalar code does, results are bitwise equal to it (tested against the ragged layout).
 template <typename T, bool OMIT, int64_t BASE, int64_t SCALE, int64_t GS>
 struct FixedGroupLanes {
   static constexpr bool kFma = false;
@@ -269,94 +303,17 @@ struct FixedGroupLanes {
   };
 
   static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
-    constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
-    const Options& o = *p.o;
-    const bool raw_rule = o.singleton == kRaw;
-    const double const_value = o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
-    const double eps = o.eps, batch_mean = p.batch_mean;
-    const double ddof = o.unbiased ? 1.0 : 0.0;
-    const double s_fixed = SCALE == kBatchStd ? p.batch_std : 1.0;
+    const double const_value = singleton_value(*p.o), batch_mean = p.batch_mean;
+    const GroupRule rule(*p.o, p.batch_std);
     alignas(64) double x[GS][kGroupBlock];
     const T* r = p.r + g * GS;
     for (int64_t k = 0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
-
-    // group k's statistics, as in normalize_one_group (q: M2 over its divisor, group_std only)
-    auto stats = [&](int64_t k, double& pivot, double& shift, double& loo, double& q, bool& to_const) {
-      double n = 0.0, S1 = 0.0;
-      if constexpr (OMIT) {
-        pivot = 0.0;  // all NaN: as the scalar code, 0
-        for (int64_t j = GS - 1; j >= 0; --j) pivot = x[j][k] == x[j][k] ? x[j][k] : pivot;
-      } else {
-        pivot = x[0][k];
-      }
-      for (int64_t j = 0; j < GS; ++j) {
-        const double v = x[j][k];
-        if constexpr (OMIT) {
-          const bool ok = v == v;
-          n += ok ? 1.0 : 0.0;
-          S1 += ok ? v - pivot : 0.0;
-        } else {
-          n += 1.0;
-          S1 += v - pivot;
-        }
-      }
-      shift = S1 / n;
-      if constexpr (SCALE == kGroupStd) {
-        double M2 = 0.0;
-        for (int64_t j = 0; j < GS; ++j) {
-          const double v = x[j][k];
-          double d = (v - pivot) - shift;
-          if constexpr (OMIT) d = v == v ? d : 0.0;
-          M2 += d * d;
-        }
-        q = M2 / (n - ddof);
-      }
-      loo = n / (n - 1.0);
-      const bool single = n == 1.0;
-      const bool raw_single = single && raw_rule;
-      to_const = single && !raw_rule;
-      pivot = raw_single ? 0.0 : pivot;
-      shift = raw_single ? 0.0 : shift;
-      loo = raw_single ? 1.0 : loo;
-      q = raw_single ? 1.0 : q;  // s = 1 (sqrt(1) = 1 exactly)
-    };
-    // pass 2 of group k, A written over x
-    auto write = [&](int64_t k, double pivot, double shift, double loo, double inv, bool to_const) {
-      for (int64_t j = 0; j < GS; ++j) {
-        const double v = x[j][k];
-        double centered;
-        if constexpr (BASE == kGroupMean) centered = (v - pivot) - shift;
-        else if constexpr (BASE == kLeaveOneOut) centered = ((v - pivot) - shift) * loo;
-        else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
-        else centered = v;
-        double a = to_const ? const_value : centered * inv;
-        if constexpr (OMIT) a = v == v ? a : 0.0;
-        x[j][k] = a;
-      }
-    };
-
-    if constexpr (SCALE == kGroupStd) {
-      // one loop over k (std::sqrt vectorizes because the build has -fno-math-errno)
-      for (int64_t k = 0; k < nb; ++k) {
-        double pivot, shift, loo, q;
-        bool to_const;
-        stats(k, pivot, shift, loo, q, to_const);
-        write(k, pivot, shift, loo, 1.0 / (std::sqrt(q) + eps), to_const);
-      }
-    } else if constexpr (group_level) {
-      const double inv = 1.0 / (s_fixed + eps);
-      for (int64_t k = 0; k < nb; ++k) {
-        double pivot, shift, loo, q = 0.0;
-        bool to_const;
-        stats(k, pivot, shift, loo, q, to_const);
-        write(k, pivot, shift, loo, inv, to_const);
-      }
-    } else {
-      const double inv = 1.0 / (s_fixed + eps);
-      for (int64_t k = 0; k < nb; ++k) write(k, 0.0, 0.0, 1.0, inv, false);
+    for (int64_t k = 0; k < nb; ++k) {
+      auto val = [&](int64_t j) { return x[j][k]; };
+      const GroupParams gp = group_params<OMIT, BASE, SCALE>(val, GS, rule);
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
     }
-
     T* out = p.out + g * GS;
     for (int64_t k = 0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
