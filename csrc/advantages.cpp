@@ -52,9 +52,9 @@ inline Moments merge(const Moments& a, const Moments& b) {
 // shifted value d, then W += w, A += w d, B += w d d. Shared by both, so a lane rounds as the
 // scalar accumulator does.
 template <bool OMIT, bool HAS_W, typename Tv>
-ICRM_LANE void moment_step(Tv v, Tv wi, Tv pivot, Tv& Wk, Tv& Ak, Tv& Bk) {
+ICRM_LANE void moment_step(const Tv& v, const Tv& weight, const Tv& pivot, Tv& Wk, Tv& Ak, Tv& Bk) {
   const Tv zero{};
-  Tv d = v - pivot;
+  Tv wi = weight, d = v - pivot;
   if constexpr (OMIT) {
     const auto ok = v == v;
     wi = ok ? wi : zero;
