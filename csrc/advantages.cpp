@@ -7,13 +7,17 @@
 // partition (so results do not depend on the thread count: deterministic):
 //   1. batch moments of the raw rewards (only for baseline=batch_mean / scale=batch_std),
 //   2. per group: n, mean, M2 (two passes over the group's rows, shifted by the group's first
-//      valid value so identical rewards give exactly 0), then A for every row,
+//      valid value so identical rewards give exactly 0), then A for every row; fixed layouts
+//      with G = 4, 8 or 16 vectorize it across groups (FixedGroupLanes), with the same bits,
 //   3. whitening (optional): weighted batch moments of A, then (A - mean) * spread.
 // All statistics accumulate in double. Option codes match icrm_kernels/ops/advantages.py.
 #include "common.h"
+#include "lanes.h"
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace icrm {
@@ -44,6 +48,67 @@ inline Moments merge(const Moments& a, const Moments& b) {
   return m;
 }
 
+// One term of chunk_moments_t for one accumulator (Tv = double) or four (Tv = Lanes4): weight,
+// shifted value d, then W += w, A += w d, B += w d d. Shared by both, so a lane rounds as the
+// scalar accumulator does.
+template <bool OMIT, bool HAS_W, typename Tv>
+ICRM_LANE void moment_step(const Tv& v, const Tv& weight, const Tv& pivot, Tv& Wk, Tv& Ak, Tv& Bk) {
+  const Tv zero{};
+  Tv wi = weight, d = v - pivot;
+  if constexpr (OMIT) {
+    const auto ok = v == v;
+    wi = ok ? wi : zero;
+    d = ok ? d : zero;
+  }
+  if constexpr (HAS_W) d = wi == zero ? zero : d;
+  Wk += wi;
+  Ak += wi * d;
+  Bk += wi * d * d;
+}
+
+#if ICRM_AVX2_DISPATCH
+typedef double Lanes4 __attribute__((vector_size(32)));  // the four accumulators: one ymm register
+typedef float Floats4 __attribute__((vector_size(16)));
+
+// The four accumulators of chunk_moments_t over x[lo:hi) ((hi - lo) % 4 == 0) as the lanes of
+// one vector: element lo + 4m + k goes to lane k, in order of m, as in the scalar loop. For the
+// AVX2 copy only (the baseline ISA has no blend: the scalar loop is faster there); no FMA
+// (kFma = false), so each lane is bitwise the scalar accumulator.
+template <typename T, bool OMIT, bool HAS_W>
+struct MomentLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const T* x;
+    const double* w;
+    int64_t lo, hi;
+    double pivot;
+    double *W, *A, *B;  // [4] each, in and out
+  };
+  static ICRM_LANE void run(const Args& p) {
+    Lanes4 W, A, B;
+    std::memcpy(&W, p.W, sizeof W);
+    std::memcpy(&A, p.A, sizeof A);
+    std::memcpy(&B, p.B, sizeof B);
+    const Lanes4 pivot = Lanes4{} + p.pivot;
+    for (int64_t i = p.lo; i < p.hi; i += 4) {
+      Lanes4 v, wi = Lanes4{} + 1.0;
+      if constexpr (std::is_same_v<T, float>) {
+        Floats4 f;
+        std::memcpy(&f, p.x + i, sizeof f);
+        v = __builtin_convertvector(f, Lanes4);
+      } else {
+        std::memcpy(&v, p.x + i, sizeof v);
+      }
+      if constexpr (HAS_W) std::memcpy(&wi, p.w + i, sizeof wi);
+      moment_step<OMIT, HAS_W>(v, wi, pivot, W, A, B);
+    }
+    std::memcpy(p.W, &W, sizeof W);
+    std::memcpy(p.A, &A, sizeof A);
+    std::memcpy(p.B, &B, sizeof B);
+  }
+};
+#endif
+
 // Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
 // shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
 // for identical values), four independent accumulators (fixed order: deterministic).
@@ -54,33 +119,25 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
   while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
   if (first == hi) return m;
   const double pivot = static_cast<double>(x[first]);
-  // four independent accumulators (registers), combined in a fixed order
-  double W0 = 0, W1 = 0, W2 = 0, W3 = 0, A0 = 0, A1 = 0, A2 = 0, A3 = 0, B0 = 0, B1 = 0, B2 = 0, B3 = 0;
-  auto term = [&](int64_t i, double& Wk, double& Ak, double& Bk) {
-    const double v = static_cast<double>(x[i]);
-    double wi = HAS_W ? w[i] : 1.0;
-    double d = v - pivot;
-    if (OMIT) {
-      const bool ok = v == v;
-      wi = ok ? wi : 0.0;
-      d = ok ? d : 0.0;
-    }
-    if (HAS_W) d = wi == 0.0 ? 0.0 : d;
-    Wk += wi;
-    Ak += wi * d;
-    Bk += wi * d * d;
+  double W[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, B[4] = {0, 0, 0, 0};
+  auto term = [&](int64_t i, int k) {
+    moment_step<OMIT, HAS_W>(static_cast<double>(x[i]), HAS_W ? w[i] : 1.0, pivot, W[k], A[k], B[k]);
   };
-  int64_t i = first;
-  for (; i + 4 <= hi; i += 4) {
-    term(i, W0, A0, B0);
-    term(i + 1, W1, A1, B1);
-    term(i + 2, W2, A2, B2);
-    term(i + 3, W3, A3, B3);
+  const int64_t body = first + (hi - first) / 4 * 4;
+#if ICRM_AVX2_DISPATCH
+  if (use_avx2()) {
+    using K = MomentLanes<T, OMIT, HAS_W>;
+    lanes_avx2_nofma<K>(typename K::Args{x, w, first, body, pivot, W, A, B});
+  } else
+#endif
+  {
+    for (int64_t i = first; i < body; i += 4)
+      for (int k = 0; k < 4; ++k) term(i + k, k);
   }
-  for (; i < hi; ++i) term(i, W0, A0, B0);
-  const double Wt = (W0 + W1) + (W2 + W3);
-  const double St = (A0 + A1) + (A2 + A3);
-  const double S2t = (B0 + B1) + (B2 + B3);
+  for (int64_t i = body; i < hi; ++i) term(i, 0);
+  const double Wt = (W[0] + W[1]) + (W[2] + W[3]);
+  const double St = (A[0] + A[1]) + (A[2] + A[3]);
+  const double S2t = (B[0] + B[1]) + (B[2] + B[3]);
   if (Wt == 0.0) return m;
   m.W = Wt;
   m.mean = pivot + St / Wt;
@@ -113,27 +170,38 @@ struct Options {
   bool unbiased, omit;
 };
 
-// One group: rows lo..hi of the (sorted) layout; compile-time flags keep the loops tight.
-// GS > 0: the group size is a compile-time constant (fixed layouts with G = 4, 8 or 16), so
-// the loops unroll; NaN rows are masked (branch-free), so every loop runs over lo..hi.
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
-inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi_rt,
-                                const Options& o, double batch_mean, double batch_std) {
-  const int64_t hi = GS > 0 ? lo + GS : hi_rt;
+// What pass 2 needs of one group: A = ((v - pivot) - shift) [* loo] * inv, or const_value.
+struct GroupParams {
+  double pivot, shift, loo, inv;
+  bool to_const;
+};
+
+// The options group_params reads, taken out of Options once (values, not loads in the loop).
+struct GroupRule {
+  double eps, ddof, batch_std;
+  bool raw_singleton;
+  explicit GroupRule(const Options& o, double batch_std)
+      : eps(o.eps), ddof(o.unbiased ? 1.0 : 0.0), batch_std(batch_std), raw_singleton(o.singleton == kRaw) {}
+};
+
+// One group's statistics, its row j being val(j) (j < len), for the scalar loop and the lanes
+// alike (so both round the same): pivot = first valid value, n and S1 = sum (v - pivot) in row
+// order, shift = S1 / n, M2 in row order, s = sqrt(M2 / (n - ddof)). Branch-free (NaN rows are
+// masked, the pivot is found by selects), so that a loop over groups vectorizes; a raw singleton
+// takes pivot = shift = 0, loo = 1 and s = sqrt(1), which give A = v / (1 + eps) exactly.
+template <bool OMIT, int64_t BASE, int64_t SCALE, class Val>
+ICRM_LANE GroupParams group_params(Val val, int64_t len, const GroupRule& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
-  auto row = [&](int64_t j) -> int64_t {
-    if constexpr (ORDER) return order[j];
-    else return j;
-  };
-  // pass 1: count, pivot (first valid value), shifted sum (branch-free: NaN rows add 0 when OMIT)
-  double n = 0.0, pivot = 0.0, S1 = 0.0;
-  int64_t first = lo;
+  const double s_fixed = SCALE == kBatchStd ? o.batch_std : 1.0;
+  if constexpr (!group_level) return {0.0, 0.0, 1.0, 1.0 / (s_fixed + o.eps), false};
+  double pivot = 0.0, n = 0.0, S1 = 0.0;  // all NaN (OMIT): pivot 0
   if constexpr (OMIT) {
-    while (first < hi && std::isnan(static_cast<double>(r[row(first)]))) ++first;
+    for (int64_t j = len - 1; j >= 0; --j) pivot = val(j) == val(j) ? val(j) : pivot;
+  } else {
+    pivot = val(0);
   }
-  if (first < hi) pivot = static_cast<double>(r[row(first)]);
-  for (int64_t j = lo; j < hi; ++j) {
-    const double v = static_cast<double>(r[row(j)]);
+  for (int64_t j = 0; j < len; ++j) {
+    const double v = val(j);
     if constexpr (OMIT) {
       const bool ok = v == v;
       n += ok ? 1.0 : 0.0;
@@ -143,42 +211,65 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
       S1 += v - pivot;
     }
   }
-  const double shift = S1 / n;  // mean = pivot + shift
-  const bool single = n == 1.0;
-  const bool raw_single = single && o.singleton == kRaw;
-  double s = 1.0;
+  double shift = S1 / n;  // mean = pivot + shift
+  double var = 1.0;
   if constexpr (SCALE == kGroupStd) {
     double M2 = 0.0;
-    for (int64_t j = lo; j < hi; ++j) {
-      const double v = static_cast<double>(r[row(j)]);
+    for (int64_t j = 0; j < len; ++j) {
+      const double v = val(j);
       double d = (v - pivot) - shift;
       if constexpr (OMIT) d = v == v ? d : 0.0;
       M2 += d * d;
     }
-    s = raw_single ? 1.0 : std::sqrt(M2 / (o.unbiased ? n - 1.0 : n));
-  } else if constexpr (SCALE == kBatchStd) {
-    s = batch_std;
+    var = M2 / (n - o.ddof);
   }
-  const double inv = 1.0 / (s + o.eps);
-  const double loo = n / (n - 1.0);
-  const bool to_const = group_level && single && o.singleton != kRaw;
-  const double const_value = o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
-  // pass 2: write (r - b) * inv, written so identical rewards give exactly 0
+  double loo = n / (n - 1.0);
+  const bool single = n == 1.0;
+  const bool raw_single = single && o.raw_singleton;
+  pivot = raw_single ? 0.0 : pivot;
+  shift = raw_single ? 0.0 : shift;
+  loo = raw_single ? 1.0 : loo;
+  var = raw_single ? 1.0 : var;
+  // std::sqrt vectorizes in a loop over groups because the build has -fno-math-errno
+  const double s = SCALE == kGroupStd ? std::sqrt(var) : s_fixed;
+  return {pivot, shift, loo, 1.0 / (s + o.eps), single && !o.raw_singleton};
+}
+
+// A of one row (0 for a NaN row when OMIT), written so identical rewards give exactly 0.
+template <bool OMIT, int64_t BASE>
+ICRM_LANE double row_advantage(double v, const GroupParams& g, double const_value, double batch_mean) {
+  double centered;
+  if constexpr (BASE == kGroupMean) centered = (v - g.pivot) - g.shift;
+  else if constexpr (BASE == kLeaveOneOut) centered = ((v - g.pivot) - g.shift) * g.loo;
+  else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+  else centered = v;
+  double a = g.to_const ? const_value : centered * g.inv;
+  if constexpr (OMIT) a = v == v ? a : 0.0;
+  return a;
+}
+
+inline double singleton_value(const Options& o) {
+  return o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+}
+
+// One group: rows lo..hi of the (sorted) layout.
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi,
+                                const Options& o, double batch_mean, double batch_std) {
+  auto row = [&](int64_t j) -> int64_t {
+    if constexpr (ORDER) return order[j];
+    else return j;
+  };
+  auto val = [&](int64_t j) { return static_cast<double>(r[row(lo + j)]); };
+  const GroupParams g = group_params<OMIT, BASE, SCALE>(val, hi - lo, GroupRule(o, batch_std));
+  const double const_value = singleton_value(o);
   for (int64_t j = lo; j < hi; ++j) {
     const int64_t i = row(j);
-    const double v = static_cast<double>(r[i]);
-    double centered;
-    if constexpr (BASE == kGroupMean) centered = raw_single ? v : (v - pivot) - shift;
-    else if constexpr (BASE == kLeaveOneOut) centered = raw_single ? v : ((v - pivot) - shift) * loo;
-    else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
-    else centered = v;
-    double a = to_const ? const_value : centered * inv;
-    if constexpr (OMIT) a = v == v ? a : 0.0;
-    out[i] = static_cast<T>(a);
+    out[i] = static_cast<T>(row_advantage<OMIT, BASE>(static_cast<double>(r[i]), g, const_value, batch_mean));
   }
 }
 
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, int64_t GS>
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
 void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
                         int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
@@ -186,9 +277,61 @@ void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* or
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t lo = group_size > 0 ? g * group_size : cu[g];
       const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
-      if (hi > lo)
-        normalize_one_group<T, OMIT, ORDER, BASE, SCALE, GS>(r, out, order, lo, hi, o, batch_mean, batch_std);
+      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, lo, hi, o, batch_mean, batch_std);
     }
+  });
+}
+
+constexpr int64_t kGroupBlock = 64;  // groups per tile: x[16][64] doubles = 8 KB, in L1
+
+// Fixed layouts with G = GS (4, 8 or 16): kGroupBlock groups at once with lanes = groups, so
+// the compiler vectorizes group_params and row_advantage across groups (one group per double
+// lane). The block is transposed into x[GS][kGroupBlock] (row j of every group contiguous).
+// GCC 12 vectorizes every combination but leave_one_out with nan_policy omit (its loop stays
+// scalar; the order of statements in group_params matters to its vectorizer).
+// The same functions as the scalar loop, built without FMA (kFma = false): every lane rounds as
+// the scalar code does, results are bitwise equal to it (tested against the ragged layout).
+template <typename T, bool OMIT, int64_t BASE, int64_t SCALE, int64_t GS>
+struct FixedGroupLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const T* r;
+    T* out;
+    int64_t g0, g1;  // groups g0..g1
+    const Options* o;
+    double batch_mean, batch_std;
+  };
+
+  static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
+    const double const_value = singleton_value(*p.o), batch_mean = p.batch_mean;
+    const GroupRule rule(*p.o, p.batch_std);
+    alignas(64) double x[GS][kGroupBlock];
+    const T* r = p.r + g * GS;
+    for (int64_t k = 0; k < nb; ++k)
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+    for (int64_t k = 0; k < nb; ++k) {
+      auto val = [&](int64_t j) { return x[j][k]; };
+      const GroupParams gp = group_params<OMIT, BASE, SCALE>(val, GS, rule);
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
+    }
+    T* out = p.out + g * GS;
+    for (int64_t k = 0; k < nb; ++k)
+      for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
+  }
+
+  static ICRM_LANE void run(const Args& p) {
+    for (int64_t g = p.g0; g < p.g1; g += kGroupBlock) block(p, g, std::min(kGroupBlock, p.g1 - g));
+  }
+};
+
+template <typename T, bool OMIT, int64_t BASE, int64_t SCALE, int64_t GS>
+void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options& o, double batch_mean,
+                           double batch_std) {
+  using K = FixedGroupLanes<T, OMIT, BASE, SCALE, GS>;
+  const LaneFn<K> lanes = pick_lanes<K>();
+  // the same partition as the scalar path; a group's result does not depend on its block
+  at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
+    lanes(typename K::Args{r, out, g0, g1, &o, batch_mean, batch_std});
   });
 }
 
@@ -196,12 +339,11 @@ template <typename T, bool OMIT, bool ORDER, int64_t B, int64_t S>
 void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
                 const Options& o, double bm, double bs) {
   if constexpr (!ORDER) {
-    if (group_size == 4) return normalize_groups_t<T, OMIT, false, B, S, 4>(r, out, cu, order, 4, num_groups, o, bm, bs);
-    if (group_size == 8) return normalize_groups_t<T, OMIT, false, B, S, 8>(r, out, cu, order, 8, num_groups, o, bm, bs);
-    if (group_size == 16)
-      return normalize_groups_t<T, OMIT, false, B, S, 16>(r, out, cu, order, 16, num_groups, o, bm, bs);
+    if (group_size == 4) return normalize_fixed_lanes<T, OMIT, B, S, 4>(r, out, num_groups, o, bm, bs);
+    if (group_size == 8) return normalize_fixed_lanes<T, OMIT, B, S, 8>(r, out, num_groups, o, bm, bs);
+    if (group_size == 16) return normalize_fixed_lanes<T, OMIT, B, S, 16>(r, out, num_groups, o, bm, bs);
   }
-  normalize_groups_t<T, OMIT, ORDER, B, S, 0>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  normalize_groups_t<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
 }
 
 template <typename T, bool OMIT, bool ORDER>
@@ -360,13 +502,18 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bnpo_low, bnpo_high);
     else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bmean, bstd);
     if (whiten != kWhitenNone) {
-      // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r
-      at::Tensor w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
-      if (omit) w.masked_fill_(at::isnan(r), 0.0);
+      // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r.
+      // Without weights or omitted rows, no weight tensor: weight 1 everywhere gives the same
+      // bits (1 * d = d) without writing and reading N doubles.
+      at::Tensor w;
+      if (weights.defined() || omit) {
+        w = weights.defined() ? weights.clone() : at::ones({n}, r.options().dtype(at::kDouble));
+        if (omit) w.masked_fill_(at::isnan(r), 0.0);
+      }
       // whitening reads A, where omitted rows are 0 (not NaN): skip by weight only
       Options ow = o;
       ow.omit = false;
-      whiten_inplace(out.data_ptr<scalar_t>(), w.data_ptr<double>(), n, ow);
+      whiten_inplace(out.data_ptr<scalar_t>(), w.defined() ? w.data_ptr<double>() : nullptr, n, ow);
     }
   });
   return out;

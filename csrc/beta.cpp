@@ -3,10 +3,9 @@
 // float32 and float64 kernels; bf16/fp16 inputs are upcast to float32 in the op wrapper.
 // Input validation with readable messages is done in Python (icrm_kernels/ops/beta.py).
 #include "common.h"
+#include "lanes.h"
 #include "special.h"
 
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 namespace icrm {
@@ -59,51 +58,9 @@ at::Tensor betaln(const at::Tensor& a_in, const at::Tensor& b_in) {
 // The float32 ELBO and statistics run the lane helpers of special.h over blocks of kLaneBlock
 // elements: one branch-free loop per block that the compiler vectorizes. On x86 with GCC/Clang
 // each loop is built twice, for AVX2+FMA and for the baseline ISA, and the CPU picks one at run
-// time, so the package needs no -march flag (ICRM_NO_AVX2=1 forces the baseline copy, which the
-// tests use to cover it). float64 keeps the scalar path with the library log/exp.
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define ICRM_AVX2_DISPATCH 1
-#define ICRM_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define ICRM_AVX2_DISPATCH 0
-#endif
-
+// time (lanes.h), so the package needs no -march flag (ICRM_NO_AVX2=1 forces the baseline copy,
+// which the tests use to cover it). float64 keeps the scalar path with the library log/exp.
 constexpr int64_t kLaneBlock = 512;  // a block's loss buffer stays in L1
-
-bool use_avx2() {
-#if ICRM_AVX2_DISPATCH
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          !(std::getenv("ICRM_NO_AVX2") && std::string(std::getenv("ICRM_NO_AVX2")) == "1");
-  return yes;
-#else
-  return false;
-#endif
-}
-
-// K is a lane kernel: a struct with `Args` and `static ICRM_LANE void run(const Args&)`, which the
-// two entry points below inline, each with its own ISA.
-template <class K>
-using LaneFn = void (*)(const typename K::Args&);
-
-template <class K>
-void lanes_baseline(const typename K::Args& p) {
-  K::run(p);
-}
-
-#if ICRM_AVX2_DISPATCH
-template <class K>
-ICRM_TARGET_AVX2 void lanes_avx2(const typename K::Args& p) {
-  K::run(p);
-}
-#endif
-
-template <class K>
-LaneFn<K> pick_lanes() {
-#if ICRM_AVX2_DISPATCH
-  if (use_avx2()) return &lanes_avx2<K>;
-#endif
-  return &lanes_baseline<K>;
-}
 
 // ---------------------------------------------------------------- ELBO
 // Per element L = -[y(psi(a)-psi(s)) + (1-y)(psi(b)-psi(s))] + kl_weight KL, times the weight.
@@ -180,6 +137,7 @@ struct ElboLaneArgs {
 template <bool kLogits, bool kGrad>
 struct ElboLanes {
   using Args = ElboLaneArgs;
+  static constexpr bool kFma = true;
   static ICRM_LANE void run(const Args& p) {
     const float* __restrict x1 = p.x1;
     const float* __restrict x2 = p.x2;
@@ -364,6 +322,7 @@ struct StatsLaneArgs {
 
 struct StatsLanes {
   using Args = StatsLaneArgs;
+  static constexpr bool kFma = true;
   static ICRM_LANE void run(const Args& p) {
     const float* __restrict ap = p.a;
     const float* __restrict bp = p.b;

@@ -542,3 +542,108 @@ def test_eager_calls_without_grad_skip_the_dispatcher_with_the_same_result(backe
         through_op = group_advantages(rg.detach().clamp(0, 1).requires_grad_(True), group_size=4, preset=preset)
         assert through_op.requires_grad and not fast.requires_grad
         torch.testing.assert_close(fast, through_op.detach(), rtol=0, atol=0)
+
+
+def _fixed_equals_ragged_bitwise(seed=0):
+    """The C++ fixed-size lanes (G = 4, 8, 16: groups vectorized across) against the scalar
+    per-group loop that the ragged layout runs, over the same groups: bitwise equal, for every
+    baseline / scale / singleton / nan_policy / ddof and both dtypes, with NaNs, all-NaN groups,
+    single valid rows and identical rewards, B not a multiple of the 64-group block."""
+    gen = torch.Generator().manual_seed(seed)
+    with ik.use_backend("cpp"):
+        for g in (4, 8, 16):
+            b = 2 * 64 + 37
+            base = torch.randn(b * g, generator=gen, dtype=torch.float64) * 3
+            base[torch.rand(b * g, generator=gen) < 0.15] = float("nan")
+            base.view(b, g)[5] = float("nan")  # all NaN
+            base.view(b, g)[6, 1:] = float("nan")  # one valid row
+            base.view(b, g)[7] = 0.7  # identical rewards
+            base.view(b, g)[8, :-1] = float("nan")  # one valid row, last
+            cu = torch.arange(b + 1) * g
+            for dtype in (torch.float32, torch.float64):
+                r = base.to(dtype)
+                for baseline in ("none", "group_mean", "leave_one_out", "batch_mean"):
+                    for scale in ("none", "group_std", "batch_std"):
+                        for nan_policy in ("propagate", "omit"):
+                            for singleton in ("zero", "raw", "nan"):
+                                for unbiased in (True, False):
+                                    kw = dict(baseline=baseline, scale=scale, nan_policy=nan_policy,
+                                              singleton=singleton, std_unbiased=unbiased, eps=1e-4)
+                                    fixed = group_advantages(r, group_size=g, **kw)
+                                    ragged = group_advantages(r, cu_groups=cu, **kw)
+                                    bits = torch.int32 if dtype == torch.float32 else torch.int64
+                                    assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
+
+
+def _batch_statistics_outputs(seed=0):
+    """Outputs that go through the C++ batch moments (batch_mean / batch_std, whitening with and
+    without weights and omitted rows, BNPO's moments over groups), over several 64K chunks and a
+    tail that is not a multiple of 4: the AVX2 lanes and the scalar loop must give the same bits."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 3 * 65536 + 4 * 129  # G = 4 divides it; chunks of 65536 plus a tail
+    base = torch.randn(n, generator=gen, dtype=torch.float64) * 2 + 0.5
+    nan = base.clone()
+    nan[torch.rand(n, generator=gen) < 0.1] = float("nan")
+    nan[:3] = float("nan")  # the pivot is not the first row
+    out = {}
+    with ik.use_backend("cpp"):
+        for dtype in (torch.float32, torch.float64):
+            for name, r in (("plain", base.to(dtype)), ("nan", nan.to(dtype))):
+                for policy in ("propagate", "omit"):
+                    for preset in ("trl_batch", "dler", "openrlhf_reinforce_baseline"):
+                        out[dtype, name, policy, preset] = group_advantages(r, group_size=4, preset=preset,
+                                                                            nan_policy=policy)
+                    out[dtype, name, policy, "batch"] = group_advantages(
+                        r, group_size=4, baseline="batch_mean", scale="batch_std", nan_policy=policy, eps=1e-4)
+                out[dtype, name, "bnpo"] = group_advantages(r.sigmoid(), group_size=4, preset="bnpo")
+            rw = base[: n - 1].to(dtype)  # odd length: a tail of 3 after the 4-row steps
+            mask = torch.rand(n - 1, 3, generator=gen) < 0.6  # token whitening: weights = tokens per row
+            out[dtype, "weighted"] = group_advantages(rw, cu_groups=torch.tensor([0, 5, n - 1]), response_mask=mask,
+                                                      preset="verl_reinforce_pp_baseline")
+    return out
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpp_batch_moments_same_bits_on_both_isas(tmp_path):
+    """The batch moments (AVX2: the four accumulators as one vector) against the scalar loop that
+    ICRM_NO_AVX2=1 runs, in a fresh process (the ISA is picked once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ik.__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, ICRM_NO_AVX2="1",
+               PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]))
+    path = str(tmp_path / "scalar.pt")
+    script = f"import torch, test_advantages as t; torch.save(t._batch_statistics_outputs({SEED}), {path!r})"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scalar = torch.load(path)
+    here_out = _batch_statistics_outputs(SEED)
+    assert scalar.keys() == here_out.keys()
+    for k, a in here_out.items():
+        bits = torch.int32 if a.dtype == torch.float32 else torch.int64
+        assert torch.equal(a.view(bits), scalar[k].view(bits)), k
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpp_fixed_lanes_bitwise_equal_scalar():
+    _fixed_equals_ragged_bitwise(SEED)
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpp_fixed_lanes_bitwise_equal_scalar_baseline_isa():
+    """The same with ICRM_NO_AVX2=1 (the baseline-ISA copy of the lanes), in a fresh process:
+    the ISA is picked once per process."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ik.__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, ICRM_NO_AVX2="1",
+               PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]))
+    script = f"import test_advantages as t; t._fixed_equals_ragged_bitwise({SEED})"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
