@@ -90,16 +90,22 @@ def cases():
     }
 
 
-def main():
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2000, help="timed calls per op (default 2000)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     _null_kernels()
     print(f"host time per call, kernels replaced by no-ops (torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs); median of 2000 calls")
+          f"{os.cpu_count()} CPUs); median of {args.repeats} calls")
+    warmup = min(50, args.repeats)
     with ik.use_backend("triton"):
         for name, fn in cases().items():
-            checked = _median_us(fn)
+            checked = _median_us(fn, args.repeats, warmup)
             with _checks.unchecked():
-                quiet = _median_us(fn)
+                quiet = _median_us(fn, args.repeats, warmup)
             print(f"  {name:32s} {checked:7.1f} µs   unchecked() {quiet:7.1f} µs")
     return 0
 
