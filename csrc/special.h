@@ -320,19 +320,9 @@ ICRM_LANE GammaTermsLanes gamma_terms_lanes(float x) {
   return out;
 }
 
-// psi(x) for one float lane (the shift of gamma_terms_lanes, without its other terms).
-ICRM_LANE float digamma_lanes(float x) {
-  float y = x, prod = 1.0f, rn = 0.0f;
-  for (int k = 0; k < 4; ++k) {
-    const bool step = y < 4.0f;
-    rn = step ? rn * y + prod : rn;
-    prod = step ? prod * y : prod;
-    y = step ? y + 1.0f : y;
-  }
-  const float inv = 1.0f / (prod * y);
-  const float t = inv * prod;
-  return log_lanes(y) - 0.5f * t - digamma_asym_poly(t) - rn * (inv * y);
-}
+// psi(x) for one float lane: gamma_terms_lanes inlines, so the terms it does not return are
+// never computed.
+ICRM_LANE float digamma_lanes(float x) { return gamma_terms_lanes(x).psi; }
 
 // digamma_diff for float lanes (branch-free: both forms computed, one selected).
 ICRM_LANE float digamma_diff_lanes(float a, float b, float psi_a, float psi_b) {

@@ -239,9 +239,10 @@ def _elbo_spec(t, from_logits, has_w, reduce, label):
                                        "GRAD": True, "BLOCK": BLOCK}, num_warps=4, label=label)
 
 
-_POSTERIOR_SIG_F32 = {"y_ptr": "*fp32", "w_ptr": "*fp32", "order_ptr": "*i64", "cu_ptr": "*i64", "alpha_ptr": "*fp32",
-                      "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32", "prior_b": "fp32",
-                      "log2_gamma": "fp32"}
+def _posterior_sig(dt):
+    return {"y_ptr": f"*{dt}", "w_ptr": f"*{dt}", "order_ptr": "*i64", "cu_ptr": "*i64", "alpha_ptr": "*fp32",
+            "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32", "prior_b": "fp32", "log2_gamma": "fp32"}
+
 
 AOT_SPECS = [
     _elbo_spec("fp32", False, False, True, "fp32,mean"),
@@ -252,15 +253,13 @@ AOT_SPECS = [
             num_warps=4, label="fp32"),
     AotSpec(_stats_kernel, {"a_ptr": "*bf16", "b_ptr": "*bf16", "out_ptr": "*bf16", "n": "i64"}, {"BLOCK": BLOCK},
             num_warps=4, label="bf16"),
-    AotSpec(_posterior_kernel, _POSTERIOR_SIG_F32,
+    AotSpec(_posterior_kernel, _posterior_sig("fp32"),
             {"HAS_W": True, "HAS_ORDER": True, "DISCOUNT": True, "SEGS": 16, "BLOCK": 64}, num_warps=8,
             label="fp32,w,order,disc,16x64"),
-    AotSpec(_posterior_kernel, _POSTERIOR_SIG_F32,
+    AotSpec(_posterior_kernel, _posterior_sig("fp32"),
             {"HAS_W": False, "HAS_ORDER": False, "DISCOUNT": True, "SEGS": 32, "BLOCK": 64}, num_warps=8,
             label="fp32,disc,32x64 (tile 2048)"),
-    AotSpec(_posterior_kernel, {"y_ptr": "*bf16", "w_ptr": "*bf16", "order_ptr": "*i64", "cu_ptr": "*i64",
-                                "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32",
-                                "prior_b": "fp32", "log2_gamma": "fp32"},
+    AotSpec(_posterior_kernel, _posterior_sig("bf16"),
             {"HAS_W": False, "HAS_ORDER": False, "DISCOUNT": False, "SEGS": 1, "BLOCK": 1024}, num_warps=8,
             label="bf16,plain,1x1024"),
     AotSpec(_from_logits_kernel, {"m_ptr": "*bf16", "c_ptr": "*bf16", "a_ptr": "*bf16", "b_ptr": "*bf16", "n": "i64",
