@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import torch
 
-from icrm_kernels import group_advantages, use_backend
+from icrm_kernels import group_advantages, group_advantages_direct, use_backend
 from icrm_kernels.benchmarks import baselines_advantages as peers
-from icrm_kernels.benchmarks.harness import Case, hot_loop
+from icrm_kernels.benchmarks.harness import Case, compiled_peers, hot_loop
 
 FAMILY = "grouped"
+
+# Peer code through torch.compile (default mode, one graph per shape), made once per process
+_COMPILED = {}
+
+
+def _compiled(fn):
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
 
 
 def _rewards(n, device):
@@ -41,12 +50,18 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
         ids = torch.arange(n, device=device) // g
         layout = dict(group_size=g)
     cases = [Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, preset="verl_grpo", **layout), dev)]
+    if not ragged and not index:  # the launcher without validation or dispatch: the floor of the Python path
+        cases.append(Case(FAMILY, op, "icrm-direct", shape, n, nbytes,
+                          lambda: group_advantages_direct(r, preset="verl_grpo", **layout), dev))
     cases.append(Case(FAMILY, op, "verl-vectorized", shape, n, nbytes,
                       lambda: peers.verl_grpo_vectorized(r, ids), dev))
     if not ragged and not index:
         rpf = r.unsqueeze(1)
         w = torch.ones(1, device=device)
         cases.append(Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "group"), dev))
+        if compiled_peers(device):
+            cases.append(Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
+                              lambda: _compiled(peers.trl_grpo)(rpf, w, g, "group"), dev))
     if loop and n <= 65536:
         ids_list = ids.tolist()
         rc = r.cpu()
@@ -71,7 +86,8 @@ def _trl_batch_cases(n, g, device):
     return [
         Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_batch"), dev),
         Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "batch"), dev),
-    ]
+    ] + ([Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
+               lambda: _compiled(peers.trl_grpo)(rpf, w, g, "batch"), dev)] if compiled_peers(device) else [])
 
 
 def _whiten_and_bnpo_cases(n, g, device):
@@ -89,6 +105,8 @@ def _whiten_and_bnpo_cases(n, g, device):
         Case(FAMILY, "group_advantages[dler]", "icrm", shape, n, nbytes,
              lambda: group_advantages(r, group_size=g, preset="dler"), dev),
         Case(FAMILY, "group_advantages[dler]", "torch-eager", shape, n, nbytes, lambda: peers.dler_eager(r, g), dev),
+    ] + ([Case(FAMILY, "group_advantages[dler]", "torch-compiled", shape, n, nbytes,
+               lambda: _compiled(peers.dler_eager)(r, g), dev)] if compiled_peers(device) else []) + [
         Case(FAMILY, "group_advantages[bnpo]", "icrm", shape, n, nbytes,
              lambda: group_advantages(b, group_size=g, preset="bnpo"), dev),
         Case(FAMILY, "group_advantages[bnpo]", "icrm-ref", shape, n, nbytes, _bnpo_ref, dev),

@@ -19,7 +19,7 @@ import math
 import torch
 
 from icrm_kernels import _checks
-from icrm_kernels.benchmarks.harness import Case
+from icrm_kernels.benchmarks.harness import Case, compiled_peers, hot_loop
 from icrm_kernels.ops.beta import beta_elbo_loss, beta_elbo_loss_from_logits, beta_posterior, beta_stats
 
 FAMILY = "beta"
@@ -102,6 +102,9 @@ def cases(device, quick: bool = False):
         post_sizes = sizes
     out = []
     dev = str(device)
+    # the eager peers through torch.compile (dynamic shapes: one compile serves every N)
+    c_elbo = torch.compile(_eager_elbo, dynamic=True) if compiled_peers(device) else None
+    c_stats = torch.compile(_eager_stats, dynamic=True) if compiled_peers(device) else None
     for n in sizes:
         shape = f"N={n}"
         a = torch.exp(torch.empty(n, device=device).uniform_(-2, 6)).requires_grad_()
@@ -115,6 +118,10 @@ def cases(device, quick: bool = False):
         out.append(Case(FAMILY, op, "torch-eager", shape, n, nbytes,
                         _fwd_bwd(lambda a=a, b=b, y=y: _eager_elbo(a, b, y), (a, b)), dev,
                         note="torch.digamma/lgamma + autograd (polygamma)"))
+        if c_elbo is not None:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, nbytes,
+                            _fwd_bwd(lambda a=a, b=b, y=y: c_elbo(a, b, y), (a, b)), dev,
+                            note="the eager math through torch.compile(dynamic=True)"))
         out.append(Case(FAMILY, op, "torch-distributions", shape, n, nbytes,
                         _fwd_bwd(lambda a=a, b=b, y=y: _distributions_elbo(a, b, y), (a, b)), dev,
                         note="torch.distributions.kl_divergence(Beta, Beta) + digamma data term"))
@@ -135,6 +142,9 @@ def cases(device, quick: bool = False):
                         _unchecked(lambda ad=ad, bd=bd: beta_stats(ad, bd)), dev))
         out.append(Case(FAMILY, op, "torch-eager", shape, n, 8 * 4 * n,
                         lambda ad=ad, bd=bd: _eager_stats(ad, bd), dev))
+        if c_stats is not None:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, 8 * 4 * n,
+                            lambda ad=ad, bd=bd: c_stats(ad, bd), dev))
     for msize in post_sizes:
         k = msize // 64
         shape = f"M={msize} K={k} discount=0.9"
@@ -151,4 +161,10 @@ def cases(device, quick: bool = False):
                                 y, cu_segments=cu, discount=0.9))), dev))
         out.append(Case(FAMILY, op, "torch-eager", shape, msize, nbytes,
                         lambda y=y, cu=cu, k=k: _eager_posterior(y, cu, k, 0.9), dev))
+    # device time (CUDA-graph replays) of every forward-only case; the eager posterior copies a
+    # host scalar to the GPU (torch.tensor(discount)), which graph capture refuses
+    out = hot_loop(out)
+    for c in out:
+        if c.op == "beta_posterior" and not c.is_icrm:
+            c.graph = False
     return out

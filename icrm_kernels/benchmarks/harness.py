@@ -63,6 +63,16 @@ def hot_loop(cases: List[Case], *, graph_unless=("loop",)) -> List[Case]:
     return cases
 
 
+def compiled_peers(device) -> bool:
+    """Whether the benchmarks also time peer code through ``torch.compile`` (what a careful user
+    would pick instead of eager code). On by default on CUDA; ``ICRM_BENCH_COMPILE=0`` turns it
+    off, ``=1`` turns it on for the CPU too (Inductor's C++ compile is slow on small machines)."""
+    env = os.environ.get("ICRM_BENCH_COMPILE")
+    if env is not None:
+        return env != "0"
+    return torch.device(device).type == "cuda"
+
+
 @dataclasses.dataclass
 class Result:
     case: Case
@@ -98,14 +108,15 @@ def measured_copy_bandwidth(device: torch.device) -> Optional[float]:
 
 
 def _time_cuda(fn, repeats: int, flush: Optional[torch.Tensor], warmup: int = 3, budget_s: float = 3.0):
-    for _ in range(warmup):
+    # slow baselines (Python loops) get one warm-up and fewer repeats: at most ~budget_s of
+    # timing per case (a 2 s verl loop would otherwise spend 8 s warming up)
+    for i in range(warmup + 1):
+        t0 = time.perf_counter()
         fn()
-    torch.cuda.synchronize()
-    # slow baselines (Python loops) get fewer repeats: at most ~budget_s of timing per case
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        once = time.perf_counter() - t0
+        if i >= 1 and once > budget_s / 10:
+            break
     repeats = max(3, min(repeats, int(budget_s / max(once, 1e-9))))
     times = []
     for _ in range(repeats):
