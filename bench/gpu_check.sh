@@ -6,12 +6,13 @@
 #   gpu_check.log   everything printed
 #   table.txt       the benchmark table
 #   results.tgz     CSVs, PNGs and logs (a few files, as the device tool returns at most 8)
-# STEPS selects a subset, e.g. STEPS="install bench" (default: every step). Steps: install,
-# test, sanitize (run concurrently with test when both are asked for: the suite is CPU-bound on
-# the Triton compiles, the sanitizer on its instrumentation), tune (bench/tune_gpu.py), bench,
-# host (each op's Python glue with null kernels). BENCH_FAMILIES picks benchmark families.
-# The device tool allows 600 s a call and 15 min a session: run
-#   STEPS="install test sanitize tune"  then  STEPS="install bench host"
+# STEPS selects a subset, e.g. STEPS="install bench" (default: every step). Steps, in the order
+# they run: install, test, sanitize (run concurrently with test when both are asked for: the
+# suite is CPU-bound on the Triton compiles, the sanitizer on its instrumentation), bench, host
+# (each op's Python glue with null kernels), tune (bench/tune_gpu.py, last: it gets what time is
+# left). BENCH_FAMILIES picks benchmark families. The device tool allows 600 s a call and 15 min
+# a session: run
+#   STEPS="install test sanitize"  then  STEPS="install bench host tune"
 # as two back-to-back calls (the second finds the machine warm and the package installed).
 # DEVICE=cpu is the dry run on a machine without a GPU: the same steps on CPU tensors (pytest's
 # CPU suite, the self-check without the sanitizer, quick benchmarks, the tune script under
@@ -81,12 +82,6 @@ if [ -n "$san_pid" ]; then
   tail -40 "$OUT/results/sanitizer.log" | tee -a "$LOG"
   [ "$san_rc" = 0 ] || rc=1
 fi
-if has tune; then
-  say "launch-configuration sweeps (bench/tune_gpu.py)"
-  env $([ "$DEVICE" = cpu ] && echo TRITON_INTERPRET=1) timeout "$(cap "${TUNE_TIMEOUT:-200}")" $PY bench/tune_gpu.py $QUICK \
-    --budget "${TUNE_BUDGET:-45}" 2>&1 | tee "$OUT/results/tune_gpu.log" | tee -a "$LOG"
-  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
-fi
 if has bench; then
   # one process per family: a failed CUDA-graph capture or a slow baseline in one family cannot
   # spoil the next one, and each family has its own time limit
@@ -104,6 +99,13 @@ fi
 if has host; then
   say "host time per call (kernels replaced by no-ops)"
   timeout "$(cap 120)" $PY bench/host_overhead.py ${HOST_ARGS:-} 2>&1 | tee "$OUT/results/host_overhead.log" | tee -a "$LOG"
+fi
+# last: the sweeps get whatever time the benchmarks leave
+if has tune; then
+  say "launch-configuration sweeps (bench/tune_gpu.py)"
+  env $([ "$DEVICE" = cpu ] && echo TRITON_INTERPRET=1) timeout "$(cap "${TUNE_TIMEOUT:-200}")" $PY bench/tune_gpu.py $QUICK \
+    --budget "${TUNE_BUDGET:-45}" 2>&1 | tee "$OUT/results/tune_gpu.log" | tee -a "$LOG"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 fi
 (cd "$OUT" && tar czf results.tgz results && rm -rf results)
 say "gpu-check done, rc=$rc"
