@@ -9,8 +9,9 @@
 # STEPS selects a subset, e.g. STEPS="install bench" (default: every step). Steps, in the order
 # they run: install, test, sanitize (run concurrently with test when both are asked for: the
 # suite is CPU-bound on the Triton compiles, the sanitizer on its instrumentation), bench, host
-# (each op's Python glue with null kernels), tune (bench/tune_gpu.py, last: it gets what time is
-# left). BENCH_FAMILIES picks benchmark families. The device tool allows 600 s a call and 15 min
+# (each op's Python glue with null kernels), tune (bench/tune_gpu.py: it gets what time the
+# benchmarks leave), profile (ncu on the posterior kernel, torch.profiler on the attention ops;
+# not in the default set). BENCH_FAMILIES picks benchmark families, TEST_PATHS the tests. The device tool allows 600 s a call and 15 min
 # a session: run
 #   STEPS="install test sanitize"  then  STEPS="install bench host tune"
 # as two back-to-back calls (the second finds the machine warm and the package installed).
@@ -36,6 +37,9 @@ cap() { local left=$(( END - $(date +%s) )); [ "$left" -lt "$1" ] && echo $(( le
 has() { case " $STEPS " in *" $1 "*) return 0;; *) return 1;; esac; }
 say() { echo "== $(date -u +%T) $*" | tee -a "$LOG"; }
 QUICK=""; [ "$DEVICE" = cpu ] && QUICK="--quick"
+# without the install step, run the package from this checkout (the C++ extension is then
+# missing, which only the CPU paths use)
+has install || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 say "gpu-check $(date -u +%F) steps: $STEPS device: $DEVICE"
 if [ "$DEVICE" = cuda ]; then
@@ -73,7 +77,7 @@ if has test; then
   say "pytest ($DEVICE)"
   # pytest-xdist, where installed, spreads the Triton JIT compiles over the CPU cores
   XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n ${TEST_WORKERS:-8}"
-  timeout "$(cap "${TEST_TIMEOUT:-420}")" $PY -m pytest -q -p no:cacheprovider $XDIST tests 2>&1 | tee "$OUT/results/tests.log" | tail -40 | tee -a "$LOG"
+  timeout "$(cap "${TEST_TIMEOUT:-420}")" $PY -m pytest -q -p no:cacheprovider $XDIST ${TEST_PATHS:-tests} 2>&1 | tee "$OUT/results/tests.log" | tail -40 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 fi
 if [ -n "$san_pid" ]; then
@@ -106,6 +110,14 @@ if has tune; then
   env $([ "$DEVICE" = cpu ] && echo TRITON_INTERPRET=1) timeout "$(cap "${TUNE_TIMEOUT:-200}")" $PY bench/tune_gpu.py $QUICK \
     --budget "${TUNE_BUDGET:-45}" 2>&1 | tee "$OUT/results/tune_gpu.log" | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
+if has profile && [ "$DEVICE" = cuda ]; then
+  say "profiles: ncu on the posterior kernel, torch.profiler on the attention ops"
+  timeout "$(cap 40)" ncu --kill yes --kernel-name regex:_posterior_kernel --launch-count 1 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+    $PY bench/tune_gpu.py --only posterior --quick > "$OUT/results/ncu_posterior.txt" 2>&1
+  grep -E "Duration|Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/results/ncu_posterior.txt" | head -24 | tee -a "$LOG"
+  timeout "$(cap 60)" $PY bench/profile_attention.py 2>&1 | tee "$OUT/results/profile_attention.log" | tail -30 | tee -a "$LOG"
 fi
 (cd "$OUT" && tar czf results.tgz results && rm -rf results)
 say "gpu-check done, rc=$rc"

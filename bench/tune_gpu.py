@@ -48,7 +48,9 @@ def _time(fn, device):
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
-    flush = _time.flush = getattr(_time, "flush", None) or torch.empty(64 << 20, dtype=torch.int32, device=device)
+    if getattr(_time, "flush", None) is None:
+        _time.flush = torch.empty(64 << 20, dtype=torch.int32, device=device)
+    flush = _time.flush
     return harness._time_cuda_graph(fn, 30, flush)
 
 

@@ -450,6 +450,19 @@ def test_torch_compile_fullgraph():
     assert_close(torch.compile(g, fullgraph=True)(r), g(r), atol=1e-5, rtol=1e-5)
 
 
+def test_options_cache_is_not_traced(monkeypatch):
+    """Regression (H100 run, torch 2.11): Dynamo before 2.13 cannot trace ``hash`` of a tuple, so
+    torch.compile(fullgraph=True) over group_advantages failed in the options cache. Under
+    compile the options are validated without the cache."""
+    from icrm_kernels.ops import advantages as ops_adv
+
+    monkeypatch.setattr(ops_adv, "_compiling", lambda: True)
+    before = ops_adv._validated_options_cached.cache_info()
+    o = ops_adv._options("verl_grpo", None, None, None, None, None, None, None, None, None, None, None)
+    assert o["baseline"] == "group_mean" and o["scale"] == "group_std"
+    assert ops_adv._validated_options_cached.cache_info() == before
+
+
 # ------------------------------------------------------------------------ bad inputs
 BAD = [
     (dict(rewards=torch.randn(2, 3, 4), group_size=2), ValueError, "rewards"),

@@ -172,6 +172,13 @@ def _validated_options(preset, baseline, scale, whiten, eps, std_unbiased, singl
     return o
 
 
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return False
+
+
 @functools.lru_cache(maxsize=256)
 def _validated_options_cached(key) -> tuple:
     return tuple(_validated_options(*(v for _, v in key)).items())
@@ -180,7 +187,11 @@ def _validated_options_cached(key) -> tuple:
 def _options(*args) -> dict:
     """:func:`_validated_options`, cached: a training loop calls the op with the same options
     every step, and resolving and checking them is a fair share of a small call's host time.
-    The key holds each value's type (True, 1 and 1.0 hash alike but do not validate alike)."""
+    The key holds each value's type (True, 1 and 1.0 hash alike but do not validate alike).
+    Under torch.compile the options are validated uncached: Dynamo before torch 2.13 cannot
+    trace ``hash`` of a tuple, and the check runs once, at trace time, anyway."""
+    if _compiling():
+        return _validated_options(*args)
     key = tuple((type(v), v) for v in args)
     try:
         hash(key)

@@ -477,8 +477,16 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         avg = n // max(1, cu.numel() - 1) if order is None else 16
         block_l = min(max(next_power_of_2(max(avg, 1)), 16), 256)
     tokens_here = mask is not None and wcode == 0
-    block_t = min(max(next_power_of_2(max(T, 1)), 16), 128) if tokens_here else 1
-    block_b = max(1, (2048 if not tokens_here else 2048 // block_t) // block_l)
+    # Launch shapes measured on the H100 (bench/tune_gpu.py, bench/NOTES.md §6): one value per
+    # row, ~128 rows a program (N = 64K: 512 programs, 5.0 µs against 6.8 µs for 2048-row
+    # programs, which left most SMs idle); token broadcast, ~8 rows x 256 tokens a step and two
+    # steps a program (32M tokens: 85% of copy bandwidth against 73% for 16 rows x 128 tokens).
+    if tokens_here:
+        block_b = max(1, 8 // block_l)
+        block_t = min(max(next_power_of_2(max(T, 1)), 16), 256, max(16, 4096 // (block_b * block_l)))
+    else:
+        block_b = max(1, 128 // block_l)
+        block_t = 1
     a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
     t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
@@ -514,8 +522,8 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
 
 
 # ------------------------------------------------------------------------ AOT specs
-def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=False, omit=False, block_b=256,
-                block_l=8, block_t=1, num_warps=8, f64=False):
+def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=False, omit=False, block_b=16,
+                block_l=8, block_t=1, num_warps=4, f64=False):
     return AotSpec(
         _group_kernel,
         signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
@@ -533,20 +541,20 @@ AOT_SPECS = [
     _group_spec("bf16", "fixed G=8 grpo bf16 (int64 offsets)"),
     _group_spec("fp32", "fixed G=8 grpo fp32"),
     _group_spec("fp32", "fixed G=8 rloo fp32 omit", baseline=2, scale=0, omit=True),
-    _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=2, block_b=32, block_l=64),
-    _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=128, block_l=16, num_warps=8),
-    _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=128, block_l=16, num_warps=8),
-    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=2, block_l=8, block_t=128),
-    _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=3, scale=1, block_b=128, block_l=16, f64=True),
+    _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=2, block_b=2, block_l=64),
+    _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=8, block_l=16),
+    _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=8, block_l=16),
+    _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=1, block_l=8, block_t=256, num_warps=8),
+    _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=3, scale=1, block_b=8, block_l=16, f64=True),
     *[AotSpec(_bnpo_kernel,
               signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
                          "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
                          "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "P": "i32", "T": "i64",
                          "stride_mask": "i64", "lo": "fp32", "inv_range": "fp32"},
               constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": 1, "OMIT": False,
-                          "TOKENS": False, "F64": False, "BLOCK_B": 256, "BLOCK_L": 8, "BLOCK_T": 1,
+                          "TOKENS": False, "F64": False, "BLOCK_B": 16, "BLOCK_L": 8, "BLOCK_T": 1,
                           "BLOCK_P": 256 if phase == 2 else 2},
-              num_warps=8, label=f"phase {phase} fixed G=8 bf16") for phase in (1, 2)],
+              num_warps=4, label=f"phase {phase} fixed G=8 bf16") for phase in (1, 2)],
     AotSpec(_moments_kernel,
             signature={"x_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32", "n": "i64",
                        "iters": "i32"},
