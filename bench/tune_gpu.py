@@ -7,8 +7,7 @@
 Kernels, launched straight (no op glue), each at the shape of its missed target:
 
 - ``grpo``: ``_group_kernel``, verl_grpo (group mean and std), N = 65536, G = 8: 0.5 MB, so
-  the time is launch and latency; swept: groups per program, warps (the default runs 32
-  programs of 2048 rows on 132 SMs).
+  the time is launch and latency; swept: groups per program, warps.
 - ``tokens``: ``_group_kernel`` with the token broadcast A[i, t] = A_i * mask[i, t], verl_grpo,
   N = 8192, G = 8, T = 4096 (32M tokens: 32 MB of bool mask read, 128 MB of fp32 written).
   Swept: BLOCK_T, tokens per program (grid axis 1), rows per program, warps.
@@ -78,8 +77,9 @@ def tokens(device, quick):
             FIXED=True, HAS_ORDER=False, BASELINE=1, SCALE=1, SINGLETON=1, OMIT=False, UNBIASED=True,
             TOKENS=True, F64=False, BLOCK_B=block_b, BLOCK_L=g, BLOCK_T=block_t, BLOCK_P=1, num_warps=warps)
 
-    # the launcher's default at this shape: BLOCK_T 128, 2 x 128 tokens and 16 rows a program, 8 warps
-    default = (128, 256, 16, 8)
+    # the launcher's default at this shape: BLOCK_T 256, 2 x 256 tokens and 8 rows a program, 8 warps
+    # (before the 2026-11-26 H100 sweep: BLOCK_T 128, 2 x 128 tokens, 16 rows: 73% of copy)
+    default = (256, 512, 8, 8)
     variants = [default]
     if not quick:
         for block_t in (128, 256, 512):
@@ -105,7 +105,7 @@ def grpo(device, quick):
             FIXED=True, HAS_ORDER=False, BASELINE=1, SCALE=1, SINGLETON=1, OMIT=False, UNBIASED=True,
             TOKENS=False, F64=False, BLOCK_B=groups, BLOCK_L=g, BLOCK_T=1, BLOCK_P=1, num_warps=warps)
 
-    default = (256, 8)  # the launcher's: 2048 rows a program (32 programs at N = 64K)
+    default = (16, 4)  # the launcher's at N = 64K: 128 rows a program (2048 before the 2026-11-26 sweep)
     variants = [default] + ([] if quick else [(groups, w) for groups in (4, 8, 16, 32, 64, 128, 256)
                                               for w in (1, 2, 4, 8) if (groups, w) != default
                                               and 32 * w <= groups * g <= 64 * 32 * w])

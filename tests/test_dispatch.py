@@ -135,3 +135,26 @@ def test_host_overhead_script_runs():
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "r2m_reward" in proc.stdout and "seq_to_token_attention fwd+bwd" in proc.stdout
+
+
+def test_tune_gpu_script_runs():
+    """bench/tune_gpu.py (the gpu-check 'tune' step) launches each swept kernel at its launcher
+    default and times it: under Triton's interpreter here, on the GPU (at the full sizes) where
+    there is one. A subprocess, as the interpreter must be set before triton is imported."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    if not _backend.HAS_TRITON:
+        pytest.skip("triton is not installed")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "tune_gpu.py"), "--quick"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FAILED" not in proc.stdout, proc.stdout[-2000:]
+    for kernel in ("grpo", "tokens", "posterior", "elbo"):
+        assert f"best {kernel}:" in proc.stdout

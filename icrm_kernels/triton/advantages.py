@@ -477,15 +477,17 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         avg = n // max(1, cu.numel() - 1) if order is None else 16
         block_l = min(max(next_power_of_2(max(avg, 1)), 16), 256)
     tokens_here = mask is not None and wcode == 0
-    # Launch shapes measured on the H100 (bench/tune_gpu.py, bench/NOTES.md §6): one value per
-    # row, ~128 rows a program (N = 64K: 512 programs, 5.0 µs against 6.8 µs for 2048-row
-    # programs, which left most SMs idle); token broadcast, ~8 rows x 256 tokens a step and two
-    # steps a program (32M tokens: 85% of copy bandwidth against 73% for 16 rows x 128 tokens).
+    # Launch shapes measured on the H100 (bench/tune_gpu.py, bench/NOTES.md §6). One value per
+    # row: about 512 programs (4 per SM) of 128 to 2048 rows. N = 64K, G = 8: 128-row programs
+    # take 5.0 µs, 2048-row ones 6.8 µs (32 programs left most SMs idle); N = 1M: 2048 rows
+    # 12.7 µs, 128 rows 14.0 µs. Token broadcast: 8 rows x 256 tokens a step, two steps a
+    # program (32M tokens: 85% of copy bandwidth, against 73% for 16 rows x 128 tokens).
     if tokens_here:
         block_b = max(1, 8 // block_l)
         block_t = min(max(next_power_of_2(max(T, 1)), 16), 256, max(16, 4096 // (block_b * block_l)))
     else:
-        block_b = max(1, 128 // block_l)
+        rows = min(2048, max(128, next_power_of_2(cdiv(max(num_groups, 1) * block_l, 512))))
+        block_b = max(1, rows // block_l)
         block_t = 1
     a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
