@@ -597,6 +597,8 @@ def beta_posterior(
         if weights.device != outcomes.device:
             raise ValueError(f"weights is on {weights.device} but outcomes is on {outcomes.device}")
         _check_finite(weights, "weights")
+        if value_checks_enabled() and m and bool((weights < 0).any()):
+            raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
     pa, pb = _check_prior(prior_alpha, prior_beta)
     g = check_finite_float(discount, "discount", low=0.0, high=1.0, low_open=True)
     if num_segments is not None:
@@ -627,7 +629,38 @@ def beta_posterior(
             if lo < 0 or hi >= k:
                 raise ValueError(f"segment_index must hold segment numbers in [0, {k}), got values in [{lo}, {hi}]")
         index = segment_index.to(torch.int64)
+    _check_posterior_size(k, outcomes)
     return _backend.call_op(_beta_posterior_op, _beta_posterior_impl, outcomes, weights, cu, index, k, pa, pb, g)
+
+
+# Segment counts past int32 are beyond every kernel's grid and every realistic batch; checked
+# before any allocation, so a stray id (2**62) raises instead of asking for exabytes.
+_MAX_SEGMENTS = 2**31 - 1
+
+
+def _device_memory_bytes(device: torch.device) -> Optional[int]:
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            import os
+
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def _check_posterior_size(k: int, outcomes: Tensor) -> None:
+    """The [K] outputs must be allocatable: K from ``num_segments`` or max(segment_index) + 1."""
+    itemsize = 8 if outcomes.dtype == torch.float64 else 4
+    need = 2 * k * itemsize  # alpha and beta
+    mem = _device_memory_bytes(outcomes.device)
+    if k > _MAX_SEGMENTS or (mem is not None and need > mem):
+        raise ValueError(f"segment_index/num_segments ask for {k} segments ({need} bytes of output), more than "
+                         f"can be allocated (at most {_MAX_SEGMENTS} segments"
+                         f"{'' if mem is None else f' and {mem} bytes on {outcomes.device}'}); segment ids must "
+                         f"be dense numbers 0..K-1")
 
 
 # ==================================================================== hypervolume
