@@ -18,6 +18,7 @@ from icrm_kernels._checks import (
     check_finite_float,
     check_same_device,
     check_tensor,
+    unchecked,
     value_checks_enabled,
 )
 from icrm_kernels._layout import check_groups
@@ -423,8 +424,9 @@ def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_i
         o["nan_policy"] = "propagate"
     backend = _backend.select(rewards.device, cpp_op="group_advantages")
     with torch.no_grad():
-        if backend == "reference":
-            return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+        if backend == "reference":  # value checks off, as on the kernel paths: same contract
+            with unchecked():
+                return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
         return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
 
 

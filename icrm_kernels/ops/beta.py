@@ -40,6 +40,7 @@ from icrm_kernels._checks import (
     check_tensor,
     value_checks_enabled,
 )
+from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.ops.special import _trigamma_op, check_positive
 
 Tensor = torch.Tensor
@@ -529,8 +530,13 @@ def _posterior_reference(outcomes, weights, cu, index, k, pa, pb, discount):
     m = y.numel()
     dev = y.device
     if index is None:
-        sizes_cu = (cu[1:] - cu[:-1]).to(torch.int64)
-        seg = torch.repeat_interleave(torch.arange(k, device=dev), sizes_cu, output_size=m)
+        # searchsorted over clamped offsets, not repeat_interleave(output_size=m): malformed cu
+        # (value checks off) must not raise nor index out of range; rows outside [cu[0], cu[-1])
+        # get segment k, ignored like an out-of-range id
+        c = sanitize_offsets(cu, m)
+        pos = torch.arange(m, device=dev)
+        seg = torch.searchsorted(c[1:].contiguous(), pos, right=True) if k > 0 else torch.zeros_like(pos)
+        seg = torch.where((pos >= c[0]) & (pos < c[-1]), seg, torch.full_like(seg, k))
     else:
         seg = index.to(torch.int64)
     valid = (seg >= 0) & (seg < k)
