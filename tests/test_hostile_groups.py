@@ -245,6 +245,11 @@ def test_group_advantages_empty_and_extreme(backend):
     ref = group_advantages(base, group_size=4, eps=0.0)
     torch.testing.assert_close(group_advantages(base * 1e-30, group_size=4, eps=0.0), ref)
     torch.testing.assert_close(group_advantages(base * 1e30, group_size=4, eps=0.0), ref)
+    # fp32 too (the Triton kernel squared deviations of 1e30 in fp32: std inf, A = 0)
+    for scale in (1e30, 1e-30, 1e18, 1e-18):
+        for kw in (dict(group_size=4), dict(cu_groups=torch.tensor([0, 4])), dict(group_index=torch.zeros(4, dtype=torch.long))):
+            torch.testing.assert_close(group_advantages((base * scale).float(), eps=0.0, **kw), ref.float(),
+                                       rtol=1e-5, atol=1e-6)
     # identical huge rewards: exactly 0
     assert bool((group_advantages(torch.full((8,), 1e30), group_size=4) == 0).all())
 
@@ -313,6 +318,9 @@ def test_pairwise_nonfinite_strides_extremes(backend):
     s_inf = torch.tensor([math.inf, 1.0, -math.inf, 0.0])
     torch.testing.assert_close(group_win_rate(s_inf, group_size=4), torch.tensor([1.0, 2 / 3, 0.0, 1 / 3]))
     loss = grebt_loss(torch.tensor([1.0, math.nan, 2.0, 3.0, 0.5, 1.0, 2.0, 3.0]), group_size=4, reduction="none")
+    assert math.isnan(loss[0]) and math.isfinite(loss[1])
+    # inf - inf: the group's loss is NaN on every backend (the reference used to mask it to 0)
+    loss = grebt_loss(torch.tensor([math.inf, 0.0, 1.0, 2.0, 0.5, 1.0, 2.0, 3.0]), group_size=4, reduction="none")
     assert math.isnan(loss[0]) and math.isfinite(loss[1])
     # strides: a non-contiguous view gives the result of its contiguous copy
     base = torch.randn(16)

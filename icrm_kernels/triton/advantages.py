@@ -131,6 +131,17 @@ def _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows,
 
 
 @triton.jit
+def _pow2_floor(v, F64: tl.constexpr):
+    """The largest power of two <= v (its exponent bits), or 1 where v is 0, subnormal, inf or
+    NaN (no scaling there)."""
+    if F64:
+        p = (v.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
+    else:
+        p = (v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    return tl.where((p > 0) & (p < float("inf")), p, 1.0).to(v.dtype)
+
+
+@triton.jit
 def _token_range(T, BLOCK_T: tl.constexpr):
     """The tokens [t_lo, t_hi) of this program: axis 1 of the grid splits T into equal chunks."""
     per = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
@@ -204,10 +215,12 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
     rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, n_rows, HAS_ORDER, OMIT, F64)
     pivot = tl.max(tl.where(valid, x, float("-inf")), axis=1)
     pivot = tl.where(pivot == float("-inf"), 0.0, pivot)
+    low = tl.min(tl.where(valid, x, float("inf")), axis=1)
     n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
     S1 = tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
     for c in range(BLOCK_L, maxlen, BLOCK_L):
         rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
+        low = tl.minimum(low, tl.min(tl.where(valid, x, float("inf")), axis=1))
         n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
         S1 += tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
     nsafe = tl.where(n > 0, n, 1.0)
@@ -217,16 +230,21 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
 
     s = tl.where(n > 0, 1.0, 1.0).to(x.dtype)
     if SCALE == 1:
+        # Deviations are divided by a power of two near the group's range before squaring: in
+        # fp32 a spread beyond ~1e19 overflowed d * d (std inf, A = 0: rewards of 1e30 gave 0
+        # where C++ and the reference give the right answer). A power of two scales exactly, so
+        # results are bitwise the unscaled ones wherever those neither overflowed nor underflowed.
+        sc = _pow2_floor(pivot - low, F64)
         M2 = tl.zeros_like(S1)
         for c in range(0, maxlen, BLOCK_L):
             rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
-            dev = tl.where(valid, x - pivot[:, None] - shift[:, None], 0.0)
+            dev = tl.where(valid, (x - pivot[:, None] - shift[:, None]) / sc[:, None], 0.0)
             M2 += tl.sum(dev * dev, axis=1)
         if UNBIASED:
             var = M2 / tl.where(n > 1, n - 1.0, 1.0)
         else:
             var = M2 / nsafe
-        s = tl.where(raw_single, 1.0, tl.sqrt(var))
+        s = tl.where(raw_single, 1.0, tl.sqrt(var) * sc)
     elif SCALE == 2:
         s = s * bstd
     denom = s + eps
