@@ -76,6 +76,14 @@ with use_backend(BACKEND):
         for ids in ([0, 1, 2**62, -2**63], [5, 6, 7, 8], [-1, -1, -1, -1]):
             a, b = ik.beta_posterior(torch.rand(4), segment_index=torch.tensor(ids), num_segments=2)
             assert a.shape == (2,)
+if BACKEND != "reference":  # torch.compile runs the op with value checks off
+    f = torch.compile(lambda r, cu: ik.group_advantages(r, cu_groups=cu) + ik.group_win_rate(r, cu_groups=cu),
+                      backend="eager")
+    g = torch.compile(lambda y, cu: ik.beta_posterior(y, cu_segments=cu), backend="eager")
+    with use_backend(BACKEND):
+        for cu in ([0, 4, 10**9], [0, 3, 1, 4], [0, -5, 4]):
+            assert f(torch.randn(4), torch.tensor(cu)).shape == (4,)
+            assert g(torch.rand(4), torch.tensor(cu))[0].shape == (len(cu) - 1,)
 print("SURVIVED")
 """
 

@@ -661,7 +661,11 @@ def _check_posterior_size(k: int, outcomes: Tensor) -> None:
     """The [K] outputs must be allocatable: K from ``num_segments`` or max(segment_index) + 1."""
     itemsize = 8 if outcomes.dtype == torch.float64 else 4
     need = 2 * k * itemsize  # alpha and beta
-    mem = _device_memory_bytes(outcomes.device)
+    try:  # the memory query is host-only (a graph break): under torch.compile the count bound alone
+        compiling = torch.compiler.is_compiling()
+    except AttributeError:
+        compiling = False
+    mem = None if compiling else _device_memory_bytes(outcomes.device)
     if k > _MAX_SEGMENTS or (mem is not None and need > mem):
         raise ValueError(f"segment_index/num_segments ask for {k} segments ({need} bytes of output), more than "
                          f"can be allocated (at most {_MAX_SEGMENTS} segments"
