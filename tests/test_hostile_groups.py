@@ -76,6 +76,29 @@ with use_backend(BACKEND):
         for ids in ([0, 1, 2**62, -2**63], [5, 6, 7, 8], [-1, -1, -1, -1]):
             a, b = ik.beta_posterior(torch.rand(4), segment_index=torch.tensor(ids), num_segments=2)
             assert a.shape == (2,)
+# the direct launchers below the ops take cu and order from the caller: garbage in both
+cu_bad = torch.tensor([0, 3, -7, 10**9, 4])
+order_bad = torch.tensor([10**12, -5, 2, 2**62])
+if BACKEND == "cpp":
+    ops = torch.ops.icrm_cpu
+    ops.group_advantages(r, cu_bad, order_bad, 0, None, 1, 1, 0, 1e-6, True, 0, False, 0.0, 0, 0.0, 1.0)
+    ops.group_advantages(r, cu_bad, order_bad, 0, torch.ones(4), 1, 3, 1, 1e-6, True, 1, True, 0.0, 0, 0.0, 1.0)
+    ops.pairwise_win_rate(r, cu_bad, order_bad, 0, 1.0)
+    ops.pairwise_win_rate_backward(r, r, cu_bad, order_bad, 0, 1.0)
+    ops.pairwise_grebt(r, None, cu_bad, order_bad, 0, 0.3, 1e-6)
+    ops.beta_posterior(torch.rand(4), None, cu_bad, None, 4, 1.0, 1.0, 0.9)
+    ops.beta_posterior(torch.rand(4), torch.rand(4), None, order_bad, 4, 1.0, 1.0, 0.9)
+if BACKEND == "triton":
+    from icrm_kernels.triton import advantages as TA, beta as TB, pairwise as TP
+    for scale, base in (("group_std", "group_mean"), ("bnpo", "group_mean"), ("batch_std", "batch_mean")):
+        TA.group_advantages_core(r, group_size=None, cu=cu_bad, order=order_bad, num_slots=4, baseline=base,
+                                 scale=scale, whiten="sample", eps=1e-6, std_unbiased=True, singleton="zero",
+                                 omit=False, whiten_eps=1e-6, whiten_std="std_eps")
+    TP.win_rate_forward(r, cu_bad, order_bad, 0, 1.0)
+    TP.win_rate_forward(r, cu_bad, order_bad, 0, None)
+    TP.win_rate_backward(r, r, cu_bad, order_bad, 0, 1.0)
+    TP.grebt_forward(r, None, cu_bad, order_bad, 0, 0.3, 1e-6)
+    TB.posterior(torch.rand(4), None, order_bad, cu_bad, 4, 1.0, 1.0, 0.9)
 if BACKEND != "reference":  # torch.compile runs the op with value checks off
     f = torch.compile(lambda r, cu: ik.group_advantages(r, cu_groups=cu) + ik.group_win_rate(r, cu_groups=cu),
                       backend="eager")
@@ -255,7 +278,8 @@ def test_group_advantages_empty_and_extreme(backend):
     torch.testing.assert_close(group_advantages(base * 1e30, group_size=4, eps=0.0), ref)
     # fp32 too (the Triton kernel squared deviations of 1e30 in fp32: std inf, A = 0)
     for scale in (1e30, 1e-30, 1e18, 1e-18):
-        for kw in (dict(group_size=4), dict(cu_groups=torch.tensor([0, 4])), dict(group_index=torch.zeros(4, dtype=torch.long))):
+        for kw in (dict(group_size=4), dict(cu_groups=torch.tensor([0, 4])),
+                   dict(group_index=torch.zeros(4, dtype=torch.long))):
             torch.testing.assert_close(group_advantages((base * scale).float(), eps=0.0, **kw), ref.float(),
                                        rtol=1e-5, atol=1e-6)
     # identical huge rewards: exactly 0
