@@ -98,8 +98,7 @@ def check_groups(
     if group_size is not None:
         check_positive_int(group_size, names[0])
         if n % group_size != 0:
-            raise ValueError(f"{names[0]}={group_size} must divide the number of rows of {rows} ({n}); "
-                             f"{rows} has {n} rows")
+            raise ValueError(f"{names[0]}={group_size} must divide the number of rows of {rows} ({n})")
         return "fixed"
     if cu_groups is not None:
         check_offsets(cu_groups, names[1], n)

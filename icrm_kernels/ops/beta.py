@@ -589,6 +589,14 @@ def beta_posterior(
     accumulated in fp32 on the GPU, in double on the CPU. Not differentiable (outcomes are data).
     GPU: one program per segment (best for many short segments, the in-context case).
     Checked path raises on out-of-range ids; unchecked, ids outside [0, K) are ignored.
+
+    Hostile inputs: outcomes outside [0, 1] or NaN/inf, and weights that are negative or not
+    finite, raise ValueError naming the argument (value checks); a K that cannot be allocated
+    (num_segments, or max(segment_index) + 1, beyond 2**31 - 1 or the device's memory) raises
+    ValueError before anything is allocated; any int64 segment ids are accepted. Inside
+    ``unchecked()`` and torch.compile, malformed ``cu_segments`` (decreasing, negative, past the
+    end) are clamped into [0, M] in every implementation: unspecified values, never an access
+    outside the buffers (demonstrations no segment covers are ignored).
     """
     check_tensor(outcomes, "outcomes", ndim=1)
     if outcomes.dtype.is_complex:

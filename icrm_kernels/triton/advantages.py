@@ -523,7 +523,8 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         rows = min(2048, max(128, next_power_of_2(cdiv(max(num_groups, 1) * block_l, 512))))
         block_b = max(1, rows // block_l)
         block_t = 1
-    a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
+    a_buf = out if wcode == 0 else (torch.zeros if ragged else torch.empty)(
+        n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
     t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
     grid = (cdiv(max(num_groups, 1), block_b), t_splits)
