@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import types
 
 import pytest
