@@ -101,9 +101,9 @@ def check_groups(
             raise ValueError(f"{names[0]}={group_size} must divide the number of rows of {rows} ({n})")
         return "fixed"
     if cu_groups is not None:
-        check_offsets(cu_groups, names[1], n)
-        if cu_groups.device != device:
+        if isinstance(cu_groups, torch.Tensor) and cu_groups.device != device:  # before reading values
             raise ValueError(f"{names[1]} is on {cu_groups.device} but the rows are on {device}")
+        check_offsets(cu_groups, names[1], n)
         return "ragged"
     check_index(group_index, names[2], n)
     if group_index.device != device:

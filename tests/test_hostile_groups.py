@@ -409,3 +409,24 @@ def test_posterior_strides_and_empty(backend):
     torch.testing.assert_close(a, torch.ones(3))
     a, b = beta_posterior(torch.rand(0), cu_segments=torch.tensor([0]))
     assert a.shape == (0,)
+
+
+def test_posterior_devices_and_nonfinite_select():
+    y = torch.rand(4)
+    with pytest.raises(ValueError, match="segment_index"):
+        beta_posterior(y, segment_index=torch.zeros(4, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="cu_segments"):
+        beta_posterior(y, cu_segments=torch.tensor([0, 4], device="meta"))
+    with pytest.raises(ValueError, match="weights"):
+        beta_posterior(y, cu_segments=torch.tensor([0, 4]), weights=torch.ones(4, device="meta"))
+    with pytest.raises(ValueError, match="weights"):
+        beta_posterior(y, cu_segments=torch.tensor([0, 4]), weights=torch.tensor([1.0, math.inf, 1.0, 1.0]))
+    with pytest.raises(TypeError, match="segment_index"):
+        beta_posterior(y, segment_index=torch.zeros(4))
+    # select: NaN poisons only its group; inf is an ordinary (largest) value for the pair choice
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0])
+    for b in CPU_BACKENDS:
+        with ik.use_backend(b):
+            sel = torch.tensor([math.nan, 0.0, 1.0, 2.0, math.inf, 0.0, 1.0, 2.0])
+            loss = grebt_loss(r, group_size=4, select=sel, reduction="none")
+            assert math.isnan(loss[0]) and math.isfinite(loss[1]), (b, loss)

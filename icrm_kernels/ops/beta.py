@@ -623,9 +623,10 @@ def beta_posterior(
     _check_unit_interval(outcomes, "outcomes")
     cu = index = None
     if cu_segments is not None:
-        check_offsets(cu_segments, "cu_segments", m)
-        if cu_segments.device != outcomes.device:
+        check_tensor(cu_segments, "cu_segments", ndim=1)
+        if cu_segments.device != outcomes.device:  # before check_offsets reads the values
             raise ValueError(f"cu_segments is on {cu_segments.device} but outcomes is on {outcomes.device}")
+        check_offsets(cu_segments, "cu_segments", m)
         k = cu_segments.numel() - 1
         if num_segments is not None and num_segments != k:
             raise ValueError(f"num_segments={num_segments} disagrees with cu_segments, which has {k} segments")
