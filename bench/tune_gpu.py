@@ -73,7 +73,7 @@ def tokens(device, quick):
         block_b = max(1, rows // g)
         grid = (cdiv(n // g, block_b), cdiv(t, per_prog))
         return lambda: TA._group_kernel[grid](
-            r, out, r, r, r, mask, n // g, g, 1, t, mask.stride(0), 1e-6,
+            r, out, r, r, r, mask, n // g, g, n, 1, t, mask.stride(0), 1e-6,
             FIXED=True, HAS_ORDER=False, BASELINE=1, SCALE=1, SINGLETON=1, OMIT=False, UNBIASED=True,
             TOKENS=True, F64=False, BLOCK_B=block_b, BLOCK_L=g, BLOCK_T=block_t, BLOCK_P=1, num_warps=warps)
 
@@ -101,7 +101,7 @@ def grpo(device, quick):
 
     def launch(groups, warps):
         return lambda: TA._group_kernel[(cdiv(n // g, groups),)](
-            r, out, r, r, r, r, n // g, g, 1, 0, 0, 1e-6,
+            r, out, r, r, r, r, n // g, g, n, 1, 0, 0, 1e-6,
             FIXED=True, HAS_ORDER=False, BASELINE=1, SCALE=1, SINGLETON=1, OMIT=False, UNBIASED=True,
             TOKENS=False, F64=False, BLOCK_B=groups, BLOCK_L=g, BLOCK_T=1, BLOCK_P=1, num_warps=warps)
 
@@ -127,7 +127,7 @@ def posterior(device, quick):
     def launch(tile, warps):
         segs = max(1, tile // block)
         return lambda: TB._posterior_kernel[(cdiv(k, segs),)](
-            y, y, cu, cu, alpha, beta, k, 1.0, 1.0, math.log2(0.9),
+            y, y, cu, cu, alpha, beta, k, y.numel(), 1.0, 1.0, math.log2(0.9),
             HAS_W=False, HAS_ORDER=False, DISCOUNT=True, SEGS=segs, BLOCK=block, num_warps=warps)
 
     default = (TB.POSTERIOR_TILE, 8)

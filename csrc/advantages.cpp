@@ -254,10 +254,11 @@ inline double singleton_value(const Options& o) {
 
 // One group: rows lo..hi of the (sorted) layout.
 template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t lo, int64_t hi,
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
                                 const Options& o, double batch_mean, double batch_std) {
+  // order comes from the caller: clamped, so a malformed one (unchecked paths) stays in bounds
   auto row = [&](int64_t j) -> int64_t {
-    if constexpr (ORDER) return order[j];
+    if constexpr (ORDER) return std::min(std::max<int64_t>(order[j], 0), n - 1);
     else return j;
   };
   auto val = [&](int64_t j) { return static_cast<double>(r[row(lo + j)]); };
@@ -269,15 +270,28 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   }
 }
 
+// Rows lo..hi of group g, clamped into [0, n): offsets reach the kernel unchecked inside
+// unchecked(), torch.compile and group_advantages_direct, and garbage offsets must give garbage
+// values, never an access outside the buffers.
+inline void group_bounds(const int64_t* cu, int64_t group_size, int64_t n, int64_t g, int64_t& lo, int64_t& hi) {
+  if (group_size > 0) {
+    lo = g * group_size;
+    hi = lo + group_size;
+  } else {
+    lo = std::min(std::max<int64_t>(cu[g], 0), n);
+    hi = std::min(std::max(cu[g + 1], lo), n);
+  }
+}
+
 template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t group_size,
                         int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
   at::parallel_for(0, num_groups, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
-      const int64_t lo = group_size > 0 ? g * group_size : cu[g];
-      const int64_t hi = group_size > 0 ? lo + group_size : cu[g + 1];
-      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, lo, hi, o, batch_mean, batch_std);
+      int64_t lo, hi;
+      group_bounds(cu, group_size, n, g, lo, hi);
+      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, o, batch_mean, batch_std);
     }
   });
 }
@@ -336,22 +350,22 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
 }
 
 template <typename T, bool OMIT, bool ORDER, int64_t B, int64_t S>
-void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
-                const Options& o, double bm, double bs) {
+void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t group_size,
+                int64_t num_groups, const Options& o, double bm, double bs) {
   if constexpr (!ORDER) {
     if (group_size == 4) return normalize_fixed_lanes<T, OMIT, B, S, 4>(r, out, num_groups, o, bm, bs);
     if (group_size == 8) return normalize_fixed_lanes<T, OMIT, B, S, 8>(r, out, num_groups, o, bm, bs);
     if (group_size == 16) return normalize_fixed_lanes<T, OMIT, B, S, 16>(r, out, num_groups, o, bm, bs);
   }
-  normalize_groups_t<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+  normalize_groups_t<T, OMIT, ORDER, B, S>(r, out, cu, order, n, group_size, num_groups, o, bm, bs);
 }
 
 template <typename T, bool OMIT, bool ORDER>
-void dispatch_options(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+void dispatch_options(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t group_size,
                       int64_t num_groups, const Options& o, double bm, double bs) {
 #define ICRM_CASE(B, S)                                                                                         \
   if (o.baseline == B && o.scale == S)                                                                          \
-    return fixed_size<T, OMIT, ORDER, B, S>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    return fixed_size<T, OMIT, ORDER, B, S>(r, out, cu, order, n, group_size, num_groups, o, bm, bs);
   ICRM_CASE(kBaseNone, kScaleNone) ICRM_CASE(kBaseNone, kGroupStd) ICRM_CASE(kBaseNone, kBatchStd)
   ICRM_CASE(kGroupMean, kScaleNone) ICRM_CASE(kGroupMean, kGroupStd) ICRM_CASE(kGroupMean, kBatchStd)
   ICRM_CASE(kLeaveOneOut, kScaleNone) ICRM_CASE(kLeaveOneOut, kGroupStd) ICRM_CASE(kLeaveOneOut, kBatchStd)
@@ -361,41 +375,52 @@ void dispatch_options(const T* r, T* out, const int64_t* cu, const int64_t* orde
 }
 
 template <typename T>
-void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size,
+void normalize_groups(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t group_size,
                       int64_t num_groups, const Options& o, double bm, double bs) {
   if (o.omit) {
-    if (order) dispatch_options<T, true, true>(r, out, cu, order, group_size, num_groups, o, bm, bs);
-    else dispatch_options<T, true, false>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    if (order) dispatch_options<T, true, true>(r, out, cu, order, n, group_size, num_groups, o, bm, bs);
+    else dispatch_options<T, true, false>(r, out, cu, order, n, group_size, num_groups, o, bm, bs);
   } else {
-    if (order) dispatch_options<T, false, true>(r, out, cu, order, group_size, num_groups, o, bm, bs);
-    else dispatch_options<T, false, false>(r, out, cu, order, group_size, num_groups, o, bm, bs);
+    if (order) dispatch_options<T, false, true>(r, out, cu, order, n, group_size, num_groups, o, bm, bs);
+    else dispatch_options<T, false, false>(r, out, cu, order, n, group_size, num_groups, o, bm, bs);
   }
 }
+
+// BNPO's "v = 0" guard, decided alike in C++, Triton and the reference: the group means p_g
+// carry rounding noise (an ulp or so), so v = 0 exactly misses equal success rates k/G with G not a
+// power of two. v <= 1e-12 mean (1 - mean) (the largest variance possible at that mean) is
+// c = mean (1 - mean) / v - 1 >= ~1e12, a Beta concentration no finite batch can resolve.
+// NaN compares false: a NaN v still propagates.
+inline bool bnpo_degenerate(double v, double mean) { return v <= 1e-12 * (mean * (1.0 - mean)); }
 
 // BNPO (scale code 3): s = clamp((r - lo) / (hi - lo), 0, 1); p_g = group mean of s (0 for a
 // singleton under the original rules); alpha, beta from the mean and unbiased variance of p over
 // the groups; A_i = clamp(1 / BetaPDF(p_g; alpha, beta), 0, 1e6) * (s_i - p_g).
 template <typename T>
-void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t group_size, int64_t num_groups,
-          const Options& o, double lo, double hi) {
+void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n_rows, int64_t group_size,
+          int64_t num_groups, const Options& o, double lo, double hi) {
   const double inv_range = 1.0 / (hi - lo);
   auto scaled = [&](double v) { return std::isnan(v) ? v : std::min(std::max((v - lo) * inv_range, 0.0), 1.0); };
   std::vector<double> p(num_groups), n(num_groups), w(num_groups);
-  auto bounds = [&](int64_t g, int64_t& a, int64_t& b) {
-    a = group_size > 0 ? g * group_size : cu[g];
-    b = group_size > 0 ? a + group_size : cu[g + 1];
-  };
-  auto row = [&](int64_t j) { return order ? order[j] : j; };
+  auto bounds = [&](int64_t g, int64_t& a, int64_t& b) { group_bounds(cu, group_size, n_rows, g, a, b); };
+  auto row = [&](int64_t j) { return order ? std::min(std::max<int64_t>(order[j], 0), n_rows - 1) : j; };
   at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       int64_t a, b;
       bounds(g, a, b);
-      double cnt = 0.0, pivot = 0.0, S1 = 0.0;
-      bool have = false;
+      // pivot: the group's largest valid value, as in the reference and the Triton kernel, so
+      // that groups holding the same values get bitwise the same p_g whatever their row order
+      // (a first-row pivot made equal success rates differ by an ulp, and the v = 0 guard miss)
+      double cnt = 0.0, pivot = -std::numeric_limits<double>::infinity(), S1 = 0.0;
+      for (int64_t j = a; j < b; ++j) {
+        const double s = scaled(static_cast<double>(r[row(j)]));
+        if (std::isnan(s)) continue;
+        pivot = std::max(pivot, s);
+      }
+      if (pivot == -std::numeric_limits<double>::infinity()) pivot = 0.0;
       for (int64_t j = a; j < b; ++j) {
         const double s = scaled(static_cast<double>(r[row(j)]));
         if (o.omit && std::isnan(s)) continue;
-        if (!have) { pivot = s; have = true; }
         cnt += 1.0;
         S1 += s - pivot;
       }
@@ -416,7 +441,7 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t g
   double alpha = 1.0 + c * mean / 3.0, beta = 1.0 + c * (1.0 - mean) / 3.0;
   if (!std::isnan(alpha)) alpha = std::max(alpha, 1.0);
   if (!std::isnan(beta)) beta = std::max(beta, 1.0);
-  if (v == 0.0) alpha = beta = 1.0;  // guard v = 0: uniform weights instead of NaN
+  if (bnpo_degenerate(v, mean)) alpha = beta = 1.0;  // guard v = 0: uniform weights instead of NaN
   const double lnB = std::lgamma(alpha) + std::lgamma(beta) - std::lgamma(alpha + beta);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
@@ -473,7 +498,9 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
               "rewards must be float32 or float64");
   const at::Tensor r = rewards.contiguous();
   const int64_t n = r.numel();
-  at::Tensor out = at::empty_like(r);
+  // offsets (ragged, index) may skip rows when malformed (unchecked paths): those rows read 0,
+  // not uninitialised memory
+  at::Tensor out = group_size > 0 ? at::empty_like(r) : at::zeros_like(r);
   if (n == 0) return out;
   at::Tensor cu, order;
   int64_t num_groups;
@@ -482,12 +509,22 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     num_groups = n / group_size;
   } else {
     TORCH_CHECK(cu_opt.has_value(), "cu is required without group_size");
+    check_cpu(*cu_opt, "cu");
+    TORCH_CHECK(cu_opt->dim() == 1 && cu_opt->numel() >= 1, "cu must be 1-D with at least one offset");
     cu = cu_opt->to(at::kLong).contiguous();
     num_groups = cu.numel() - 1;
-    if (order_opt.has_value()) order = order_opt->to(at::kLong).contiguous();
+    if (order_opt.has_value()) {
+      check_cpu(*order_opt, "order");
+      TORCH_CHECK(order_opt->numel() == n, "order must have one entry per row");
+      order = order_opt->to(at::kLong).contiguous();
+    }
   }
   at::Tensor weights;  // whitening weights (token counts), float64
-  if (weights_opt.has_value()) weights = weights_opt->to(at::kDouble).contiguous();
+  if (weights_opt.has_value()) {
+    check_cpu(*weights_opt, "whiten_weights");
+    TORCH_CHECK(weights_opt->numel() == n, "whiten_weights must have one entry per row");
+    weights = weights_opt->to(at::kDouble).contiguous().view({n});
+  }
   Options o{baseline, scale, whiten, singleton, whiten_std, eps, whiten_eps, unbiased, omit};
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "group_advantages_cpu", [&] {
     const scalar_t* rp = r.data_ptr<scalar_t>();
@@ -499,8 +536,8 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     }
     const int64_t* cup = cu.defined() ? cu.data_ptr<int64_t>() : nullptr;
     const int64_t* op = order.defined() ? order.data_ptr<int64_t>() : nullptr;
-    if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bnpo_low, bnpo_high);
-    else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, group_size, num_groups, o, bmean, bstd);
+    if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bnpo_low, bnpo_high);
+    else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bmean, bstd);
     if (whiten != kWhitenNone) {
       // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r.
       // Without weights or omitted rows, no weight tensor: weight 1 everywhere gives the same
@@ -538,14 +575,19 @@ std::tuple<at::Tensor, at::Tensor> group_order_cpu(const at::Tensor& ids_in) {
     lo = std::min(lo, id[i]);
     hi = std::max(hi, id[i]);
   }
-  const uint64_t range = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo) + 1;
-  if (range <= static_cast<uint64_t>(4 * n)) {
-    at::Tensor cu = at::zeros({static_cast<int64_t>(range) + 1}, ids.options());
+  // hi - lo in unsigned arithmetic: exact for any two int64 (ids spanning the whole int64
+  // range give 2^64 - 1, where hi - lo + 1 in int64 overflowed and sized cu from garbage). The
+  // span is compared before adding 1, and so are the offsets id - lo (in [0, span]).
+  const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
+  if (span < static_cast<uint64_t>(4) * static_cast<uint64_t>(n)) {
+    const int64_t range = static_cast<int64_t>(span) + 1;
+    auto slot = [&](int64_t i) { return static_cast<int64_t>(static_cast<uint64_t>(id[i]) - static_cast<uint64_t>(lo)); };
+    at::Tensor cu = at::zeros({range + 1}, ids.options());
     int64_t* c = cu.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) ++c[id[i] - lo + 1];
-    for (uint64_t g = 0; g < range; ++g) c[g + 1] += c[g];
+    for (int64_t i = 0; i < n; ++i) ++c[slot(i) + 1];
+    for (int64_t g = 0; g < range; ++g) c[g + 1] += c[g];
     std::vector<int64_t> next(c, c + range);
-    for (int64_t i = 0; i < n; ++i) ord[next[id[i] - lo]++] = i;
+    for (int64_t i = 0; i < n; ++i) ord[next[slot(i)]++] = i;
     return {cu, order};
   }
   for (int64_t i = 0; i < n; ++i) ord[i] = i;

@@ -407,11 +407,16 @@ std::tuple<at::Tensor, at::Tensor> beta_posterior(const at::Tensor& y_in, const 
                                                   double prior_b, double discount) {
   check_cpu(y_in, "outcomes");
   TORCH_CHECK(cu_in.has_value() != index_in.has_value(), "beta_posterior: give exactly one of cu and index");
-  const at::Tensor y = upcast(y_in);
+  const at::Tensor y = upcast(y_in).contiguous().view({-1});
   const auto st = y.scalar_type();
   const int64_t m = y.numel();
   at::Tensor w;
-  if (w_in.has_value()) w = upcast(*w_in).to(st);
+  if (w_in.has_value()) {
+    check_cpu(*w_in, "weights");
+    TORCH_CHECK(w_in->numel() == m, "beta_posterior: weights must have one entry per outcome");
+    w = upcast(*w_in).to(st).contiguous().view({m});
+  }
+  TORCH_CHECK(K >= 0, "beta_posterior: num_segments must be >= 0");
   at::Tensor alpha = at::empty({K}, y.options()), beta = at::empty({K}, y.options());
   AT_DISPATCH_FLOATING_TYPES(st, "beta_posterior", [&] {
     using T = scalar_t;

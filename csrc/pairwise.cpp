@@ -31,7 +31,10 @@ struct Groups {
       n = group_size;
     }
   }
-  inline int64_t row(int64_t start, int64_t pos) const { return order ? order[start + pos] : start + pos; }
+  // order is clamped too: an out-of-range entry (unchecked callers) reads and writes a real row
+  inline int64_t row(int64_t start, int64_t pos) const {
+    return order ? std::min(std::max<int64_t>(order[start + pos], 0), rows - 1) : start + pos;
+  }
 };
 
 Groups make_groups(const at::Tensor& x, const c10::optional<at::Tensor>& cu, const c10::optional<at::Tensor>& order,
@@ -45,7 +48,8 @@ Groups make_groups(const at::Tensor& x, const c10::optional<at::Tensor>& cu, con
     cu_keep = cu->to(at::kLong).contiguous();
     gr.cu = cu_keep.data_ptr<int64_t>();
     gr.count = cu_keep.numel() - 1;
-    TORCH_CHECK(gr.cu[0] == 0 && gr.cu[gr.count] == n, "cu must run from 0 to the number of rows");
+    // no check of the values: bounds() clamps every group into the rows, so malformed offsets
+    // (value checks off) give garbage values, never an out-of-bounds access
     if (order.has_value() && order->defined()) {
       check_cpu(*order, "order");
       TORCH_CHECK(order->numel() == n, "order must have one entry per row");
@@ -262,7 +266,7 @@ at::Tensor pairwise_win_rate(const at::Tensor& scores, const c10::optional<at::T
   const at::Tensor s = scores.contiguous();
   at::Tensor cu_keep, order_keep;
   const Groups gr = make_groups(s, cu, order, group_size, cu_keep, order_keep);
-  at::Tensor out = at::empty_like(s);
+  at::Tensor out = gr.cu ? at::zeros_like(s) : at::empty_like(s);  // rows no group covers read 0
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "pairwise_win_rate", [&] {
     win_rate_kernel<scalar_t>(s.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), gr, temperature, s.numel());
   });
@@ -278,7 +282,7 @@ at::Tensor pairwise_win_rate_backward(const at::Tensor& grad, const at::Tensor& 
   TORCH_CHECK(g.numel() == s.numel(), "grad must have one value per score");
   at::Tensor cu_keep, order_keep;
   const Groups gr = make_groups(s, cu, order, group_size, cu_keep, order_keep);
-  at::Tensor out = at::empty_like(s);
+  at::Tensor out = gr.cu ? at::zeros_like(s) : at::empty_like(s);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "pairwise_win_rate_backward", [&] {
     win_rate_backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), gr,
                                        temperature, s.numel());
@@ -301,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_grebt(const at::Tensor& rewards, con
   at::Tensor cu_keep, order_keep;
   const Groups gr = make_groups(r, cu, order, group_size, cu_keep, order_keep);
   at::Tensor losses = at::empty({gr.count}, r.options());
-  at::Tensor drow = at::empty_like(r);
+  at::Tensor drow = gr.cu ? at::zeros_like(r) : at::empty_like(r);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "pairwise_grebt", [&] {
     grebt_kernel<scalar_t>(r.data_ptr<scalar_t>(), sel.defined() ? sel.data_ptr<scalar_t>() : nullptr,
                            losses.data_ptr<scalar_t>(), drow.data_ptr<scalar_t>(), gr, alpha, eps, r.numel());

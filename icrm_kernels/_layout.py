@@ -39,13 +39,32 @@ class GroupLayout:
         """int64 [N]: the group number (0..num_groups-1) of each original row."""
         if self.kind == "fixed":
             return torch.arange(self.n, device=self.device) // self.group_size
-        sizes = self.cu[1:] - self.cu[:-1]
-        sorted_group = torch.repeat_interleave(torch.arange(self.max_groups, device=self.cu.device), sizes, output_size=self.n)
+        sorted_group = sorted_group_of_position(self.cu, self.n)
         if self.kind == "ragged":
             return sorted_group
         out = torch.empty_like(sorted_group)
         out[self.order] = sorted_group
         return out
+
+
+def sanitize_offsets(cu: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 offsets clamped into [0, n] and made non-decreasing. The identity on valid offsets;
+    on malformed ones (value checks off: unchecked(), torch.compile, the direct launchers) it
+    keeps every group inside the rows, so garbage offsets give garbage values, not a crash."""
+    cu = cu.to(torch.int64).clamp(0, n)
+    return torch.cummax(cu, 0).values if cu.numel() > 1 else cu
+
+
+def sorted_group_of_position(cu: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 [n]: the group of each (sorted) position under offsets ``cu``, always in
+    [0, max(B-1, 0)]. searchsorted instead of repeat_interleave(output_size=n): the latter trusts
+    sum(sizes) == n, which malformed offsets break."""
+    cu = sanitize_offsets(cu, n)
+    b = cu.numel() - 1
+    pos = torch.arange(n, device=cu.device)
+    if b <= 0:
+        return torch.zeros(n, dtype=torch.int64, device=cu.device)
+    return torch.searchsorted(cu[1:].contiguous(), pos, right=True).clamp_(max=b - 1)
 
 
 def sort_index(index: torch.Tensor, n: int):
@@ -70,6 +89,7 @@ def check_groups(
     cu_groups=None,
     group_index=None,
     names=("group_size", "cu_groups", "group_index"),
+    rows: str = "rewards",
 ) -> str:
     """Validate the three mutually exclusive layout arguments; returns "fixed", "ragged" or "index"."""
     given = [name for name, v in zip(names, (group_size, cu_groups, group_index)) if v is not None]
@@ -78,12 +98,12 @@ def check_groups(
     if group_size is not None:
         check_positive_int(group_size, names[0])
         if n % group_size != 0:
-            raise ValueError(f"{names[0]}={group_size} must divide the number of rows ({n})")
+            raise ValueError(f"{names[0]}={group_size} must divide the number of rows of {rows} ({n})")
         return "fixed"
     if cu_groups is not None:
-        check_offsets(cu_groups, names[1], n)
-        if cu_groups.device != device:
+        if isinstance(cu_groups, torch.Tensor) and cu_groups.device != device:  # before reading values
             raise ValueError(f"{names[1]} is on {cu_groups.device} but the rows are on {device}")
+        check_offsets(cu_groups, names[1], n)
         return "ragged"
     check_index(group_index, names[2], n)
     if group_index.device != device:
@@ -99,14 +119,16 @@ def resolve_groups(
     cu_groups=None,
     group_index=None,
     names=("group_size", "cu_groups", "group_index"),
+    rows: str = "rewards",
 ) -> GroupLayout:
     """Validate the three mutually exclusive layout arguments (:func:`check_groups`); return the
     canonical layout."""
-    kind = check_groups(n, device, group_size=group_size, cu_groups=cu_groups, group_index=group_index, names=names)
+    kind = check_groups(n, device, group_size=group_size, cu_groups=cu_groups, group_index=group_index, names=names,
+                        rows=rows)
     if kind == "fixed":
         return GroupLayout("fixed", n, device, n // group_size, group_size=group_size, num_groups=n // group_size)
     if kind == "ragged":
         b = cu_groups.numel() - 1
-        return GroupLayout("ragged", n, device, b, cu=cu_groups.to(torch.int64), num_groups=b)
+        return GroupLayout("ragged", n, device, b, cu=sanitize_offsets(cu_groups, n), num_groups=b)
     order, cu, num = sort_index(group_index, n)
     return GroupLayout("index", n, device, n, cu=cu, order=order, num_groups=num)

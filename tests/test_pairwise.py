@@ -296,12 +296,8 @@ def test_bad_inputs(device):
 def test_unchecked_malformed_offsets_stay_in_bounds(backend, device):
     r = torch.randn(8, device=device)
     cu = torch.tensor([0, 6, 3, 20, 8], device=device)  # not monotone, past the end
-    if backend == "reference":  # torch indexing raises IndexError: memory-safe as well
-        if device.type == "cuda":
-            pytest.skip("out-of-range CUDA indexing is a device-side assert, not an exception")
-        with icrm_kernels.unchecked(), pytest.raises(IndexError):
-            grebt_loss(r, cu_groups=cu, reduction="none")
-        return
+    # every backend, the reference included, clamps the offsets (issue 9): no IndexError, no
+    # device-side assert, results of the documented shapes
     with icrm_kernels.unchecked():
         w = group_win_rate(r, cu_groups=cu, temperature=1.0)
         loss = grebt_loss(r, cu_groups=cu, reduction="none")

@@ -18,6 +18,7 @@ from icrm_kernels._checks import (
     check_finite_float,
     check_same_device,
     check_tensor,
+    unchecked,
     value_checks_enabled,
 )
 from icrm_kernels._layout import check_groups
@@ -94,10 +95,12 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
         A = sum(w[k] * _core(backend, R[:, k].contiguous(), lay, o, baseline=o["baseline"], scale="bnpo",
                              whiten="none", mask=None, whiten_weights=None, out_dtype=acc, **common)
                 for k in range(K)) / w.sum()
-        if omit:
-            A = torch.where(torch.isnan(R).all(1), torch.full_like(A, math.nan), A)
+        # omitted rows (every component NaN) already hold 0; they leave the whitening by weight.
+        # Omitting by "A is NaN" instead would also drop singleton="nan" rows, which the
+        # reference keeps (a NaN advantage propagates: it is not a NaN reward)
         return _core(backend, A, lay, o, baseline="none", scale="none", whiten=o["whiten"], mask=mask,
-                     whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
+                     whiten_weights=_keep_weights(R, omit, tok_w, o), out_dtype=out_dtype,
+                     **dict(common, eps=0.0, omit=False))
     if K == 1 or o["aggregation"] == "sum_then_normalize":
         if K == 1:
             r = R if R.dim() == 1 else R[:, 0]
@@ -119,17 +122,28 @@ def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o
         a = _core(backend, R[:, k].contiguous(), lay, o, baseline=o["baseline"], scale=o["scale"], whiten="none",
                   mask=None, whiten_weights=None, out_dtype=acc, **common)
         S = a * w[k] if S is None else S + a * w[k]
-    row_nan = torch.isnan(R).all(1) if omit else torch.zeros(N, dtype=torch.bool, device=R.device)
-    S = torch.where(row_nan, torch.full_like(S, math.nan), S)
+    # omitted rows (every component NaN) hold 0 in S and leave the batch statistics by weight,
+    # as in the reference; a NaN in S from singleton="nan" stays in them and propagates
+    keep = _keep_weights(R, omit, None, o) if omit else None
     last = o["whiten"] == "none"
     A = _core(backend, S, lay, o, baseline="none", scale="none", whiten="sample", eps=0.0, whiten_eps=o["eps"],
-              whiten_std="std_eps", omit=omit, mask=mask if last else None, whiten_weights=None,
+              whiten_std="std_eps", omit=False, mask=mask if last else None, whiten_weights=keep,
               out_dtype=out_dtype if last else acc, process_group=process_group)
     if last:
         return A
-    A = torch.where(row_nan, torch.full_like(A, math.nan), A)
     return _core(backend, A, lay, o, baseline="none", scale="none", whiten=o["whiten"], mask=mask,
-                 whiten_weights=tok_w, out_dtype=out_dtype, **dict(common, eps=0.0))
+                 whiten_weights=_keep_weights(R, omit, tok_w, o), out_dtype=out_dtype,
+                 **dict(common, eps=0.0, omit=False))
+
+
+def _keep_weights(R, omit, tok_w, o):
+    """Whitening weights of a composed advantage: the token counts (whiten="token"), times 0 for
+    the rows nan_policy="omit" leaves out (every component NaN); None when all weights are 1."""
+    if not omit:
+        return tok_w
+    acc = torch.float64 if R.dtype == torch.float64 else torch.float32
+    keep = (~torch.isnan(R).all(1)).to(acc) if R.dim() == 2 else (~torch.isnan(R)).to(acc)
+    return keep if tok_w is None else keep * tok_w
 
 
 def _reference(rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
@@ -157,6 +171,9 @@ def _validated_options(preset, baseline, scale, whiten, eps, std_unbiased, singl
     check_choice(o["nan_policy"], "nan_policy", ref.NAN_POLICIES)
     check_choice(o["aggregation"], "aggregation", ref.AGGREGATIONS)
     check_choice(o["whiten_std"], "whiten_std", ref.WHITEN_STDS)
+    b = o["bnpo_bounds"]
+    if isinstance(b, (str, bytes)) or not hasattr(b, "__len__") or len(b) != 2:
+        raise ValueError(f"bnpo_bounds must be a (low, high) pair of numbers, got {b!r}")
     o["eps"] = check_finite_float(o["eps"], "eps", low=0.0)
     o["whiten_eps"] = check_finite_float(o["whiten_eps"], "whiten_eps", low=0.0)
     if not isinstance(o["std_unbiased"], bool):
@@ -330,6 +347,9 @@ def group_advantages(
     N = 0 returns an empty tensor.
     """
     check_tensor(rewards, "rewards", ndim=(1, 2), floating=True)
+    if rewards.dim() == 2 and rewards.shape[1] == 0:
+        raise ValueError(f"rewards must have at least one reward component, got shape {tuple(rewards.shape)}")
+    _check_process_group(process_group)
     device = check_same_device(rewards=rewards, cu_groups=cu_groups, group_index=group_index,
                                reward_weights=reward_weights, response_mask=response_mask)
     o = _options(preset, baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_bounds,
@@ -343,11 +363,19 @@ def group_advantages(
         if reward_weights.numel() != K:
             raise ValueError(f"reward_weights must have one weight per reward component ({K}), "
                              f"got {reward_weights.numel()}")
+        if value_checks_enabled() and not bool(((reward_weights >= 0) & torch.isfinite(reward_weights)).all()):
+            raise ValueError(f"reward_weights must be finite and >= 0, got {reward_weights.tolist()}")
     if response_mask is not None:
         check_tensor(response_mask, "response_mask", ndim=2)
+        if response_mask.dtype.is_complex:
+            raise TypeError(f"response_mask must be a bool or real tensor, got {response_mask.dtype}")
         if response_mask.shape[0] != n:
             raise ValueError(f"response_mask must have one row per reward ({n}), "
                              f"got shape {tuple(response_mask.shape)}")
+        if (value_checks_enabled() and response_mask.dtype != torch.bool and response_mask.numel()
+                and not bool(((response_mask >= 0) & (response_mask == response_mask)).all())):
+            raise ValueError("response_mask must hold weights >= 0 (bool, 0/1 or non-negative floats); "
+                             "got a negative or NaN entry")
     if o["whiten"] == "token" and response_mask is None:
         raise ValueError("whiten='token' needs response_mask[N, T] (each sample is weighted by its valid tokens)")
     if o["nan_policy"] == "raise" and value_checks_enabled() and n and bool(torch.isnan(rewards).any()):
@@ -371,20 +399,47 @@ def group_advantages(
         o["whiten_eps"], o["whiten_std"])
 
 
+_OPTION_ORDER = ("baseline", "scale", "whiten", "eps", "std_unbiased", "singleton", "nan_policy", "aggregation",
+                 "bnpo_bounds", "whiten_eps", "whiten_std")
+
+
 def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_index=None, reward_weights=None,
                             response_mask=None, preset=None, **options):
-    """Thin launcher for hot loops: :func:`group_advantages` without validation, without the
-    torch.library dispatcher and without autograd (the result never requires grad). Same
-    options; malformed inputs give unspecified results. Not for torch.compile (use the op).
+    """Thin launcher for hot loops: :func:`group_advantages` without the tensor value checks,
+    without the torch.library dispatcher and without autograd (the result never requires grad).
+    Same options, validated as by the op (cached: a misspelled or invalid option raises
+    TypeError/ValueError). Malformed tensor values (offsets, ids) give unspecified results but
+    never an access outside the buffers. Not for torch.compile (use the op).
     """
-    o = resolve_options(preset, **options)
+    unknown = sorted(set(options) - set(_OPTION_ORDER))
+    if unknown:  # silently ignoring a misspelled option would run different math than asked
+        raise TypeError(f"group_advantages_direct got unknown option(s) {', '.join(map(repr, unknown))}; "
+                        f"valid options: {list(_OPTION_ORDER)}")
+    o = _options(preset, *(options.get(k) for k in _OPTION_ORDER))
+    if group_size is not None and (not isinstance(group_size, int) or group_size <= 0
+                                   or rewards.shape[0] % group_size):
+        raise ValueError(f"group_size={group_size!r} must be a positive int dividing the number of rows of "
+                         f"rewards ({rewards.shape[0]})")
     if o["nan_policy"] == "raise":
         o["nan_policy"] = "propagate"
     backend = _backend.select(rewards.device, cpp_op="group_advantages")
     with torch.no_grad():
-        if backend == "reference":
-            return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+        if backend == "reference":  # value checks off, as on the kernel paths: same contract
+            with unchecked():
+                return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
         return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+
+
+def _check_process_group(process_group) -> None:
+    if process_group is None:
+        return
+    try:
+        from torch.distributed import ProcessGroup
+    except ImportError:  # torch built without distributed: nothing can be a process group
+        ProcessGroup = ()
+    if not isinstance(process_group, ProcessGroup):
+        raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, "
+                        f"got {type(process_group).__name__}")
 
 
 # ------------------------------------------------------------------------ selfcheck

@@ -40,6 +40,7 @@ from icrm_kernels._checks import (
     check_tensor,
     value_checks_enabled,
 )
+from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.ops.special import _trigamma_op, check_positive
 
 Tensor = torch.Tensor
@@ -529,8 +530,13 @@ def _posterior_reference(outcomes, weights, cu, index, k, pa, pb, discount):
     m = y.numel()
     dev = y.device
     if index is None:
-        sizes_cu = (cu[1:] - cu[:-1]).to(torch.int64)
-        seg = torch.repeat_interleave(torch.arange(k, device=dev), sizes_cu, output_size=m)
+        # searchsorted over clamped offsets, not repeat_interleave(output_size=m): malformed cu
+        # (value checks off) must not raise nor index out of range; rows outside [cu[0], cu[-1])
+        # get segment k, ignored like an out-of-range id
+        c = sanitize_offsets(cu, m)
+        pos = torch.arange(m, device=dev)
+        seg = torch.searchsorted(c[1:].contiguous(), pos, right=True) if k > 0 else torch.zeros_like(pos)
+        seg = torch.where((pos >= c[0]) & (pos < c[-1]), seg, torch.full_like(seg, k))
     else:
         seg = index.to(torch.int64)
     valid = (seg >= 0) & (seg < k)
@@ -583,6 +589,14 @@ def beta_posterior(
     accumulated in fp32 on the GPU, in double on the CPU. Not differentiable (outcomes are data).
     GPU: one program per segment (best for many short segments, the in-context case).
     Checked path raises on out-of-range ids; unchecked, ids outside [0, K) are ignored.
+
+    Hostile inputs: outcomes outside [0, 1] or NaN/inf, and weights that are negative or not
+    finite, raise ValueError naming the argument (value checks); a K that cannot be allocated
+    (num_segments, or max(segment_index) + 1, beyond 2**31 - 1 or the device's memory) raises
+    ValueError before anything is allocated; any int64 segment ids are accepted. Inside
+    ``unchecked()`` and torch.compile, malformed ``cu_segments`` (decreasing, negative, past the
+    end) are clamped into [0, M] in every implementation: unspecified values, never an access
+    outside the buffers (demonstrations no segment covers are ignored).
     """
     check_tensor(outcomes, "outcomes", ndim=1)
     if outcomes.dtype.is_complex:
@@ -597,6 +611,8 @@ def beta_posterior(
         if weights.device != outcomes.device:
             raise ValueError(f"weights is on {weights.device} but outcomes is on {outcomes.device}")
         _check_finite(weights, "weights")
+        if value_checks_enabled() and m and bool((weights < 0).any()):
+            raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
     pa, pb = _check_prior(prior_alpha, prior_beta)
     g = check_finite_float(discount, "discount", low=0.0, high=1.0, low_open=True)
     if num_segments is not None:
@@ -607,9 +623,10 @@ def beta_posterior(
     _check_unit_interval(outcomes, "outcomes")
     cu = index = None
     if cu_segments is not None:
-        check_offsets(cu_segments, "cu_segments", m)
-        if cu_segments.device != outcomes.device:
+        check_tensor(cu_segments, "cu_segments", ndim=1)
+        if cu_segments.device != outcomes.device:  # before check_offsets reads the values
             raise ValueError(f"cu_segments is on {cu_segments.device} but outcomes is on {outcomes.device}")
+        check_offsets(cu_segments, "cu_segments", m)
         k = cu_segments.numel() - 1
         if num_segments is not None and num_segments != k:
             raise ValueError(f"num_segments={num_segments} disagrees with cu_segments, which has {k} segments")
@@ -627,7 +644,42 @@ def beta_posterior(
             if lo < 0 or hi >= k:
                 raise ValueError(f"segment_index must hold segment numbers in [0, {k}), got values in [{lo}, {hi}]")
         index = segment_index.to(torch.int64)
+    _check_posterior_size(k, outcomes)
     return _backend.call_op(_beta_posterior_op, _beta_posterior_impl, outcomes, weights, cu, index, k, pa, pb, g)
+
+
+# Segment counts past int32 are beyond every kernel's grid and every realistic batch; checked
+# before any allocation, so a stray id (2**62) raises instead of asking for exabytes.
+_MAX_SEGMENTS = 2**31 - 1
+
+
+def _device_memory_bytes(device: torch.device) -> Optional[int]:
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            import os
+
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def _check_posterior_size(k: int, outcomes: Tensor) -> None:
+    """The [K] outputs must be allocatable: K from ``num_segments`` or max(segment_index) + 1."""
+    itemsize = 8 if outcomes.dtype == torch.float64 else 4
+    need = 2 * k * itemsize  # alpha and beta
+    try:  # the memory query is host-only (a graph break): under torch.compile the count bound alone
+        compiling = torch.compiler.is_compiling()
+    except AttributeError:
+        compiling = False
+    mem = None if compiling else _device_memory_bytes(outcomes.device)
+    if k > _MAX_SEGMENTS or (mem is not None and need > mem):
+        raise ValueError(f"segment_index/num_segments ask for {k} segments ({need} bytes of output), more than "
+                         f"can be allocated (at most {_MAX_SEGMENTS} segments"
+                         f"{'' if mem is None else f' and {mem} bytes on {outcomes.device}'}); segment ids must "
+                         f"be dense numbers 0..K-1")
 
 
 # ==================================================================== hypervolume

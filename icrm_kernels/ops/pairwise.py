@@ -20,7 +20,7 @@ from icrm_kernels._checks import (
     check_same_device,
     check_tensor,
 )
-from icrm_kernels._layout import GroupLayout, resolve_groups
+from icrm_kernels._layout import GroupLayout, resolve_groups, sorted_group_of_position
 from icrm_kernels.reference import pairwise as ref
 
 __all__ = ["group_win_rate", "grebt_loss", "selfcheck"]
@@ -51,8 +51,7 @@ def _group_of_row(n: int, cu: Optional[Tensor], order: Optional[Tensor], group_s
     """int64 [N] group number of each original row, without a host sync."""
     if cu is None:
         return torch.arange(n, device=device) // group_size
-    sizes = cu[1:] - cu[:-1]
-    sorted_group = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=device), sizes, output_size=n)
+    sorted_group = sorted_group_of_position(cu, n)  # in range whatever cu holds
     if order is None:
         return sorted_group
     return torch.empty_like(sorted_group).index_put_((order,), sorted_group)
@@ -135,7 +134,8 @@ _backend.register_autograd(_win_rate_op, _win_rate_impl, _win_rate_backward, _wi
 def _prepare(x: Tensor, name: str, group_size, cu_groups, group_index):
     check_tensor(x, name, ndim=1, floating=True)
     check_same_device(**{name: x, "cu_groups": cu_groups, "group_index": group_index})
-    layout = resolve_groups(x.numel(), x.device, group_size=group_size, cu_groups=cu_groups, group_index=group_index)
+    layout = resolve_groups(x.numel(), x.device, group_size=group_size, cu_groups=cu_groups, group_index=group_index,
+                            rows=name)
     return layout
 
 
@@ -163,6 +163,7 @@ def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_group
         - float64 tensors on CUDA run the float64 reference instead of the fp32 kernel.
     """
     layout = _prepare(scores, "scores", group_size, cu_groups, group_index)
+    scores = scores.contiguous()  # the kernels index rows directly
     if temperature is not None:
         temperature = check_finite_float(temperature, "temperature", low=0.0, low_open=True)
     cu, order, g = _layout_tensors(layout)
@@ -272,6 +273,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
         - float64 tensors on CUDA run the float64 reference instead of the fp32 kernel.
     """
     layout = _prepare(rewards, "rewards", group_size, cu_groups, group_index)
+    rewards = rewards.contiguous()  # the kernels index rows directly
     alpha = check_finite_float(alpha, "alpha", low=0.0, high=1.0)
     eps = check_finite_float(eps, "eps", low=0.0)
     check_choice(reduction, "reduction", ("mean", "sum", "none"))
@@ -280,7 +282,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
         check_same_device(rewards=rewards, select=select)
         if select.numel() != rewards.numel():
             raise ValueError(f"select must have one value per reward ({rewards.numel()}), got {select.numel()}")
-        select = select.detach()
+        select = select.detach().contiguous()
     cu, order, g = _layout_tensors(layout)
     losses, _ = _backend.call_op(_grebt_op, _grebt_impl, rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":

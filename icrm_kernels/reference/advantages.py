@@ -12,6 +12,7 @@ Also home of the preset table (pure Python, shared by the ops and the tests).
 from __future__ import annotations
 
 import math
+import types
 from typing import Callable
 
 import torch
@@ -41,6 +42,8 @@ DEFAULTS = dict(
 )
 
 # preset -> options. Each reproduces one peer function (see docs/advantages.md for versions).
+# Read-only (wrapped below): the checked op caches validated options per preset, the direct
+# launcher does not, so a mutated table would make the two paths disagree.
 PRESETS = {
     # verl core_algos.compute_grpo_outcome_advantage (per-sample loop): eps 1e-6, torch.std
     # (unbiased); a singleton group gets mean 0 and std 1, so A = r / (1 + 1e-6).
@@ -84,11 +87,17 @@ PRESETS = {
     "bnpo": dict(baseline="group_mean", scale="bnpo", eps=0.0, std_unbiased=True, singleton="raw",
                  nan_policy="propagate", whiten="none", bnpo_bounds=(0.0, 1.0)),
 }
+PRESETS = types.MappingProxyType({k: types.MappingProxyType(v) for k, v in PRESETS.items()})
+DEFAULTS = types.MappingProxyType(DEFAULTS)
+OPTION_NAMES = frozenset(DEFAULTS)
 
 
 def resolve_options(preset=None, **given):
     """Options after applying ``preset``; explicit (non-None) keywords override preset values."""
-    if preset is not None and preset not in PRESETS:
+    unknown = sorted(set(given) - OPTION_NAMES)
+    if unknown:  # a misspelled option would otherwise be silently ignored
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid options: {sorted(OPTION_NAMES)}")
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     opts = dict(DEFAULTS)
     if preset is not None:
@@ -245,8 +254,12 @@ def bnpo_one(r, valid, gid, B, o, *, reduce=lambda m: m):
     c = mean * (1 - mean) / v - 1
     alpha = torch.clamp(1 + c * mean / 3, min=1.0)
     beta = torch.clamp(1 + c * (1 - mean) / 3, min=1.0)
-    alpha = torch.where(v == 0, torch.ones_like(alpha), alpha)  # guard v = 0: uniform weights
-    beta = torch.where(v == 0, torch.ones_like(beta), beta)
+    # guard "v = 0", decided as csrc/advantages.cpp (bnpo_degenerate) and the Triton kernel do:
+    # p_g carry rounding noise (equal success rates k/G can differ by an ulp), so v is taken as 0
+    # when c = mean (1 - mean) / v - 1 would exceed ~1e12; a NaN v compares false and propagates
+    degenerate = v <= 1e-12 * (mean * (1 - mean))
+    alpha = torch.where(degenerate, torch.ones_like(alpha), alpha)  # uniform weights
+    beta = torch.where(degenerate, torch.ones_like(beta), beta)
     log_pdf = torch.xlogy(alpha - 1, p) + torch.xlogy(beta - 1, 1 - p) - betaln(alpha, beta)
     w = torch.clamp(torch.exp(-log_pdf), 0.0, 1e6)
     A = w[gid] * (s - p[gid])

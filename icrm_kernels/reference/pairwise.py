@@ -99,7 +99,8 @@ def grebt_group_losses(rewards, layout: GroupLayout, *, alpha=0.3, eps=1e-6, sel
     var = (c * c).sum(-1, keepdim=True) / n
     sigma = var.clamp_min(torch.finfo(r.dtype).tiny).sqrt()  # safe at var = 0 (gradient 0 there)
     s = sigma + eps
-    z = torch.where(s > 0, c / s, 0)
+    # only s = 0 is special-cased: a NaN s (an inf reward: inf - inf) must propagate as in the kernels
+    z = torch.where(s == 0, 0, c / s)
     z = torch.where(mask, z, float("-inf"))
     log_p = torch.where(mask, torch.log_softmax(z, -1), 0)  # 0, not -inf, in padding slots
     p = torch.where(mask, log_p.exp(), 0)
@@ -161,7 +162,7 @@ def grebt_row_gradients(rewards, layout: GroupLayout, *, alpha=0.3, eps=1e-6, se
     c = torch.where(mask, r - torch.where(mask, r, 0).sum(-1, keepdim=True) / n, 0)
     sigma = ((c * c).sum(-1, keepdim=True) / n).sqrt()
     s = sigma + eps
-    inv_s = torch.where(s > 0, 1 / s, 0)
+    inv_s = torch.where(s == 0, 0, 1 / s)
     z = c * inv_s
     p = torch.softmax(torch.where(mask, z, float("-inf")), -1)
     p = torch.where(mask, p, 0)

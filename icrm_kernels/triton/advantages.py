@@ -114,12 +114,13 @@ def _moments_kernel(x_ptr, w_ptr, ref_ptr, part_ptr, n, iters,
 
 
 @triton.jit
-def _load_rows(r_ptr, order_ptr, start, length, c, cols,
+def _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows,
                HAS_ORDER: tl.constexpr, OMIT: tl.constexpr, F64: tl.constexpr):
     pos = start[:, None] + c + cols[None, :]
     inb = (c + cols)[None, :] < length[:, None]
     if HAS_ORDER:
-        rows = tl.load(order_ptr + pos, mask=inb, other=0)
+        # clamped like the offsets: whatever order holds, the gather stays inside r
+        rows = tl.minimum(tl.maximum(tl.load(order_ptr + pos, mask=inb, other=0).to(tl.int64), 0), n_rows - 1)
     else:
         rows = pos
     x = _acc(tl.load(r_ptr + rows, mask=inb, other=0.0), F64)
@@ -127,6 +128,17 @@ def _load_rows(r_ptr, order_ptr, start, length, c, cols,
     if OMIT:
         valid = inb & (x == x)
     return rows, inb, x, valid
+
+
+@triton.jit
+def _pow2_floor(v, F64: tl.constexpr):
+    """The largest power of two <= v (its exponent bits), or 1 where v is 0, subnormal, inf or
+    NaN (no scaling there)."""
+    if F64:
+        p = (v.to(tl.int64, bitcast=True) & 0x7FF0000000000000).to(tl.float64, bitcast=True)
+    else:
+        p = (v.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    return tl.where((p > 0) & (p < float("inf")), p, 1.0).to(v.dtype)
 
 
 @triton.jit
@@ -139,8 +151,13 @@ def _token_range(T, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _group_block(cu_ptr, num_groups, G, FIXED: tl.constexpr, BLOCK_B: tl.constexpr):
-    """This program's BLOCK_B groups: ids, mask, first row and length of each (int64), longest."""
+def _group_block(cu_ptr, num_groups, G, n_rows, FIXED: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's BLOCK_B groups: ids, mask, first row and length of each (int64), longest.
+
+    Offsets are clamped into [0, n_rows] and made non-decreasing per group: inside unchecked(),
+    torch.compile or group_advantages_direct they arrive unvalidated, and malformed ones
+    (cu = [0, 4, 10**9], decreasing, negative) must give garbage values, never an access outside
+    the buffers nor a loop over 10**9 rows."""
     pid = tl.program_id(0).to(tl.int64)
     gb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     gmask = gb < num_groups
@@ -149,7 +166,10 @@ def _group_block(cu_ptr, num_groups, G, FIXED: tl.constexpr, BLOCK_B: tl.constex
         length = tl.where(gmask, G, 0).to(tl.int64)
     else:
         start = tl.load(cu_ptr + gb, mask=gmask, other=0).to(tl.int64)
-        length = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64) - start
+        start = tl.minimum(tl.maximum(start, 0), n_rows)
+        end = tl.load(cu_ptr + gb + 1, mask=gmask, other=0).to(tl.int64)
+        end = tl.minimum(tl.maximum(end, start), n_rows)
+        length = tl.where(gmask, end - start, 0)
     return gb, gmask, start, length, tl.max(length, axis=0)
 
 
@@ -171,13 +191,13 @@ def _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS: tl.cons
 
 @triton.jit
 def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
-                  num_groups, G, P, T, stride_mask, eps,
+                  num_groups, G, n_rows, P, T, stride_mask, eps,
                   FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, BASELINE: tl.constexpr, SCALE: tl.constexpr,
                   SINGLETON: tl.constexpr, OMIT: tl.constexpr, UNBIASED: tl.constexpr, TOKENS: tl.constexpr,
                   F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
                   BLOCK_P: tl.constexpr):
     """One program normalizes BLOCK_B groups; rows in chunks of BLOCK_L (one chunk for fixed G)."""
-    gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, FIXED, BLOCK_B)
+    gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, n_rows, FIXED, BLOCK_B)
     cols = tl.arange(0, BLOCK_L)
 
     # batch statistics of the raw rewards (partials of the previous launch, fixed order)
@@ -192,13 +212,15 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
             bstd = tl.sqrt(bM2 / bW)
 
     # pass 1: pivot (a member of the group), count, shifted sum
-    rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, HAS_ORDER, OMIT, F64)
+    rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, n_rows, HAS_ORDER, OMIT, F64)
     pivot = tl.max(tl.where(valid, x, float("-inf")), axis=1)
     pivot = tl.where(pivot == float("-inf"), 0.0, pivot)
+    low = tl.min(tl.where(valid, x, float("inf")), axis=1)
     n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
     S1 = tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
     for c in range(BLOCK_L, maxlen, BLOCK_L):
-        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
+        low = tl.minimum(low, tl.min(tl.where(valid, x, float("inf")), axis=1))
         n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
         S1 += tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
     nsafe = tl.where(n > 0, n, 1.0)
@@ -208,16 +230,21 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
 
     s = tl.where(n > 0, 1.0, 1.0).to(x.dtype)
     if SCALE == 1:
+        # Deviations are divided by a power of two near the group's range before squaring: in
+        # fp32 a spread beyond ~1e19 overflowed d * d (std inf, A = 0: rewards of 1e30 gave 0
+        # where C++ and the reference give the right answer). A power of two scales exactly, so
+        # results are bitwise the unscaled ones wherever those neither overflowed nor underflowed.
+        sc = _pow2_floor(pivot - low, F64)
         M2 = tl.zeros_like(S1)
         for c in range(0, maxlen, BLOCK_L):
-            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
-            dev = tl.where(valid, x - pivot[:, None] - shift[:, None], 0.0)
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
+            dev = tl.where(valid, (x - pivot[:, None] - shift[:, None]) / sc[:, None], 0.0)
             M2 += tl.sum(dev * dev, axis=1)
         if UNBIASED:
             var = M2 / tl.where(n > 1, n - 1.0, 1.0)
         else:
             var = M2 / nsafe
-        s = tl.where(raw_single, 1.0, tl.sqrt(var))
+        s = tl.where(raw_single, 1.0, tl.sqrt(var) * sc)
     elif SCALE == 2:
         s = s * bstd
     denom = s + eps
@@ -225,7 +252,7 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
 
     # pass 2: write A (and the token broadcast)
     for c in range(0, maxlen, BLOCK_L):
-        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
         d = x - pivot[:, None] - shift[:, None]
         if BASELINE == 1:
             cen = tl.where(raw_single[:, None], x, d)
@@ -309,24 +336,24 @@ def _bnpo_scaled(x, lo, inv_range):
 
 @triton.jit
 def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr, nbuf_ptr, wbuf_ptr,
-                 num_groups, G, P, T, stride_mask, lo, inv_range,
+                 num_groups, G, n_rows, P, T, stride_mask, lo, inv_range,
                  FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, PHASE: tl.constexpr, SINGLETON: tl.constexpr,
                  OMIT: tl.constexpr, TOKENS: tl.constexpr, F64: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
     """BNPO. PHASE 1: p_g (group mean of the min-max scaled rewards), n_g and the weight of the
     group in the over-group moments. PHASE 2: Beta(alpha, beta) from those moments, then
     A_i = clamp(1 / BetaPDF(p_g), 0, 1e6) * (s_i - p_g)."""
-    gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, FIXED, BLOCK_B)
+    gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, n_rows, FIXED, BLOCK_B)
     cols = tl.arange(0, BLOCK_L)
     if PHASE == 1:
-        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, HAS_ORDER, OMIT, F64)
+        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, n_rows, HAS_ORDER, OMIT, F64)
         sv = _bnpo_scaled(x, lo, inv_range)
         pivot = tl.max(tl.where(valid, sv, float("-inf")), axis=1)
         pivot = tl.where(pivot == float("-inf"), 0.0, pivot)
         n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
         S1 = tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
         for c in range(BLOCK_L, maxlen, BLOCK_L):
-            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, HAS_ORDER, OMIT, F64)
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
             sv = _bnpo_scaled(x, lo, inv_range)
             n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
             S1 += tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
@@ -351,17 +378,21 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
         b_raw = 1.0 + c * (1.0 - mean) / 3.0
         alpha = tl.where(a_raw != a_raw, a_raw, tl.maximum(a_raw, 1.0))
         beta = tl.where(b_raw != b_raw, b_raw, tl.maximum(b_raw, 1.0))
-        alpha = tl.where(v == 0.0, 1.0, alpha)  # guard v = 0: uniform weights instead of NaN
-        beta = tl.where(v == 0.0, 1.0, beta)
+        # guard "v = 0", decided as in csrc/advantages.cpp (bnpo_degenerate) and the reference:
+        # p_g carry rounding noise, so v = 0 exactly misses equal success rates
+        degenerate = v <= 1e-12 * (mean * (1.0 - mean))
+        alpha = tl.where(degenerate, 1.0, alpha)  # uniform weights instead of NaN
+        beta = tl.where(degenerate, 1.0, beta)
         lnB = _lgamma_ge1(alpha) + _lgamma_ge1(beta) - _lgamma_ge1(alpha + beta)
         p = tl.load(pbuf_ptr + gb, mask=gmask, other=0.0)
         n = tl.load(nbuf_ptr + gb, mask=gmask, other=0.0)
         xa = tl.where(alpha == 1.0, 0.0, (alpha - 1.0) * tl.log(p))
         xb = tl.where(beta == 1.0, 0.0, (beta - 1.0) * tl.log(1.0 - p))
-        w = tl.minimum(tl.exp(lnB - xa - xb), 1e6)
+        w = tl.exp(lnB - xa - xb)
+        w = tl.where(w == w, tl.minimum(w, 1e6), w)  # minimum drops NaN: a NaN batch must stay NaN
         single = n == 1.0
         for c0 in range(0, maxlen, BLOCK_L):
-            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c0, cols, HAS_ORDER, OMIT, F64)
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c0, cols, n_rows, HAS_ORDER, OMIT, F64)
             sv = _bnpo_scaled(x, lo, inv_range)
             a = w[:, None] * (sv - p[:, None])
             if SINGLETON == 0:
@@ -432,7 +463,7 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
                 TOKENS=mask is not None, F64=f64, BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t,
                 num_warps=8 if block_b * block_l * block_t >= 2048 else 4)
     common = (cu if cu is not None else r, order if order is not None else r)
-    tail = (num_groups, group_size or 0)
+    tail = (num_groups, group_size or 0, r.numel())
     _bnpo_kernel[grid[:1]](r, out, *common, pbuf, mask if mask is not None else r, pbuf, nbuf, wbuf, *tail, 1, 0, 0,
                        lo, 1.0 / (hi - lo), PHASE=1, BLOCK_P=2, **args)
     parts, P = _moments(pbuf, wbuf, None, False, f64, process_group)
@@ -461,7 +492,10 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         if mask.stride(1) != 1:
             mask = mask.contiguous()
     out_shape = (n, T) if mask is not None else (n,)
-    out = torch.empty(out_shape, dtype=out_dtype, device=r.device)
+    # ragged offsets that skip rows (malformed, value checks off) leave those rows 0, not
+    # uninitialised memory; fixed and index layouts cover every row
+    ragged = group_size is None and order is None
+    out = (torch.zeros if ragged else torch.empty)(out_shape, dtype=out_dtype, device=r.device)
     if n == 0:
         return out
     b, s, wcode = BASELINE[baseline], SCALE[scale], WHITEN[whiten]
@@ -489,7 +523,8 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         rows = min(2048, max(128, next_power_of_2(cdiv(max(num_groups, 1) * block_l, 512))))
         block_b = max(1, rows // block_l)
         block_t = 1
-    a_buf = out if wcode == 0 else torch.empty(n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
+    a_buf = out if wcode == 0 else (torch.zeros if ragged else torch.empty)(
+        n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
     t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
     grid = (cdiv(max(num_groups, 1), block_b), t_splits)
@@ -500,7 +535,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     else:
         _group_kernel[grid](
             r, a_buf, cu if cu is not None else dummy, order if order is not None else dummy, parts,
-            mask if tokens_here else dummy, num_groups, group_size or 0, P, T,
+            mask if tokens_here else dummy, num_groups, group_size or 0, n, P, T,
             mask.stride(0) if tokens_here else 0, float(eps),
             FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
             OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
@@ -530,7 +565,7 @@ def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=
         _group_kernel,
         signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
                    "part_ptr": "*fp64" if f64 else "*fp32", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64",
-                   "P": "i32",
+                   "n_rows": "i64", "P": "i32",
                    "T": "i64", "stride_mask": "i64", "eps": "fp32"},
         constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale, "SINGLETON": 1,
                     "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": f64, "BLOCK_B": block_b,
@@ -551,7 +586,7 @@ AOT_SPECS = [
     *[AotSpec(_bnpo_kernel,
               signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
                          "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
-                         "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "P": "i32", "T": "i64",
+                         "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "n_rows": "i64", "P": "i32", "T": "i64",
                          "stride_mask": "i64", "lo": "fp32", "inv_range": "fp32"},
               constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": 1, "OMIT": False,
                           "TOKENS": False, "F64": False, "BLOCK_B": 16, "BLOCK_L": 8, "BLOCK_T": 1,

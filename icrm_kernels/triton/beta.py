@@ -114,7 +114,7 @@ def _stats_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _posterior_kernel(
-    y_ptr, w_ptr, order_ptr, cu_ptr, alpha_ptr, beta_ptr, num_segments,
+    y_ptr, w_ptr, order_ptr, cu_ptr, alpha_ptr, beta_ptr, num_segments, m_rows,
     prior_a, prior_b, log2_gamma,
     HAS_W: tl.constexpr, HAS_ORDER: tl.constexpr, DISCOUNT: tl.constexpr,
     SEGS: tl.constexpr, BLOCK: tl.constexpr,
@@ -123,8 +123,9 @@ def _posterior_kernel(
     alpha_k = a0 + sum_i w_i g^(n-1-i) y_i, beta_k = b0 + sum_i w_i g^(n-1-i) (1 - y_i)."""
     seg = tl.program_id(0).to(tl.int64) * SEGS + tl.arange(0, SEGS)
     seg_ok = seg < num_segments
-    lo = tl.load(cu_ptr + seg, mask=seg_ok, other=0).to(tl.int64)
-    hi = tl.load(cu_ptr + seg + 1, mask=seg_ok, other=0).to(tl.int64)
+    # offsets clamped into [0, m_rows], non-decreasing: unchecked callers may pass any cu
+    lo = tl.minimum(tl.maximum(tl.load(cu_ptr + seg, mask=seg_ok, other=0).to(tl.int64), 0), m_rows)
+    hi = tl.minimum(tl.maximum(tl.load(cu_ptr + seg + 1, mask=seg_ok, other=0).to(tl.int64), lo), m_rows)
     longest = tl.max(hi - lo, axis=0)
     acc_a = tl.zeros([SEGS, BLOCK], tl.float32)
     acc_b = tl.zeros([SEGS, BLOCK], tl.float32)
@@ -132,7 +133,7 @@ def _posterior_kernel(
         j = lo[:, None] + start + tl.arange(0, BLOCK)[None, :]
         m = j < hi[:, None]
         if HAS_ORDER:
-            src = tl.load(order_ptr + j, mask=m, other=0).to(tl.int64)
+            src = tl.minimum(tl.maximum(tl.load(order_ptr + j, mask=m, other=0).to(tl.int64), 0), m_rows - 1)
         else:
             src = j
         y = tl.load(y_ptr + src, mask=m, other=0.0).to(tl.float32)
@@ -215,7 +216,7 @@ def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, disc
     log2_gamma = math.log2(discount) if discount < 1.0 else 0.0
     _posterior_kernel[(cdiv(num_segments, segs),)](
         outcomes, weights if weights is not None else outcomes, order if order is not None else cu, cu,
-        alpha, beta, num_segments, float(prior_a), float(prior_b), float(log2_gamma),
+        alpha, beta, num_segments, m, float(prior_a), float(prior_b), float(log2_gamma),
         HAS_W=weights is not None, HAS_ORDER=order is not None, DISCOUNT=discount < 1.0, SEGS=segs, BLOCK=block,
         num_warps=8,
     )
@@ -241,7 +242,7 @@ def _elbo_spec(t, from_logits, has_w, reduce, label):
 
 def _posterior_sig(dt):
     return {"y_ptr": f"*{dt}", "w_ptr": f"*{dt}", "order_ptr": "*i64", "cu_ptr": "*i64", "alpha_ptr": "*fp32",
-            "beta_ptr": "*fp32", "num_segments": "i64", "prior_a": "fp32", "prior_b": "fp32", "log2_gamma": "fp32"}
+            "beta_ptr": "*fp32", "num_segments": "i64", "m_rows": "i64", "prior_a": "fp32", "prior_b": "fp32", "log2_gamma": "fp32"}
 
 
 AOT_SPECS = [

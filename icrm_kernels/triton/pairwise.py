@@ -36,21 +36,23 @@ def _group_bounds(g, cu_ptr, group_size, n_rows, HAS_CU: tl.constexpr):
 
 
 @triton.jit
-def _rows(start, pos, mask, order_ptr, HAS_ORDER: tl.constexpr):
-    """Original row of each position of the group (int64)."""
+def _rows(start, pos, mask, order_ptr, n_rows, HAS_ORDER: tl.constexpr):
+    """Original row of each position of the group (int64). ``order`` is clamped into the rows
+    like the offsets: the direct launchers take it from the caller unchecked."""
     if HAS_ORDER:
-        row = tl.load(order_ptr + start + pos, mask=mask, other=0)
+        row = tl.load(order_ptr + start + pos, mask=mask, other=0).to(tl.int64)
+        row = tl.minimum(tl.maximum(row, 0), n_rows - 1)
     else:
         row = start + pos
     return row
 
 
 @triton.jit
-def _group_scores(s_ptr, order_ptr, start, pos, n, HAS_ORDER: tl.constexpr):
+def _group_scores(s_ptr, order_ptr, start, pos, n, n_rows, HAS_ORDER: tl.constexpr):
     """Positions ``pos`` of the group that starts at ``start`` (n rows): (in-group mask,
     original rows, scores in fp32)."""
     mask = pos < n
-    row = _rows(start, pos, mask, order_ptr, HAS_ORDER)
+    row = _rows(start, pos, mask, order_ptr, n_rows, HAS_ORDER)
     return mask, row, tl.load(s_ptr + row, mask=mask, other=0.0).to(tl.float32)
 
 
@@ -66,11 +68,11 @@ def _win_rate_fwd_kernel(
     offs = tl.arange(0, BLOCK).to(tl.int64)
     for i0 in range(0, n, BLOCK):
         pi = i0 + offs
-        mi, ri, si = _group_scores(s_ptr, order_ptr, start, pi, n, HAS_ORDER)
+        mi, ri, si = _group_scores(s_ptr, order_ptr, start, pi, n, n_rows, HAS_ORDER)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for j0 in range(0, n, BLOCK):
             pj = j0 + offs
-            mj, rj, sj = _group_scores(s_ptr, order_ptr, start, pj, n, HAS_ORDER)
+            mj, rj, sj = _group_scores(s_ptr, order_ptr, start, pj, n, n_rows, HAS_ORDER)
             a = si[:, None]
             b = sj[None, :]
             if HARD:  # 1 win, 1/2 tie, 0 loss; NaN stays NaN (a - b)
@@ -95,12 +97,12 @@ def _win_rate_bwd_kernel(
     offs = tl.arange(0, BLOCK).to(tl.int64)
     for i0 in range(0, n, BLOCK):
         pi = i0 + offs
-        mi, ri, si = _group_scores(s_ptr, order_ptr, start, pi, n, HAS_ORDER)
+        mi, ri, si = _group_scores(s_ptr, order_ptr, start, pi, n, n_rows, HAS_ORDER)
         gi = tl.load(dw_ptr + ri, mask=mi, other=0.0).to(tl.float32)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for j0 in range(0, n, BLOCK):
             pj = j0 + offs
-            mj, rj, sj = _group_scores(s_ptr, order_ptr, start, pj, n, HAS_ORDER)
+            mj, rj, sj = _group_scores(s_ptr, order_ptr, start, pj, n, n_rows, HAS_ORDER)
             gj = tl.load(dw_ptr + rj, mask=mj, other=0.0).to(tl.float32)
             p = 1.0 / (1.0 + tl.exp((sj[None, :] - si[:, None]) * inv_t))
             keep = mj[None, :] & (pi[:, None] != pj[None, :])
@@ -110,11 +112,12 @@ def _win_rate_bwd_kernel(
 
 
 @triton.jit
-def _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, HAS_SELECT: tl.constexpr, HAS_ORDER: tl.constexpr):
+def _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, n_rows, HAS_SELECT: tl.constexpr,
+               HAS_ORDER: tl.constexpr):
     """Rewards shifted by the group's first one (the loss is shift-invariant; r - r0 is exact for
     nearby values, so r - mean keeps its digits when the group's spread is tiny next to |r|)."""
     mask = pos < n
-    row = _rows(start, pos, mask, order_ptr, HAS_ORDER)
+    row = _rows(start, pos, mask, order_ptr, n_rows, HAS_ORDER)
     r_raw = tl.load(r_ptr + row, mask=mask, other=0.0).to(tl.float32)
     if HAS_SELECT:
         sel = tl.load(sel_ptr + row, mask=mask, other=0.0).to(tl.float32)
@@ -136,11 +139,11 @@ def _grebt_kernel(
     offs = tl.arange(0, BLOCK).to(tl.int64)
 
     first = offs < tl.minimum(n, 1)  # lane 0 of a non-empty group
-    row0 = _rows(start, offs, first, order_ptr, HAS_ORDER)
+    row0 = _rows(start, offs, first, order_ptr, n_rows, HAS_ORDER)
     r0 = tl.sum(tl.load(r_ptr + row0, mask=first, other=0.0).to(tl.float32), axis=0)
 
     # pass 1: sum, max, NaN count of select, lane-wise first argmax / argmin of select
-    mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, offs, n, r0, HAS_SELECT, HAS_ORDER)
+    mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, offs, n, r0, n_rows, HAS_SELECT, HAS_ORDER)
     r_sum = tl.where(mask, r, 0.0)
     r_max = tl.where(mask, r, float("-inf"))
     nan_sel = tl.where(mask & (sel != sel), 1.0, 0.0)
@@ -152,7 +155,7 @@ def _grebt_kernel(
     lo_r = r
     for p0 in range(BLOCK, n, BLOCK):
         pos = p0 + offs
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, n_rows, HAS_SELECT, HAS_ORDER)
         r_sum += tl.where(mask, r, 0.0)
         r_max = tl.maximum(r_max, tl.where(mask, r, float("-inf")))
         nan_sel += tl.where(mask & (sel != sel), 1.0, 0.0)
@@ -178,7 +181,8 @@ def _grebt_kernel(
     # pass 2: population variance around the mean (two-pass: exact 0 for identical rewards)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for p0 in range(0, n, BLOCK):
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, r0, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, r0, n_rows, HAS_SELECT,
+                                       HAS_ORDER)
         c = r + poison - mu
         acc += tl.where(mask, c * c, 0.0)
     sigma = tl.sqrt(tl.sum(acc, axis=0) / nf)
@@ -191,7 +195,8 @@ def _grebt_kernel(
     ez_sum = tl.zeros([BLOCK], dtype=tl.float32)
     ezz_sum = tl.zeros([BLOCK], dtype=tl.float32)
     for p0 in range(0, n, BLOCK):
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, r0, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, p0 + offs, n, r0, n_rows, HAS_SELECT,
+                                       HAS_ORDER)
         z = (r + poison - mu) * inv_s
         e = tl.where(mask, tl.exp(z - z_max), 0.0)
         e_sum += e
@@ -218,7 +223,7 @@ def _grebt_kernel(
     inv_big_s = 1.0 / big_s
     for p0 in range(0, n, BLOCK):
         pos = p0 + offs
-        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, HAS_SELECT, HAS_ORDER)
+        mask, row, r, sel = _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, n_rows, HAS_SELECT, HAS_ORDER)
         c = r + poison - mu
         z = c * inv_s
         p = tl.exp(z - z_max) * inv_big_s
@@ -371,7 +376,7 @@ def _warps_2d(block):
 def win_rate_forward(scores, cu, order, group_size: int, temperature):
     """w[N] in scores' dtype. ``temperature`` None or <= 0 gives hard wins."""
     scores, cu, order = _contig(scores, cu, order)
-    out = torch.empty_like(scores)
+    out = torch.empty_like(scores) if cu is None else torch.zeros_like(scores)  # rows no group covers: 0
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(scores, cu, order, group_size)
     if scores.numel() == 0 or groups == 0:
         return out
@@ -394,7 +399,7 @@ def win_rate_forward(scores, cu, order, group_size: int, temperature):
 def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: float):
     """d loss / d scores for the soft (Bradley-Terry) win rate."""
     grad_w, scores, cu, order = _contig(grad_w, scores, cu, order)
-    out = torch.empty_like(scores)
+    out = torch.empty_like(scores) if cu is None else torch.zeros_like(scores)
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(scores, cu, order, group_size)
     if scores.numel() == 0 or groups == 0:
         return out
@@ -418,7 +423,7 @@ def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps
     n = rewards.numel()
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(rewards, cu, order, group_size)
     losses = torch.empty(groups, dtype=torch.float32, device=rewards.device)
-    drow = torch.empty(n, dtype=torch.float32, device=rewards.device)
+    drow = (torch.empty if cu is None else torch.zeros)(n, dtype=torch.float32, device=rewards.device)
     if groups == 0:
         return losses, drow
     if n == 0:
