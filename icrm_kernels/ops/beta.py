@@ -72,7 +72,11 @@ def _grad_dtype(x: Tensor) -> torch.dtype:
 
 
 def _lnbeta(a: float, b: float) -> float:
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    # through the Stirling remainders: math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b) loses
+    # log10(a) digits for a large prior (lgamma ~ 1e7 at 1e6)
+    from icrm_kernels.reference.special import betaln
+
+    return float(betaln(torch.tensor(float(a), dtype=torch.float64), torch.tensor(float(b), dtype=torch.float64)))
 
 
 # ==================================================================== ELBO / KL (one kernel)
@@ -203,6 +207,8 @@ def _check_like(t: Optional[Tensor], name: str, like: Tensor, like_name: str) ->
     if t is None:
         return None
     check_tensor(t, name)
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real (float, int or bool) tensor, got {t.dtype}")
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; all tensors must be on one device")
     if t.shape != like.shape:
@@ -223,6 +229,15 @@ def _check_finite(t: Optional[Tensor], name: str) -> None:
     if t is not None and value_checks_enabled() and t.numel():
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} must be finite, got a non-finite value")
+
+
+def _check_weights(t: Optional[Tensor], name: str = "weights") -> None:
+    """ELBO per-element loss weights: finite and >= 0 (a negative weight turns the loss into a gain)."""
+    _check_finite(t, name)
+    if t is not None and value_checks_enabled() and t.numel():
+        bad = t < 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be >= 0, got {t[bad].flatten()[0].item()}")
 
 
 def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
@@ -279,7 +294,7 @@ def beta_elbo_loss(
     check_positive(alpha, "alpha")
     check_positive(beta, "beta")
     _check_unit_interval(labels, "labels")
-    _check_finite(weights, "weights")
+    _check_weights(weights, "weights")
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, labels, weights, pa, pb, kw, 0.0, False,
                                   red, _needs_grad(alpha, beta))
     return loss
@@ -307,7 +322,7 @@ def beta_elbo_loss_from_logits(
     _check_finite(mean_logit, "mean_logit")
     _check_finite(conc_logit, "conc_logit")
     _check_unit_interval(labels, "labels")
-    _check_finite(weights, "weights")
+    _check_weights(weights, "weights")
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, mean_logit, conc_logit, labels, weights, pa, pb, kw,
                                   tmin, True, red, _needs_grad(mean_logit, conc_logit))
     return loss

@@ -153,9 +153,13 @@ def _s2t_combine_kernel(
             den += wt * tl.load(l_ptr + w * H + h)
             a = tl.load(acc_ptr + (w * H + h) * D + offs_d, mask=md, other=0.0)
             out += wt * a
-        safe = tl.where(den > 0.0, den, 1.0)
-        out = tl.where(den > 0.0, out / safe, 0.0)
-        lse = tl.where(den > 0.0, big_m + tl.log(safe), float("-inf"))
+        # den == 0: no attended token (or only -inf scores: the op layer tells them apart from
+        # the layout). A NaN den (NaN or inf scores) must stay NaN: `den > 0` would turn it
+        # into an empty row's 0.
+        empty = den == 0.0
+        safe = tl.where(empty, 1.0, den)
+        out = tl.where(empty, 0.0, out / safe)
+        lse = tl.where(empty, float("-inf"), big_m + tl.log(safe))
         if pd == 0:
             tl.store(lse_ptr + b * H + h, lse)
     else:
@@ -202,7 +206,7 @@ def _s2t_bwd_kernel(
     dq_base = dq_ptr + pid * H * D
     lse = tl.load(lse_ptr + seq * H + offs_h, mask=mh, other=float("-inf"))
     delta = tl.load(delta_ptr + seq * H + offs_h, mask=mh, other=0.0)
-    has_mass = lse > float("-inf")
+    has_mass = lse != float("-inf")  # a NaN lse propagates into p and the gradients
     lse_safe = tl.where(has_mass, lse, 0.0)
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     for i in range(0, n_blocks):
@@ -343,8 +347,9 @@ def _s2t_bwd_row_kernel(
     dc = tl.load(dc_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
     lse = tl.load(lse_ptr + seq * H + h)
     delta = tl.load(delta_ptr + seq * H + h)
-    mass = tl.where(lse > float("-inf"), 1.0, 0.0)  # 0 for a sequence with no attended token
-    lse_safe = tl.where(lse > float("-inf"), lse, 0.0)
+    # 0 for a sequence with no attended token; a NaN lse propagates into p and the gradients
+    mass = tl.where(lse != float("-inf"), 1.0, 0.0)
+    lse_safe = tl.where(lse != float("-inf"), lse, 0.0)
     dq = tl.zeros([D_PAD], tl.float32)
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
@@ -473,9 +478,14 @@ class _Layout:
             x = states.reshape(b * length, d)
             self.mask = None if mask is None else mask.reshape(-1).to(torch.bool).contiguous().view(torch.uint8)
         else:
+            from icrm_kernels.reference.attention import sanitize_cu_seqlens
+
             x = states
-            b = cu_seqlens.numel() - 1
-            cu = cu_seqlens.to(torch.int64)
+            # contiguous, int64, clamped and monotone (the kernels read cu[b], cu[b+1] with unit
+            # stride and trust them as row bounds): a strided or malformed cu_seqlens can neither
+            # make a load or store leave the states nor break the grid bound below
+            cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+            b = cu.numel() - 1
             self.mask = None
         if x.stride(-1) != 1:
             x = x.contiguous()
@@ -539,7 +549,8 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
     dq = torch.zeros(bsz, heads, d, device=dev, dtype=torch.float32)
-    dx = torch.empty(lay.x.shape, device=dev, dtype=states.dtype) if need_dstates else None
+    # zeros: rows outside every (sanitized) sequence are never written
+    dx = torch.zeros(lay.x.shape, device=dev, dtype=states.dtype) if need_dstates else None
     if bsz == 0:
         return dq, (dx.view(states.shape) if need_dstates else None)
     q = q_tilde.to(torch.float32).contiguous()
@@ -584,7 +595,13 @@ def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     if bsz > 0:
         _s2t_combine_kernel[(bsz, heads, 1)](m, l, a, lay.work_off, y, lse, heads, 1, SOFTMAX=True, BLOCK_D=2,
                                              num_warps=1)
-    return y.view(bsz, heads), (lse > float("-inf")).all(dim=1)
+    from icrm_kernels.reference.attention import nonempty_rows
+
+    nonempty = nonempty_rows(states, cu_seqlens, key_padding_mask, bsz)
+    y = y.view(bsz, heads)
+    # attended tokens but lse = -inf: every score -inf, softmax's NaN (not an empty row's 0)
+    y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
+    return y, nonempty
 
 
 @triton.jit
