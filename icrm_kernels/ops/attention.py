@@ -390,11 +390,11 @@ def r2m_reward(
             const = const + b_o.to(acc) @ w_s
         y, nonempty = _backend.call_op(r2m_reward_core, _r2m_reward_core_impl, q_tilde, u, states, cu_seqlens,
                                        key_padding_mask)
+        if b_k is not None:
+            const = const + b_k.to(acc).sum() * 0.0  # cancels, but a NaN/inf in it poisons, as in seq_to_token_attention
         attn = torch.where(nonempty, y.sum(-1) + const, torch.zeros((), dtype=acc, device=query.device))
         om = omega.reshape(()).to(device=query.device, dtype=acc) if isinstance(omega, torch.Tensor) else float(omega)
         r = om * (query.to(acc) @ w_s) + (1 - om) * attn
-        if b_k is not None:
-            r = r + b_k.to(acc).sum() * 0.0  # cancels, but a NaN/inf in it poisons, as in seq_to_token_attention
         if score_bias is not None:
             r = r + (score_bias.reshape(()).to(acc) if isinstance(score_bias, torch.Tensor) else float(score_bias))
     return r
