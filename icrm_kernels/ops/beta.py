@@ -21,7 +21,8 @@ psi'(z) - 1/z, so concentrations from 1e-4 to 1e6 stay accurate in fp32.
 Checked path: invalid values (alpha or beta <= 0 or not finite, labels outside [0, 1], priors
 <= 0, discount outside (0, 1], segment ids out of range) raise ``ValueError`` naming the argument.
 Those checks read tensor values (a device synchronisation); inside ``icrm_kernels.unchecked()``
-they are skipped, and invalid values then give NaN (or unspecified finite numbers), never a crash.
+they are skipped: alpha or beta <= 0, -inf or NaN then give NaN (every backend), labels outside
+[0, 1] the linear extension of the loss; never a crash, a hang or an out-of-bounds access.
 """
 from __future__ import annotations
 
