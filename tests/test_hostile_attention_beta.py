@@ -281,6 +281,24 @@ def test_r2m_omega_validated(omega, exc):
         ik.r2m_reward(**inp, score_weight=torch.ones(12), omega=omega)
 
 
+@pytest.mark.parametrize("kw, name, exc", [
+    (dict(step=torch.tensor(float("nan")), total_steps=10), "step", ValueError),
+    (dict(step=torch.tensor([-1.0, 2.0]), total_steps=10), "step", ValueError),
+    (dict(step=torch.tensor(1.0), total_steps=torch.tensor(0.0)), "total_steps", ValueError),
+    (dict(step=torch.tensor(1j), total_steps=10), "step", TypeError),
+    (dict(step=1, total_steps=10, floor=float("nan")), "floor", ValueError),
+    (dict(step=-1, total_steps=10), "step", ValueError)])
+def test_r2m_omega_schedule_validated(kw, name, exc):
+    with pytest.raises(exc, match=name):
+        ik.r2m_omega(**kw)
+
+
+def test_r2m_omega_values():
+    assert ik.r2m_omega(0, 10) == 1.0 and ik.r2m_omega(10, 10) == 0.6 and ik.r2m_omega(50, 10) == 0.6
+    t = ik.r2m_omega(torch.tensor([0.0, 5.0, 10.0, 1e30]), 10)
+    torch.testing.assert_close(t, torch.tensor([1.0, 0.6, 0.6, 0.6], dtype=torch.float64))
+
+
 @pytest.mark.parametrize("shape", [(12, 1), (2, 6), (1, 1, 12), (11,), ()])
 def test_r2m_score_weight_shape(shape):
     inp = _attn_kw()

@@ -326,6 +326,16 @@ def r2m_omega(step, total_steps, floor: float = 0.6):
     if not isinstance(total_steps, torch.Tensor):
         check_finite_float(total_steps, "total_steps", low=0, low_open=True)
     check_finite_float(floor, "floor", low=0, high=1)
+    for name, v, low_open in (("step", step, False), ("total_steps", total_steps, True)):
+        if isinstance(v, torch.Tensor):
+            if v.is_complex() or v.dtype == torch.bool:
+                raise TypeError(f"{name} must be a real number or a real tensor, got dtype {v.dtype}")
+            if value_checks_enabled() and v.numel():
+                vf = v.detach().to(torch.float64)
+                bad = ~(torch.isfinite(vf) & ((vf > 0) if low_open else (vf >= 0)))
+                if bool(bad.any()):
+                    raise ValueError(f"{name} must be finite and {'> 0' if low_open else '>= 0'}, "
+                                     f"got {vf[bad].flatten()[0].item()}")
     if isinstance(step, torch.Tensor) or isinstance(total_steps, torch.Tensor):
         t = torch.as_tensor(step, dtype=torch.float64)
         total = torch.as_tensor(total_steps, dtype=torch.float64, device=t.device)
