@@ -275,6 +275,9 @@ std::tuple<at::Tensor, at::Tensor> s2t_attention_core_bwd(const at::Tensor& dc, 
   TORCH_CHECK(q_tilde.dim() == 3 && q_tilde.size(0) == lay.B && q_tilde.size(2) == lay.D, "q_tilde must be [B, H, D_p]");
   const auto acc = acc_type(states.scalar_type());
   auto qt = q_tilde.to(acc).contiguous();
+  // the raw op can be called without the Python checks: the loops index these by B, H, D_p
+  TORCH_CHECK(dc.numel() == lay.B * H * lay.D && c.numel() == lay.B * H * lay.D, "dc and c must be [B, H, D_p]");
+  TORCH_CHECK(lse.numel() == lay.B * H, "lse must be [B, H]");
   auto dcc = dc.to(acc).contiguous();
   auto cc = c.to(acc).contiguous();
   auto lsec = lse.to(acc).contiguous();

@@ -504,6 +504,28 @@ class _Layout:
         return self.mask if self.mask is not None else self.cu  # dummy pointer when HAS_MASK is off
 
 
+def _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask, **per_head):
+    """The raw custom ops (torch.compile, direct calls) reach the launchers without the public
+    checks; the kernels index q̃, u, dc, c and lse by the sequence count and width taken from
+    the layout, so a mismatch would read or write out of bounds. Shapes only: no sync."""
+    if q_tilde.dim() != 3:
+        raise ValueError(f"q_tilde must be [B, H, D_p], got {tuple(q_tilde.shape)}")
+    bsz, heads, d = q_tilde.shape
+    if states.dim() not in (2, 3) or states.shape[-1] != d:
+        raise ValueError(f"states must be [T, D_p={d}] or [B, L, D_p={d}], got {tuple(states.shape)}")
+    if states.dim() == 2:
+        if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.numel() != bsz + 1:
+            raise ValueError(f"cu_seqlens must be [B+1={bsz + 1}] for packed states")
+    else:
+        if states.shape[0] != bsz:
+            raise ValueError(f"states must be [B={bsz}, L, D_p], got {tuple(states.shape)}")
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != tuple(states.shape[:2]):
+            raise ValueError(f"key_padding_mask must be {tuple(states.shape[:2])}, got {tuple(key_padding_mask.shape)}")
+    for name, (t, shape) in per_head.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
+
+
 def _launch_kw(cfg: dict) -> dict:
     keys = ("BLOCK_L", "D_PAD") if cfg["variant"] == "row" else ("BLOCK_L", "BLOCK_H", "BLOCK_D")
     kw = {k: cfg[k] for k in keys}
@@ -513,6 +535,7 @@ def _launch_kw(cfg: dict) -> dict:
 
 def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     """(c[B, H, D_p] fp32, lse[B, H] fp32); q_tilde [B, H, D_p] any float dtype."""
+    _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask)
     bsz, heads, d = q_tilde.shape
     cfg = _config("fwd", heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
@@ -545,6 +568,8 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
 def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
     """(dq̃[B, H, D_p] fp32, d states in the states' dtype or None)."""
     bsz, heads, d = q_tilde.shape
+    _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask, dc=(dc, (bsz, heads, d)), c=(c, (bsz, heads, d)),
+                  lse=(lse, (bsz, heads)))
     cfg = _config("bwd", heads, d, states.element_size(), need_dx=need_dstates)
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
@@ -575,6 +600,7 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
 def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     """(y[B, H] = Σ_l p_hl (u_h·x_l) fp32, nonempty[B] bool); u [H, D_p]."""
     bsz, heads, d = q_tilde.shape
+    _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask, u=(u, (heads, d)))
     cfg = _config("r2m", heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
