@@ -95,6 +95,29 @@ for cu_list in bad_cus:
     covered = torch.zeros(7, dtype=torch.bool)
     covered[cu[0]:cu[-1]] = True
     assert (g[~covered] == 0).all(), (cu_list, g)
+# --- raw custom ops with inconsistent shapes (no public checks in front): an error, not a crash
+from icrm_kernels.ops.attention import s2t_attention_core_bwd
+x = torch.randn(7, 10)
+cu = torch.tensor([0, 3, 7])
+shape_cases = [
+    lambda: s2t_attention_core(torch.randn(5, 2, 10), x, cu, None),  # B from q_tilde > B from cu
+    lambda: s2t_attention_core(torch.randn(2, 2, 12), x, cu, None),  # D_p mismatch
+    lambda: r2m_reward_core(torch.randn(2, 2, 10), torch.randn(3, 10), x, cu, None),  # u heads
+    lambda: s2t_attention_core_bwd(torch.randn(1, 2, 10), torch.randn(2, 2, 10), x, cu, None,
+                                   torch.randn(2, 2, 10), torch.randn(2, 2), True),  # dc too small
+    lambda: s2t_attention_core(torch.randn(2, 2, 10), torch.randn(2, 4, 10), None,
+                               torch.zeros(2, 9, dtype=torch.bool)),  # mask shape
+]
+for case in shape_cases:
+    with _backend.use_backend(BACKEND):
+        try:
+            case()
+        except (RuntimeError, ValueError, IndexError):
+            pass
+        else:
+            # the reference is plain torch (memory-safe whatever it is given); it may broadcast a
+            # size-1 dimension where the kernels, which index by the layout's sizes, must refuse
+            assert BACKEND == "reference", "inconsistent shapes were accepted"
 print("CHILD-OK")
 """
 
