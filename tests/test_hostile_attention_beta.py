@@ -508,3 +508,19 @@ def test_beta_ops_extreme_concentrations(backend, dt):
     assert not torch.isnan(loss[1:4]).any()
     kl = ik.beta_kl(a, b)
     assert not torch.isnan(kl[1:4]).any()
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_attention_nan_propagates_into_gradients(backend, packed):
+    """A NaN in one sequence's states poisons that row's gradients only (the backward used to
+    zero p for a non-finite lse); the other rows' gradients stay finite."""
+    torch.manual_seed(6)
+    inp = _rand_inputs("cpu", torch.float32, packed=packed, num_heads=2)
+    if not packed:
+        inp["key_padding_mask"][:, 0] = False
+    states = inp["states"].clone()
+    states.view(-1)[0] = float("nan")  # sequence 0, first (attended) row
+    query = inp["query"].clone().requires_grad_(True)
+    out = ik.seq_to_token_attention(**dict(inp, states=states, query=query))
+    g, = torch.autograd.grad(out[[0, 2]].sum(), [query])
+    assert torch.isnan(g[0]).all() and torch.isfinite(g[1:]).all(), g
