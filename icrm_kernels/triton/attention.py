@@ -53,11 +53,14 @@ TOKENS_PER_PROGRAM = None
 def _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp):
     seq = tl.load(work_seq_ptr + pid)
     live = seq < B
-    seq = tl.minimum(seq, B - 1)
-    seq_start = tl.load(cu_ptr + seq)
-    seq_end = tl.load(cu_ptr + seq + 1)
-    chunk = pid - tl.load(work_off_ptr + seq)
-    start = seq_start + chunk * tpp
+    seq = tl.maximum(tl.minimum(seq, B - 1), 0)
+    # The launcher sanitizes cu (monotone, inside [0, T], cu[B] <= T); clamping again here keeps
+    # every row index inside [0, cu[B]] even if a caller hands the kernel raw offsets.
+    total = tl.maximum(tl.load(cu_ptr + B), 0)
+    seq_start = tl.minimum(tl.maximum(tl.load(cu_ptr + seq), 0), total)
+    seq_end = tl.minimum(tl.maximum(tl.load(cu_ptr + seq + 1), seq_start), total)
+    chunk = tl.maximum(pid - tl.load(work_off_ptr + seq), 0)
+    start = tl.minimum(seq_start + chunk * tpp, seq_end)
     end = tl.minimum(seq_end, start + tpp)
     end = tl.where(live, end, start)
     return seq, start, end
