@@ -67,6 +67,9 @@ for dt in (torch.float32, torch.float64):
     assert torch.isfinite(d[7:9]).all() and torch.isfinite(l[7:9]).all(), (d, l)
     assert d[9] == inf and t[9] == 0 and l[9] == inf, (d, t, l)
     assert torch.isnan(d[10]) and torch.isnan(t[10]) and torch.isnan(l[10])
+    for field in st:  # alpha <= 0, -inf or NaN: every statistic NaN (not finite mean/var)
+        assert torch.isnan(field[:7]).all() and torch.isnan(field[10]), (field, st)
+        assert torch.isfinite(field[7]) or field is st.entropy, (field, st)
 
 # --- malformed cu_seqlens on the unchecked paths and through the custom ops (what torch.compile
 # calls): no crash, no out-of-bounds read or write; rows that no sequence covers get dx = 0

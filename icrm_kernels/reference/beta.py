@@ -80,7 +80,7 @@ def beta_stats(alpha, beta) -> BetaStats:
     psi_s = torch.digamma(s)
     # = ln B - (a-1) psi(a) - (b-1) psi(b) + (s-2) psi(s), without its cancelling large terms
     entropy = -_neg_entropy_core(alpha, beta) + (torch.digamma(alpha) - psi_s) + (torch.digamma(beta) - psi_s)
-    return BetaStats(
+    stats = BetaStats(
         mean=alpha / s,
         var=alpha * beta / (s * s * (s + 1)),
         log_mean=torch.digamma(alpha) - psi_s,
@@ -88,6 +88,10 @@ def beta_stats(alpha, beta) -> BetaStats:
         logit_mean=torch.digamma(alpha) - torch.digamma(beta),
         entropy=entropy,
     )
+    # alpha or beta not > 0: NaN everywhere, as the kernels (torch's reflection values for
+    # negative arguments are not a Beta distribution's statistics)
+    valid = (alpha > 0) & (beta > 0)
+    return BetaStats(*(torch.where(valid, t, torch.full_like(t, float("nan"))) for t in stats))
 
 
 def beta_posterior(outcomes, *, cu_segments=None, segment_index=None, num_segments=None, weights=None,

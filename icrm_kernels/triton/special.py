@@ -179,7 +179,9 @@ def gamma_terms(x):
     y, prod, r, q = _shift4(x)
     psi = _digamma_asym(y) - r
     tri = q + 1.0 / y + _trigamma_asym_m_recip(y)
-    e = tri - 1.0 / x
+    # unshifted (y = x): the series itself; adding it to 1/y and subtracting 1/x again rounds it
+    # to an ulp of 1/x (as in csrc/special.h)
+    e = tl.where(x >= 4.0, _trigamma_asym_m_recip(tl.maximum(x, 4.0)), tri - 1.0 / x)
     # G(x) = lgamma(x) - log(2 pi)/2 + log(x)/2 + x - 1/2 - x psi(x) for x < 4
     lg = (y - 0.5) * (tl.log(y) - 1.0) - 0.5 + _stirling_corr(y) - tl.log(prod)
     g_direct = lg + 0.5 * tl.log(x) + x - 0.5 - x * psi
