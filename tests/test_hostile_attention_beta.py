@@ -98,6 +98,17 @@ for cu_list in bad_cus:
     covered = torch.zeros(7, dtype=torch.bool)
     covered[cu[0]:cu[-1]] = True
     assert (g[~covered] == 0).all(), (cu_list, g)
+# --- the same through torch.compile (dynamo + the custom ops; aot_eager: no C compiler needed)
+inp = _rand_inputs("cpu", torch.float32, packed=True, num_heads=2)
+inp["states"] = inp["states"][:7].contiguous()
+inp["query"] = inp["query"][:3].contiguous()
+inp["cu_seqlens"] = torch.tensor([0, 5, 2, 10**9], dtype=torch.int64)
+fn = torch.compile(lambda kw: ik.seq_to_token_attention(**kw), backend="aot_eager", fullgraph=True)
+with _backend.use_backend(BACKEND), ik.unchecked():
+    got = fn(inp)
+    want = ik.seq_to_token_attention(**inp)
+assert torch.isfinite(got).all() and torch.allclose(got, want, rtol=1e-5, atol=1e-6), (got, want)
+
 # --- raw custom ops with inconsistent shapes (no public checks in front): an error, not a crash
 from icrm_kernels.ops.attention import s2t_attention_core_bwd
 x = torch.randn(7, 10)
@@ -527,3 +538,18 @@ def test_attention_nan_propagates_into_gradients(backend, packed):
     out = ik.seq_to_token_attention(**dict(inp, states=states, query=query))
     g, = torch.autograd.grad(out[[0, 2]].sum(), [query])
     assert torch.isnan(g[0]).all() and torch.isfinite(g[1:]).all(), g
+
+
+def test_noncontiguous_padded_states_and_mask(backend):
+    torch.manual_seed(7)
+    inp = _rand_inputs("cpu", torch.float32, packed=False, num_heads=2)
+    mask_t = inp["key_padding_mask"].t().contiguous().t()  # same values, transposed strides
+    states_t = inp["states"].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not mask_t.is_contiguous() and not states_t.is_contiguous()
+    want = ik.seq_to_token_attention(**inp)
+    got = ik.seq_to_token_attention(**dict(inp, key_padding_mask=mask_t, states=states_t))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    sw = torch.randn(24)[::2]
+    torch.testing.assert_close(ik.r2m_reward(**dict(inp, key_padding_mask=mask_t, states=states_t), score_weight=sw,
+                                             omega=torch.tensor(0.3)),
+                               ik.r2m_reward(**inp, score_weight=sw.contiguous(), omega=0.3), rtol=0, atol=0)
