@@ -553,3 +553,62 @@ def test_noncontiguous_padded_states_and_mask(backend):
     torch.testing.assert_close(ik.r2m_reward(**dict(inp, key_padding_mask=mask_t, states=states_t), score_weight=sw,
                                              omega=torch.tensor(0.3)),
                                ik.r2m_reward(**inp, score_weight=sw.contiguous(), omega=0.3), rtol=0, atol=0)
+
+
+def test_beta_from_logits_nonfinite_documented(backend):
+    """NaN logits give NaN (propagate); ±inf / ±1e30 logits give the limits the reference gives
+    (mu -> 0 or 1, tau -> inf or tau_min): the same on every backend."""
+    inf, nan = float("inf"), float("nan")
+    m = torch.tensor([nan, 0.0, inf, -inf, 1e30, -1e30, 0.0, 0.0, 0.0])
+    c = torch.tensor([0.0, nan, 0.0, 0.0, 0.0, 0.0, inf, -inf, 1e30])
+    a, b = ik.beta_from_logits(m, c)
+    from icrm_kernels.reference import beta as ref_beta
+
+    ra, rb = ref_beta.beta_from_logits(m.double(), c.double(), 1e-2)
+    torch.testing.assert_close(a.double(), ra, equal_nan=True, rtol=1e-6, atol=0)
+    torch.testing.assert_close(b.double(), rb, equal_nan=True, rtol=1e-6, atol=0)
+
+
+def test_beta_stats_and_steer_validation():
+    a = torch.rand(3, 4) + 0.5
+    with pytest.raises(ValueError, match="alpha"):
+        ik.beta_stats(-a, a)
+    with pytest.raises(ValueError, match="beta"):
+        ik.beta_stats(a, a * float("nan"))
+    with pytest.raises(TypeError, match="alpha"):
+        ik.beta_stats(a.to(torch.complex64), a.to(torch.complex64))
+    with pytest.raises(ValueError, match="beta"):
+        ik.beta_stats(a, a[:, :3])
+    with pytest.raises(ValueError, match="weights"):
+        ik.steer(a, a, torch.ones(3))
+    with pytest.raises(ValueError, match="weights"):
+        ik.steer(a, a, torch.tensor([1.0, float("nan"), 0.0, 0.0]))
+    with pytest.raises(TypeError, match="weights"):
+        ik.steer(a, a, torch.ones(4, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="statistic"):
+        ik.steer(a, a, torch.ones(4), statistic="median")
+    with pytest.raises(ValueError, match="alpha"):
+        ik.steer(torch.tensor(1.0), torch.tensor(1.0), torch.ones(1))
+    assert ik.beta_stats(torch.ones(0), torch.ones(0)).mean.shape == (0,)
+    assert ik.beta_stats(torch.tensor(2.0), torch.tensor(3.0)).entropy.shape == ()
+    st = ik.beta_stats(a.t(), a.t() + 1)  # strided inputs
+    torch.testing.assert_close(st.entropy, ik.beta_stats(a.t().contiguous(), a.t() + 1).entropy)
+
+
+def test_beta_stats_float64_against_mpmath(backend):
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    gen = torch.Generator().manual_seed(8)
+    a = torch.exp(torch.empty(16, dtype=torch.float64).uniform_(-9.2, 13.8, generator=gen))
+    b = torch.exp(torch.empty(16, dtype=torch.float64).uniform_(-9.2, 13.8, generator=gen))
+    st = ik.beta_stats(a, b)
+    for i in range(16):
+        A, B = mpmath.mpf(a[i].item()), mpmath.mpf(b[i].item())
+        S = A + B
+        ent = (mpmath.loggamma(A) + mpmath.loggamma(B) - mpmath.loggamma(S) - (A - 1) * mpmath.digamma(A)
+               - (B - 1) * mpmath.digamma(B) + (S - 2) * mpmath.digamma(S))
+        lm = mpmath.digamma(A) - mpmath.digamma(S)
+        for got, want in ((st.entropy[i], ent), (st.log_mean[i], lm)):
+            # |err| / max(1, |ref|): psi(a) - psi(s) for b << a is a difference of two ~log(a)
+            # values, so its float64 accuracy is absolute (~1e-15), not relative
+            assert abs(got.item() - want) <= 1e-12 * max(abs(want), 1), (A, B, got.item(), want)
