@@ -9,7 +9,12 @@
 //   r2m_reward_core:         y_h = Σ_l p_l (u_h·x_l), never materialising c          (one read)
 // Layouts: packed x[T, D_p] with cu_seqlens[B+1], or padded x[B, L, D_p] with an optional bool
 // key_padding_mask[B, L] (True = ignore). A sequence with no attended token gives c = 0,
-// lse = -inf, y = 0. fp32/fp64 states compute in their own precision; bf16/fp16 states are
+// lse = -inf, y = 0; only such a sequence does: a NaN or inf score (NaN/inf in the states or q̃)
+// makes c, lse and y NaN, as softmax does. Emptiness is decided by counting attended rows, never
+// from l > 0 or a finite lse (a NaN l would otherwise pass for an empty sequence).
+// Malformed cu_seqlens (unchecked paths: negative, decreasing, past the end) are sanitized to
+// cu'[i] = max(cu'[i-1], clamp(cu[i], 0, T)), the same rule as the Triton launcher and the
+// reference: every row index stays inside states whatever the offsets hold. fp32/fp64 states compute in their own precision; bf16/fp16 states are
 // converted per element to fp32.
 #include "common.h"
 
@@ -40,9 +45,10 @@ inline void axpy(acc_t* y, acc_t a, const acc_t* x, int64_t n) {
 struct Layout {
   int64_t B = 0, D = 0, L = 0;
   bool padded = false;
-  const int64_t* cu = nullptr;  // packed
+  const int64_t* cu = nullptr;  // packed, sanitized (see the file comment)
   const bool* mask = nullptr;   // padded, optional
-  at::Tensor cu_holder, mask_holder, x;
+  at::Tensor mask_holder, x;
+  std::vector<int64_t> cu_safe;
 
   Layout(const at::Tensor& states, const c10::optional<at::Tensor>& cu_seqlens,
          const c10::optional<at::Tensor>& key_padding_mask) {
@@ -61,9 +67,17 @@ struct Layout {
       }
     } else {
       TORCH_CHECK(cu_seqlens.has_value(), "packed states need cu_seqlens");
-      cu_holder = cu_seqlens->to(at::kLong).contiguous();
-      B = cu_holder.numel() - 1;
-      cu = cu_holder.data_ptr<int64_t>();
+      const at::Tensor cu_holder = cu_seqlens->to(at::kLong).contiguous();
+      const int64_t n = cu_holder.numel(), T = states.size(0);
+      B = std::max<int64_t>(n - 1, 0);
+      const int64_t* raw = cu_holder.data_ptr<int64_t>();
+      cu_safe.resize(std::max<int64_t>(n, 1), 0);
+      int64_t prev = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        prev = std::max(prev, std::min(std::max(raw[i], int64_t(0)), T));
+        cu_safe[i] = prev;
+      }
+      cu = cu_safe.data();
       x = states.contiguous();
     }
   }
@@ -107,8 +121,10 @@ void core_fwd(const Layout& lay, const acc_t* qt, int64_t H, acc_t* c, acc_t* ls
       std::fill(cb, cb + H * D, acc_t(0));
       std::fill(m.begin(), m.end(), neg_inf);
       std::fill(l.begin(), l.end(), acc_t(0));
+      int64_t n_att = 0;
       for (int64_t r = lay.begin(b); r < lay.end(b); ++r) {
         if (!lay.attended(r)) continue;
+        ++n_att;
         const acc_t* xr = row_ptr<scalar_t, acc_t>(x + r * D, row.data(), D);
         for (int64_t h = 0; h < H; ++h) {
           const acc_t s = dot(qb + h * D, xr, D);
@@ -127,10 +143,16 @@ void core_fwd(const Layout& lay, const acc_t* qt, int64_t H, acc_t* c, acc_t* ls
       }
       for (int64_t h = 0; h < H; ++h) {
         acc_t* ch = cb + h * D;
-        if (l[h] > 0) {
+        if (n_att > 0 && l[h] > 0) {
           const acc_t inv = acc_t(1) / l[h];
           for (int64_t i = 0; i < D; ++i) ch[i] *= inv;
           lse[b * H + h] = m[h] + std::log(l[h]);
+        } else if (n_att > 0) {
+          // attended rows but no finite mass: a NaN or ±inf score. Poison the head, as softmax
+          // would, instead of passing it off as an empty sequence.
+          const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+          std::fill(ch, ch + D, nan);
+          lse[b * H + h] = nan;
         } else {
           lse[b * H + h] = neg_inf;
         }
@@ -162,7 +184,9 @@ void core_bwd(const Layout& lay, const acc_t* qt, const acc_t* dc, const acc_t* 
           const acc_t l = lse[b * H + h];
           const acc_t s = dot(qb + h * D, xr, D);
           const acc_t g = dot(dcb + h * D, xr, D);
-          p[h] = std::isinf(l) ? acc_t(0) : std::exp(s - l);
+          // only an empty sequence has lse = -inf (it has no attended row to reach here anyway);
+          // a NaN lse propagates into p and the gradients
+          p[h] = l == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(s - l);
           ds[h] = p[h] * (g - delta[h]);
           axpy(dqb + h * D, ds[h], xr, D);
         }
@@ -191,8 +215,10 @@ void reward_fwd(const Layout& lay, const acc_t* qt, const acc_t* u, int64_t H, a
       std::fill(m.begin(), m.end(), neg_inf);
       std::fill(l.begin(), l.end(), acc_t(0));
       std::fill(a.begin(), a.end(), acc_t(0));
+      int64_t n_att = 0;
       for (int64_t r = lay.begin(b); r < lay.end(b); ++r) {
         if (!lay.attended(r)) continue;
+        ++n_att;
         const acc_t* xr = row_ptr<scalar_t, acc_t>(x + r * D, row.data(), D);
         for (int64_t h = 0; h < H; ++h) {
           const acc_t s = dot(qb + h * D, xr, D);
@@ -208,12 +234,10 @@ void reward_fwd(const Layout& lay, const acc_t* qt, const acc_t* u, int64_t H, a
           a[h] += pr * v;
         }
       }
-      bool any = true;
-      for (int64_t h = 0; h < H; ++h) {
-        y[b * H + h] = l[h] > 0 ? a[h] / l[h] : acc_t(0);
-        any = any && l[h] > 0;
-      }
-      nonempty[b] = any;
+      const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+      for (int64_t h = 0; h < H; ++h)  // NaN/inf scores: NaN (see core_fwd), not an empty row's 0
+        y[b * H + h] = n_att == 0 ? acc_t(0) : (l[h] > 0 ? a[h] / l[h] : nan);
+      nonempty[b] = n_att > 0;
     }
   });
 }
@@ -251,11 +275,15 @@ std::tuple<at::Tensor, at::Tensor> s2t_attention_core_bwd(const at::Tensor& dc, 
   TORCH_CHECK(q_tilde.dim() == 3 && q_tilde.size(0) == lay.B && q_tilde.size(2) == lay.D, "q_tilde must be [B, H, D_p]");
   const auto acc = acc_type(states.scalar_type());
   auto qt = q_tilde.to(acc).contiguous();
+  // the raw op can be called without the Python checks: the loops index these by B, H, D_p
+  TORCH_CHECK(dc.numel() == lay.B * H * lay.D && c.numel() == lay.B * H * lay.D, "dc and c must be [B, H, D_p]");
+  TORCH_CHECK(lse.numel() == lay.B * H, "lse must be [B, H]");
   auto dcc = dc.to(acc).contiguous();
   auto cc = c.to(acc).contiguous();
   auto lsec = lse.to(acc).contiguous();
   auto dq = at::empty({lay.B, H, lay.D}, q_tilde.options().dtype(acc));
-  at::Tensor dx = need_dstates ? at::empty(lay.x.sizes(), states.options()) : at::empty({0}, states.options());
+  // zeros: rows outside every (sanitized) sequence get no write and must not return garbage
+  at::Tensor dx = need_dstates ? at::zeros(lay.x.sizes(), states.options()) : at::empty({0}, states.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, states.scalar_type(), "s2t_attention_core_bwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     core_bwd<scalar_t, acc_t>(lay, qt.data_ptr<acc_t>(), dcc.data_ptr<acc_t>(), cc.data_ptr<acc_t>(),

@@ -386,12 +386,16 @@ at::Tensor beta_stats(const at::Tensor& a_in, const at::Tensor& b_in) {
       const T da = ta.psi - ts.psi, db = tb.psi - ts.psi;
       const T rb = sp::log_ratio_b(av, bv);
       const T mean = av / s;
-      op[i] = mean;
-      op[n + i] = mean * (bv / s) / (s + T(1));
-      op[2 * n + i] = da;
-      op[3 * n + i] = db;
-      op[4 * n + i] = sp::digamma_diff(av, bv, ta.psi, tb.psi);
-      op[5 * n + i] = da + db - sp::neg_entropy_core(av, ta.g, tb.g, ts.g, rb);
+      // alpha or beta not > 0 (unchecked paths): every statistic NaN, as the float32 lanes and
+      // the other backends give (mean and var alone would otherwise stay finite)
+      const bool valid = av > T(0) && bv > T(0);
+      const T nan = std::numeric_limits<T>::quiet_NaN();
+      op[i] = valid ? mean : nan;
+      op[n + i] = valid ? mean * (bv / s) / (s + T(1)) : nan;
+      op[2 * n + i] = valid ? da : nan;
+      op[3 * n + i] = valid ? db : nan;
+      op[4 * n + i] = valid ? sp::digamma_diff(av, bv, ta.psi, tb.psi) : nan;
+      op[5 * n + i] = valid ? da + db - sp::neg_entropy_core(av, ta.g, tb.g, ts.g, rb) : nan;
     }
   });
   return out.to(a_in.scalar_type());

@@ -46,8 +46,15 @@ inline Shifted<T> shift(T x) {
   // r and q are accumulated as fractions over prod: one division instead of one per step
   // (all terms positive: no cancellation; prod < 10! keeps prod^2 far from overflow).
   Shifted<T> s{x, T(1), T(0), T(0)};
+  if (!(x > T(0))) {
+    // Outside the domain (x <= 0, -inf, NaN): NaN everywhere. Without this the loop below never
+    // ends for x = -inf or x <= -2^53 (y + 1 == y), and walks through the poles for other x < 0.
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    return {nan, nan, nan, nan};
+  }
   T rn = T(0), qn = T(0);
-  while (s.y < shift_to<T>()) {  // x > 0: at most shift_to iterations; NaN stops at once
+  // x > 0 reaches shift_to<T>() in at most shift_to<T>() steps; the count bounds the loop anyway
+  for (int k = 0; k < int(shift_to<T>()) && s.y < shift_to<T>(); ++k) {
     rn = rn * s.y + s.prod;
     qn = qn * (s.y * s.y) + s.prod * s.prod;
     s.prod *= s.y;
@@ -120,14 +127,19 @@ ICRM_LANE T entropy_corr_asym(T t) {  // G(y) = sum_k B_2k / ((2k-1) y^(2k-1))
   return t * p;
 }
 
+// The public special functions take x > 0. At x = 0 they return the pole's value as torch.special
+// and scipy do (digamma -inf, trigamma +inf, lgamma +inf); x < 0 (no reflection formula here),
+// -inf and NaN give NaN. +inf gives digamma +inf, trigamma 0, lgamma +inf.
 template <typename T>
 inline T digamma(T x) {
+  if (x == T(0)) return -std::numeric_limits<T>::infinity();
   const auto s = shift(x);
   return digamma_asym(s.y) - s.r;
 }
 
 template <typename T>
 inline T trigamma(T x) {
+  if (x == T(0)) return std::numeric_limits<T>::infinity();
   const auto s = shift(x);
   const T t = T(1) / s.y;
   return s.q + t + trigamma_asym_m_recip(t);
@@ -135,6 +147,7 @@ inline T trigamma(T x) {
 
 template <typename T>
 inline T lgamma(T x) {
+  if (x == T(0)) return std::numeric_limits<T>::infinity();
   const auto s = shift(x);
   return (s.y - T(0.5)) * (std::log(s.y) - T(1)) + T(kHalfLog2Pi - 0.5) + stirling_corr(T(1) / s.y) -
          std::log(s.prod);
@@ -199,7 +212,9 @@ inline GammaTerms<T> gamma_terms(T x) {
   const T t = T(1) / s.y, log_y = std::log(s.y);
   GammaTerms<T> out;
   out.psi = log_y - T(0.5) * t - digamma_asym_poly(t) - s.r;
-  out.e = s.q + t + trigamma_asym_m_recip(t) - T(1) / x;
+  // unshifted (t = 1/x exactly): the series itself. Adding it to t and subtracting 1/x again
+  // rounds it to an ulp of 1/x, ~3e-10 relative at x ~ 1e6 (seen in float64 ELBO gradients).
+  out.e = x >= shift_to<T>() ? trigamma_asym_m_recip(t) : s.q + t + trigamma_asym_m_recip(t) - T(1) / x;
   if (x >= shift_to<T>()) {
     out.g = entropy_corr_asym(t);
   } else {
@@ -312,11 +327,19 @@ ICRM_LANE GammaTermsLanes gamma_terms_lanes(float x) {
   out.inv_x = small ? pp * ip : t;  // prod = x pp; unshifted y = x
   const float r = rn * ip, q = qn * ip * ip, log_y = log_lanes(y);
   out.psi = log_y - 0.5f * t - digamma_asym_poly(t) - r;
-  out.e = q + t + trigamma_asym_m_recip(t) - out.inv_x;
+  out.e = small ? q + t + trigamma_asym_m_recip(t) - out.inv_x : trigamma_asym_m_recip(t);  // see gamma_terms
   // small x: lgamma(x) + log(x)/2 + x - 1/2 - x psi(x); -log(prod) + log(x)/2 = -log(x pp^2)/2
   const float g_small = (y - 0.5f) * (log_y - 1.0f) - 1.0f + stirling_corr(t) - 0.5f * log_lanes(x * pp * pp) + x -
                         x * out.psi;
   out.g = small ? g_small : entropy_corr_asym(t);
+  // x <= 0, -inf, NaN: outside the domain, NaN (the four fixed steps never hang, but would give
+  // finite garbage); a select, so the loop still vectorizes
+  const bool bad = !(x > 0.0f);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  out.psi = bad ? nan : out.psi;
+  out.e = bad ? nan : out.e;
+  out.g = bad ? nan : out.g;
+  out.inv_x = bad ? nan : out.inv_x;
   return out;
 }
 

@@ -12,7 +12,7 @@ never projects a key or a value:
 Only the core touches the states. It is the custom op ``icrm::s2t_attention_core`` with a fake
 and an autograd registration (backward: ``icrm::s2t_attention_core_bwd``), so the whole
 function works under ``torch.compile(fullgraph=True)`` and autograd reaches the query, every
-weight and bias (b_k gets no gradient: it cancels exactly, its gradient is 0) and the states
+weight and bias (b_k cancels exactly: its gradient is exact zeros, it stays in the graph) and the states
 when they require grad. Implementations of the core:
 
 - CUDA tensors: Triton flash-decoding kernels (``icrm_kernels/triton/attention.py``).
@@ -24,7 +24,14 @@ when they require grad. Implementations of the core:
 
 Choices where SPEC is silent:
 - A row with no attended token (length 0, or every position masked) gives Ĥ = 0 and no output
-  bias (nn.MultiheadAttention would give NaN).
+  bias (nn.MultiheadAttention would give NaN). Emptiness comes from the layout (cu_seqlens /
+  key_padding_mask), never from the scores: NaN or inf in states, query or any weight or bias
+  give NaN in that row (or every row, for a weight), as nn.MultiheadAttention does; only a
+  truly empty row gives 0. float64 inputs are computed in float64 on every path (CUDA float64
+  runs the torch form, not the fp32 Triton kernels).
+- Value checks off (``unchecked()``, torch.compile): malformed cu_seqlens (negative, decreasing,
+  past the end) are sanitized to cu'[i] = max(cu'[i-1], clamp(cu[i], 0, T)) by every
+  implementation: memory safety, not a meaningful result.
 - The small GEMMs run in the input dtype (bf16/fp16 GEMMs accumulate in fp32 in torch); the core
   accumulates in fp32 and returns c in fp32, cast to the input dtype before the W_v projection.
 - ``key_padding_mask`` must be a bool tensor (True = ignore), as nn.MultiheadAttention's.
@@ -45,16 +52,21 @@ from icrm_kernels._checks import (
     check_same_device,
     check_same_float_dtype,
     check_tensor,
+    value_checks_enabled,
 )
 from icrm_kernels.reference import attention as _ref
 
 __all__ = ["seq_to_token_attention", "r2m_reward", "r2m_omega", "selfcheck"]
 
 
-def _impl(device: torch.device) -> str:
+def _impl(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """'triton' (CUDA, or forced under the interpreter), 'cpp' (CPU with the extension built), else
-    'torch' (the absorbed form in plain torch, ``reference.attention.s2t_attention_core``)."""
+    'torch' (the absorbed form in plain torch, ``reference.attention.s2t_attention_core``).
+    float64 never takes the Triton kernels: they compute in fp32 (6e-7 error, gradcheck fails),
+    so float64 means the torch form there."""
     name = _backend.select(device, cpp_op="s2t_attention_core")
+    if name == "triton" and dtype == torch.float64:
+        return "torch"
     return name if name in ("triton", "cpp") else "torch"
 
 
@@ -67,7 +79,7 @@ def _s2t_core_impl(
     q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """(c[B, H, D_p], lse[B, H]) in fp32 (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l."""
-    impl = _impl(q_tilde.device)
+    impl = _impl(q_tilde.device, q_tilde.dtype)
     if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
@@ -96,7 +108,7 @@ def _s2t_core_bwd_impl(
     c: Tensor, lse: Tensor, need_dstates: bool,
 ) -> Tuple[Tensor, Tensor]:
     """(dq̃ in q̃'s dtype, d states in the states' dtype, or an empty tensor if not needed)."""
-    impl = _impl(q_tilde.device)
+    impl = _impl(q_tilde.device, q_tilde.dtype)
     if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
@@ -142,7 +154,7 @@ def _r2m_reward_core_impl(
     q_tilde: Tensor, u: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor]:
     """(y[B, H] = Σ_l softmax_l(q̃_h·h_l)(u_h·h_l), nonempty[B] bool); forward only."""
-    impl = _impl(q_tilde.device)
+    impl = _impl(q_tilde.device, q_tilde.dtype)
     if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
@@ -153,7 +165,10 @@ def _r2m_reward_core_impl(
         return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty
     c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
     y = (c * u.to(c.dtype).unsqueeze(0)).sum(-1)
-    return y.contiguous(), torch.isfinite(lse).all(dim=-1)
+    nonempty = _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0])
+    # attended tokens but lse = -inf (every score -inf): softmax's NaN, as the kernels give
+    y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
+    return y.contiguous(), nonempty
 
 
 # eager calls skip the dispatcher (_backend.call_op); compile and export go through the op
@@ -266,7 +281,7 @@ def seq_to_token_attention(
         cu_seqlens: int32/int64 ``[B+1]`` offsets (flash-attn convention); read on the device only.
         key_padding_mask: bool ``[B, L]``, True = ignore (nn.MultiheadAttention's convention).
         num_heads: divides d; head h uses columns ``h*d/H:(h+1)*d/H`` of w_q, w_k, w_v and rows of w_o.
-        b_q, b_k, b_v ``[d]``, b_o ``[D_r]``: optional biases (b_k cancels in the softmax; its grad is 0/None).
+        b_q, b_k, b_v ``[d]``, b_o ``[D_r]``: optional biases (b_k cancels in the softmax; its gradient is zeros).
         scale: score scale, default ``1/sqrt(d/num_heads)``.
 
     Returns ``[B, D_r]`` in the input dtype (fp32/bf16/fp16/fp64, all tensors one dtype). A row
@@ -286,8 +301,18 @@ def seq_to_token_attention(
     out = o @ w_o
     if b_o is not None:
         out = out + b_o
-    nonempty = torch.isfinite(lse).all(dim=-1, keepdim=True)
-    return torch.where(nonempty, out, torch.zeros_like(out))
+    if b_k is not None:
+        # b_k cancels in the softmax, so it never enters the absorbed form; a zero-valued term
+        # keeps it in the graph (autograd.grad gives exact zeros, as nn.MultiheadAttention, rather
+        # than raising) and lets a NaN/inf in it poison the output, as it does in the explicit form
+        out = out + b_k.sum() * 0.0
+    # Empty rows from the layout, never from the scores: a NaN/inf score (NaN or inf in states,
+    # query or weights) used to give a non-finite lse that passed for "empty" and returned 0.
+    nonempty = _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, query.shape[0])[:, None]
+    # attended tokens but lse = -inf (every score -inf): NaN, as softmax gives
+    no_mass = nonempty & (lse == float("-inf")).any(dim=-1, keepdim=True)
+    out = torch.where(nonempty, out, torch.zeros_like(out))
+    return torch.where(no_mass, torch.full_like(out, float("nan")), out)
 
 
 def r2m_omega(step, total_steps, floor: float = 0.6):
@@ -301,6 +326,16 @@ def r2m_omega(step, total_steps, floor: float = 0.6):
     if not isinstance(total_steps, torch.Tensor):
         check_finite_float(total_steps, "total_steps", low=0, low_open=True)
     check_finite_float(floor, "floor", low=0, high=1)
+    for name, v, low_open in (("step", step, False), ("total_steps", total_steps, True)):
+        if isinstance(v, torch.Tensor):
+            if v.is_complex() or v.dtype == torch.bool:
+                raise TypeError(f"{name} must be a real number or a real tensor, got dtype {v.dtype}")
+            if value_checks_enabled() and v.numel():
+                vf = v.detach().to(torch.float64)
+                bad = ~(torch.isfinite(vf) & ((vf > 0) if low_open else (vf >= 0)))
+                if bool(bad.any()):
+                    raise ValueError(f"{name} must be finite and {'> 0' if low_open else '>= 0'}, "
+                                     f"got {vf[bad].flatten()[0].item()}")
     if isinstance(step, torch.Tensor) or isinstance(total_steps, torch.Tensor):
         t = torch.as_tensor(step, dtype=torch.float64)
         total = torch.as_tensor(total_steps, dtype=torch.float64, device=t.device)
@@ -332,13 +367,23 @@ def r2m_reward(
     """
     d = _check_inputs(query, states, w_q, w_k, w_v, w_o, cu_seqlens, key_padding_mask, num_heads, b_q, b_k, b_v, b_o, scale)
     check_tensor(score_weight, "score_weight", ndim=(1, 2), floating=True)
-    if score_weight.numel() != query.shape[1]:
-        raise ValueError(f"score_weight must have D_r = {query.shape[1]} elements, got {tuple(score_weight.shape)}")
+    d_r = query.shape[1]
+    if tuple(score_weight.shape) not in ((d_r,), (1, d_r)):
+        raise ValueError(f"score_weight must be [D_r={d_r}] or an nn.Linear weight [1, D_r={d_r}], "
+                         f"got {tuple(score_weight.shape)}")
     check_same_device(query=query, score_weight=score_weight)
     check_same_float_dtype(query=query, score_weight=score_weight)
     if isinstance(omega, torch.Tensor):
         if omega.numel() != 1:
             raise ValueError(f"omega must be a number or a one-element tensor, got shape {tuple(omega.shape)}")
+        if not (omega.dtype.is_floating_point or omega.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16,
+                                                                  torch.int8)):
+            raise TypeError(f"omega must be a real number or a real tensor, got dtype {omega.dtype}")
+        check_same_device(query=query, omega=omega)
+        if value_checks_enabled():
+            om_v = float(omega.reshape(()))
+            if not (0.0 <= om_v <= 1.0):  # NaN fails too
+                raise ValueError(f"omega must be in [0, 1], got {om_v}")
     else:
         check_finite_float(omega, "omega", low=0, high=1)
     if isinstance(score_bias, torch.Tensor) and score_bias.numel() != 1:
@@ -355,6 +400,8 @@ def r2m_reward(
             const = const + b_o.to(acc) @ w_s
         y, nonempty = _backend.call_op(r2m_reward_core, _r2m_reward_core_impl, q_tilde, u, states, cu_seqlens,
                                        key_padding_mask)
+        if b_k is not None:
+            const = const + b_k.to(acc).sum() * 0.0  # cancels, but a NaN/inf in it poisons, as in seq_to_token_attention
         attn = torch.where(nonempty, y.sum(-1) + const, torch.zeros((), dtype=acc, device=query.device))
         om = omega.reshape(()).to(device=query.device, dtype=acc) if isinstance(omega, torch.Tensor) else float(omega)
         r = om * (query.to(acc) @ w_s) + (1 - om) * attn

@@ -21,7 +21,8 @@ psi'(z) - 1/z, so concentrations from 1e-4 to 1e6 stay accurate in fp32.
 Checked path: invalid values (alpha or beta <= 0 or not finite, labels outside [0, 1], priors
 <= 0, discount outside (0, 1], segment ids out of range) raise ``ValueError`` naming the argument.
 Those checks read tensor values (a device synchronisation); inside ``icrm_kernels.unchecked()``
-they are skipped, and invalid values then give NaN (or unspecified finite numbers), never a crash.
+they are skipped: alpha or beta <= 0, -inf or NaN then give NaN (every backend), labels outside
+[0, 1] the linear extension of the loss; never a crash, a hang or an out-of-bounds access.
 """
 from __future__ import annotations
 
@@ -73,7 +74,11 @@ def _grad_dtype(x: Tensor) -> torch.dtype:
 
 
 def _lnbeta(a: float, b: float) -> float:
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    # through the Stirling remainders: math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b) loses
+    # log10(a) digits for a large prior (lgamma ~ 1e7 at 1e6)
+    from icrm_kernels.reference.special import betaln
+
+    return float(betaln(torch.tensor(float(a), dtype=torch.float64), torch.tensor(float(b), dtype=torch.float64)))
 
 
 # ==================================================================== ELBO / KL (one kernel)
@@ -204,6 +209,8 @@ def _check_like(t: Optional[Tensor], name: str, like: Tensor, like_name: str) ->
     if t is None:
         return None
     check_tensor(t, name)
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real (float, int or bool) tensor, got {t.dtype}")
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; all tensors must be on one device")
     if t.shape != like.shape:
@@ -224,6 +231,15 @@ def _check_finite(t: Optional[Tensor], name: str) -> None:
     if t is not None and value_checks_enabled() and t.numel():
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} must be finite, got a non-finite value")
+
+
+def _check_weights(t: Optional[Tensor], name: str = "weights") -> None:
+    """ELBO per-element loss weights: finite and >= 0 (a negative weight turns the loss into a gain)."""
+    _check_finite(t, name)
+    if t is not None and value_checks_enabled() and t.numel():
+        bad = t < 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be >= 0, got {t[bad].flatten()[0].item()}")
 
 
 def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
@@ -280,7 +296,7 @@ def beta_elbo_loss(
     check_positive(alpha, "alpha")
     check_positive(beta, "beta")
     _check_unit_interval(labels, "labels")
-    _check_finite(weights, "weights")
+    _check_weights(weights, "weights")
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, labels, weights, pa, pb, kw, 0.0, False,
                                   red, _needs_grad(alpha, beta))
     return loss
@@ -308,7 +324,7 @@ def beta_elbo_loss_from_logits(
     _check_finite(mean_logit, "mean_logit")
     _check_finite(conc_logit, "conc_logit")
     _check_unit_interval(labels, "labels")
-    _check_finite(weights, "weights")
+    _check_weights(weights, "weights")
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, mean_logit, conc_logit, labels, weights, pa, pb, kw,
                                   tmin, True, red, _needs_grad(mean_logit, conc_logit))
     return loss
@@ -322,7 +338,7 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
 
     With number priors this is the fused ELBO kernel without the data term (gradients w.r.t.
     alpha and beta fused too). Tensor priors (broadcasting against alpha) take an unfused path
-    through the torch reference formula (differentiable in every argument)."""
+    through the torch reference formula in float64 (differentiable in every argument)."""
     _check_pair(alpha, beta, "alpha", "beta")
     check_positive(alpha, "alpha")
     check_positive(beta, "beta")
@@ -334,7 +350,10 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
                 check_positive(p, name)
             else:
                 check_finite_float(p, name, low=0.0, low_open=True)
-        return ref.beta_kl(alpha, beta, prior_alpha, prior_beta)
+        # in float64 (cast back, differentiably): the reference's remainder form is written for
+        # float64 and loses ~1e-4 absolute when evaluated in fp32
+        f64 = lambda t: t.to(torch.float64) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return ref.beta_kl(f64(alpha), f64(beta), f64(prior_alpha), f64(prior_beta)).to(alpha.dtype)
     pa, pb = _check_prior(prior_alpha, prior_beta)
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0,
                                   _needs_grad(alpha, beta))

@@ -12,7 +12,12 @@ Two forms that compute the same function:
 
 Layouts: ``states[T, D_p]`` packed with ``cu_seqlens[B+1]``, or ``states[B, L, D_p]`` with an
 optional ``key_padding_mask[B, L]`` (True = ignore). A sequence with no attended token gives
-Ĥ = 0 (no output bias), c = 0 and lse = -inf.
+Ĥ = 0 (no output bias), c = 0 and lse = -inf. Only such a sequence does: NaN or inf in the
+states, the query or the weights propagate as NaN, as in nn.MultiheadAttention.
+
+Malformed ``cu_seqlens`` (only reachable with value checks off) are sanitized by
+:func:`sanitize_cu_seqlens`, the rule every implementation applies, so no row outside the
+states is ever read.
 """
 from __future__ import annotations
 
@@ -20,6 +25,29 @@ import math
 from typing import Optional
 
 import torch
+
+
+def sanitize_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """int64 offsets with cu'[i] = max(cu'[i-1], clamp(cu[i], 0, total)): the identity on valid
+    offsets (0 = cu[0] <= ... <= cu[-1] = total, checked on the checked path); on malformed ones
+    (negative, decreasing, past the end) every sequence [cu'[b], cu'[b+1]) stays inside the rows.
+    Contiguous whatever the input's strides."""
+    cu = cu_seqlens.reshape(-1).to(torch.int64).clamp(0, max(int(total), 0))
+    if cu.numel() > 1:
+        cu = torch.cummax(cu, 0).values
+    return cu.contiguous()
+
+
+def nonempty_rows(states: torch.Tensor, cu_seqlens: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
+                  batch: int) -> torch.Tensor:
+    """bool[B]: whether sequence b has an attended token, from the layout alone (never from the
+    scores, which a NaN would fool). No host synchronisation."""
+    if states.dim() == 3:
+        if key_padding_mask is not None:
+            return (~key_padding_mask.to(torch.bool)).any(dim=1)
+        return torch.full((batch,), states.shape[1] > 0, dtype=torch.bool, device=states.device)
+    cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+    return cu[1:] > cu[:-1]
 
 
 def to_padded(states: torch.Tensor, cu_seqlens: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor]):
@@ -31,6 +59,7 @@ def to_padded(states: torch.Tensor, cu_seqlens: Optional[torch.Tensor], key_padd
         else:
             valid = ~key_padding_mask.to(torch.bool)
         return states, valid
+    cu_seqlens = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     b = len(lengths)
     lmax = max(lengths) if lengths else 0
@@ -95,8 +124,9 @@ def s2t_attention_core(q_tilde, states, cu_seqlens=None, key_padding_mask=None):
     dt = torch.promote_types(q_tilde.dtype, torch.float32)
     x = x.to(dt)
     s = torch.einsum("bhp,blp->bhl", q_tilde.to(dt), x).masked_fill(~valid[:, None, :], float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)  # -inf for empty rows
-    p = torch.exp(s - lse.unsqueeze(-1).masked_fill(torch.isinf(lse).unsqueeze(-1), 0.0))
+    lse = torch.logsumexp(s, dim=-1)  # -inf for empty rows; NaN/+inf scores give NaN/+inf
+    # only -inf is "no mass": a +inf or NaN lse must reach p (and make c NaN), not be zeroed
+    p = torch.exp(s - lse.unsqueeze(-1).masked_fill((lse == float("-inf")).unsqueeze(-1), 0.0))
     c = torch.einsum("bhl,blp->bhp", p, x)
     return c, lse
 
@@ -112,7 +142,7 @@ def s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens=None, ke
     x = x.to(dt)
     qt, dc, c, lse = q_tilde.to(dt), dc.to(dt), c.to(dt), lse.to(dt)
     s = torch.einsum("bhp,blp->bhl", qt, x).masked_fill(~valid[:, None, :], float("-inf"))
-    p = torch.exp(s - lse.unsqueeze(-1).masked_fill(torch.isinf(lse).unsqueeze(-1), 0.0))
+    p = torch.exp(s - lse.unsqueeze(-1).masked_fill((lse == float("-inf")).unsqueeze(-1), 0.0))
     g = torch.einsum("bhp,blp->bhl", dc, x)
     delta = (c * dc).sum(-1, keepdim=True)
     ds = p * (g - delta)
@@ -121,5 +151,9 @@ def s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens=None, ke
         return dq, None
     dx = torch.einsum("bhl,bhp->blp", p, dc) + torch.einsum("bhl,bhp->blp", ds, qt)
     if states.dim() == 2:
-        dx = dx[valid]  # packed rows are the valid padded rows in order
+        # packed rows are the valid padded rows in order; rows no (sanitized) sequence covers get 0
+        cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+        out = dx.new_zeros(states.shape[0], dx.shape[-1])
+        out[int(cu[0]):int(cu[-1])] = dx[valid]
+        dx = out
     return dq, dx

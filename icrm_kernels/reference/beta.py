@@ -7,7 +7,21 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from icrm_kernels.reference.special import betaln
+import math
+
+from icrm_kernels.reference.special import betaln, entropy_remainder, log_ratios, trigamma, trigamma_m_recip
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _neg_entropy_core(alpha, beta):
+    """-ln B(a,b) + a(psi(a) - psi(s)) + b(psi(b) - psi(s)) from the entropy remainders G: the
+    ~1e7-sized lgamma/psi terms at a, b ~ 1e6 cancel analytically, not in float64 (which left
+    ~1e-8 relative error in the KL before)."""
+    s = alpha + beta
+    _, rb = log_ratios(alpha, beta)
+    return (0.5 * (torch.log(alpha) + rb) - (_HALF_LOG_2PI + 0.5)
+            - entropy_remainder(alpha) - entropy_remainder(beta) + entropy_remainder(s))
 
 
 class BetaStats(NamedTuple):
@@ -31,8 +45,10 @@ def beta_kl(alpha, beta, prior_alpha=1.0, prior_beta=1.0):
     a0 = torch.as_tensor(prior_alpha, dtype=alpha.dtype, device=alpha.device)
     b0 = torch.as_tensor(prior_beta, dtype=alpha.dtype, device=alpha.device)
     s = alpha + beta
-    return (betaln(a0, b0) - betaln(alpha, beta) + (alpha - a0) * torch.digamma(alpha)
-            + (beta - b0) * torch.digamma(beta) + (a0 - alpha + b0 - beta) * torch.digamma(s))
+    # = ln B(a0,b0) - ln B(a,b) + (a-a0) psi(a) + (b-b0) psi(b) + (a0-a+b0-b) psi(s), rearranged
+    psi_s = torch.digamma(s)
+    da, db = torch.digamma(alpha) - psi_s, torch.digamma(beta) - psi_s
+    return betaln(a0, b0) + _neg_entropy_core(alpha, beta) - a0 * da - b0 * db
 
 
 def _reduce(loss, weights, reduction):
@@ -62,9 +78,9 @@ def beta_elbo_loss_from_logits(mean_logit, conc_logit, labels, *, tau_min=1e-2, 
 def beta_stats(alpha, beta) -> BetaStats:
     s = alpha + beta
     psi_s = torch.digamma(s)
-    entropy = (betaln(alpha, beta) - (alpha - 1) * torch.digamma(alpha) - (beta - 1) * torch.digamma(beta)
-               + (s - 2) * psi_s)
-    return BetaStats(
+    # = ln B - (a-1) psi(a) - (b-1) psi(b) + (s-2) psi(s), without its cancelling large terms
+    entropy = -_neg_entropy_core(alpha, beta) + (torch.digamma(alpha) - psi_s) + (torch.digamma(beta) - psi_s)
+    stats = BetaStats(
         mean=alpha / s,
         var=alpha * beta / (s * s * (s + 1)),
         log_mean=torch.digamma(alpha) - psi_s,
@@ -72,6 +88,10 @@ def beta_stats(alpha, beta) -> BetaStats:
         logit_mean=torch.digamma(alpha) - torch.digamma(beta),
         entropy=entropy,
     )
+    # alpha or beta not > 0: NaN everywhere, as the kernels (torch's reflection values for
+    # negative arguments are not a Beta distribution's statistics)
+    valid = (alpha > 0) & (beta > 0)
+    return BetaStats(*(torch.where(valid, t, torch.full_like(t, float("nan"))) for t in stats))
 
 
 def beta_posterior(outcomes, *, cu_segments=None, segment_index=None, num_segments=None, weights=None,
@@ -133,10 +153,13 @@ def beta_elbo_grads(alpha, beta, labels, *, prior_alpha=1.0, prior_beta=1.0, kl_
     dL/db = -(1-y) psi'(b) + psi'(s) + kl_weight [(b - b0) psi'(b) + (a0 + b0 - s) psi'(s)]
     """
     s = alpha + beta
-    ta, tb, ts = torch.polygamma(1, alpha), torch.polygamma(1, beta), torch.polygamma(1, s)
+    ta, tb, ts = trigamma(alpha), trigamma(beta), trigamma(s)
     p0 = prior_alpha + prior_beta
-    ga = kl_weight * ((alpha - prior_alpha) * ta + (p0 - s) * ts)
-    gb = kl_weight * ((beta - prior_beta) * tb + (p0 - s) * ts)
+    # the KL part written with psi'(z) - 1/z: (a - a0) psi'(a) + (p0 - s) psi'(s) is a difference
+    # of two ~1 terms leaving ~1/a, which loses log10(a) digits at large a
+    ea, eb, es = trigamma_m_recip(alpha), trigamma_m_recip(beta), trigamma_m_recip(s)
+    ga = kl_weight * (-prior_alpha / alpha + p0 / s + (alpha - prior_alpha) * ea + (p0 - s) * es)
+    gb = kl_weight * (-prior_beta / beta + p0 / s + (beta - prior_beta) * eb + (p0 - s) * es)
     if labels is not None:
         ga = ga - labels * ta + ts
         gb = gb - (1 - labels) * tb + ts

@@ -53,11 +53,14 @@ TOKENS_PER_PROGRAM = None
 def _work_range(pid, B, cu_ptr, work_off_ptr, work_seq_ptr, tpp):
     seq = tl.load(work_seq_ptr + pid)
     live = seq < B
-    seq = tl.minimum(seq, B - 1)
-    seq_start = tl.load(cu_ptr + seq)
-    seq_end = tl.load(cu_ptr + seq + 1)
-    chunk = pid - tl.load(work_off_ptr + seq)
-    start = seq_start + chunk * tpp
+    seq = tl.maximum(tl.minimum(seq, B - 1), 0)
+    # The launcher sanitizes cu (monotone, inside [0, T], cu[B] <= T); clamping again here keeps
+    # every row index inside [0, cu[B]] even if a caller hands the kernel raw offsets.
+    total = tl.maximum(tl.load(cu_ptr + B), 0)
+    seq_start = tl.minimum(tl.maximum(tl.load(cu_ptr + seq), 0), total)
+    seq_end = tl.minimum(tl.maximum(tl.load(cu_ptr + seq + 1), seq_start), total)
+    chunk = tl.maximum(pid - tl.load(work_off_ptr + seq), 0)
+    start = tl.minimum(seq_start + chunk * tpp, seq_end)
     end = tl.minimum(seq_end, start + tpp)
     end = tl.where(live, end, start)
     return seq, start, end
@@ -153,9 +156,13 @@ def _s2t_combine_kernel(
             den += wt * tl.load(l_ptr + w * H + h)
             a = tl.load(acc_ptr + (w * H + h) * D + offs_d, mask=md, other=0.0)
             out += wt * a
-        safe = tl.where(den > 0.0, den, 1.0)
-        out = tl.where(den > 0.0, out / safe, 0.0)
-        lse = tl.where(den > 0.0, big_m + tl.log(safe), float("-inf"))
+        # den == 0: no attended token (or only -inf scores: the op layer tells them apart from
+        # the layout). A NaN den (NaN or inf scores) must stay NaN: `den > 0` would turn it
+        # into an empty row's 0.
+        empty = den == 0.0
+        safe = tl.where(empty, 1.0, den)
+        out = tl.where(empty, 0.0, out / safe)
+        lse = tl.where(empty, float("-inf"), big_m + tl.log(safe))
         if pd == 0:
             tl.store(lse_ptr + b * H + h, lse)
     else:
@@ -202,7 +209,7 @@ def _s2t_bwd_kernel(
     dq_base = dq_ptr + pid * H * D
     lse = tl.load(lse_ptr + seq * H + offs_h, mask=mh, other=float("-inf"))
     delta = tl.load(delta_ptr + seq * H + offs_h, mask=mh, other=0.0)
-    has_mass = lse > float("-inf")
+    has_mass = lse != float("-inf")  # a NaN lse propagates into p and the gradients
     lse_safe = tl.where(has_mass, lse, 0.0)
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     for i in range(0, n_blocks):
@@ -343,8 +350,9 @@ def _s2t_bwd_row_kernel(
     dc = tl.load(dc_ptr + (seq * H + h) * D + offs_d, mask=md, other=0.0)
     lse = tl.load(lse_ptr + seq * H + h)
     delta = tl.load(delta_ptr + seq * H + h)
-    mass = tl.where(lse > float("-inf"), 1.0, 0.0)  # 0 for a sequence with no attended token
-    lse_safe = tl.where(lse > float("-inf"), lse, 0.0)
+    # 0 for a sequence with no attended token; a NaN lse propagates into p and the gradients
+    mass = tl.where(lse != float("-inf"), 1.0, 0.0)
+    lse_safe = tl.where(lse != float("-inf"), lse, 0.0)
     dq = tl.zeros([D_PAD], tl.float32)
     n_blocks = tl.cdiv(end - start, BLOCK_L)
     x_next, valid_next = _load_rows(x_ptr, mask_ptr, start, end, stride_x, offs_d, md, HAS_MASK, BLOCK_L)
@@ -473,9 +481,14 @@ class _Layout:
             x = states.reshape(b * length, d)
             self.mask = None if mask is None else mask.reshape(-1).to(torch.bool).contiguous().view(torch.uint8)
         else:
+            from icrm_kernels.reference.attention import sanitize_cu_seqlens
+
             x = states
-            b = cu_seqlens.numel() - 1
-            cu = cu_seqlens.to(torch.int64)
+            # contiguous, int64, clamped and monotone (the kernels read cu[b], cu[b+1] with unit
+            # stride and trust them as row bounds): a strided or malformed cu_seqlens can neither
+            # make a load or store leave the states nor break the grid bound below
+            cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+            b = cu.numel() - 1
             self.mask = None
         if x.stride(-1) != 1:
             x = x.contiguous()
@@ -494,6 +507,28 @@ class _Layout:
         return self.mask if self.mask is not None else self.cu  # dummy pointer when HAS_MASK is off
 
 
+def _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask, **per_head):
+    """The raw custom ops (torch.compile, direct calls) reach the launchers without the public
+    checks; the kernels index q̃, u, dc, c and lse by the sequence count and width taken from
+    the layout, so a mismatch would read or write out of bounds. Shapes only: no sync."""
+    if q_tilde.dim() != 3:
+        raise ValueError(f"q_tilde must be [B, H, D_p], got {tuple(q_tilde.shape)}")
+    bsz, heads, d = q_tilde.shape
+    if states.dim() not in (2, 3) or states.shape[-1] != d:
+        raise ValueError(f"states must be [T, D_p={d}] or [B, L, D_p={d}], got {tuple(states.shape)}")
+    if states.dim() == 2:
+        if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.numel() != bsz + 1:
+            raise ValueError(f"cu_seqlens must be [B+1={bsz + 1}] for packed states")
+    else:
+        if states.shape[0] != bsz:
+            raise ValueError(f"states must be [B={bsz}, L, D_p], got {tuple(states.shape)}")
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != tuple(states.shape[:2]):
+            raise ValueError(f"key_padding_mask must be {tuple(states.shape[:2])}, got {tuple(key_padding_mask.shape)}")
+    for name, (t, shape) in per_head.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
+
+
 def _launch_kw(cfg: dict) -> dict:
     keys = ("BLOCK_L", "D_PAD") if cfg["variant"] == "row" else ("BLOCK_L", "BLOCK_H", "BLOCK_D")
     kw = {k: cfg[k] for k in keys}
@@ -503,6 +538,7 @@ def _launch_kw(cfg: dict) -> dict:
 
 def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     """(c[B, H, D_p] fp32, lse[B, H] fp32); q_tilde [B, H, D_p] any float dtype."""
+    _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask)
     bsz, heads, d = q_tilde.shape
     cfg = _config("fwd", heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
@@ -535,11 +571,14 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
 def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
     """(dq̃[B, H, D_p] fp32, d states in the states' dtype or None)."""
     bsz, heads, d = q_tilde.shape
+    _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask, dc=(dc, (bsz, heads, d)), c=(c, (bsz, heads, d)),
+                  lse=(lse, (bsz, heads)))
     cfg = _config("bwd", heads, d, states.element_size(), need_dx=need_dstates)
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
     dq = torch.zeros(bsz, heads, d, device=dev, dtype=torch.float32)
-    dx = torch.empty(lay.x.shape, device=dev, dtype=states.dtype) if need_dstates else None
+    # zeros: rows outside every (sanitized) sequence are never written
+    dx = torch.zeros(lay.x.shape, device=dev, dtype=states.dtype) if need_dstates else None
     if bsz == 0:
         return dq, (dx.view(states.shape) if need_dstates else None)
     q = q_tilde.to(torch.float32).contiguous()
@@ -564,6 +603,7 @@ def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need
 def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     """(y[B, H] = Σ_l p_hl (u_h·x_l) fp32, nonempty[B] bool); u [H, D_p]."""
     bsz, heads, d = q_tilde.shape
+    _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask, u=(u, (heads, d)))
     cfg = _config("r2m", heads, d, states.element_size())
     lay = _Layout(states, cu_seqlens, key_padding_mask, cfg)
     dev = q_tilde.device
@@ -584,7 +624,13 @@ def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     if bsz > 0:
         _s2t_combine_kernel[(bsz, heads, 1)](m, l, a, lay.work_off, y, lse, heads, 1, SOFTMAX=True, BLOCK_D=2,
                                              num_warps=1)
-    return y.view(bsz, heads), (lse > float("-inf")).all(dim=1)
+    from icrm_kernels.reference.attention import nonempty_rows
+
+    nonempty = nonempty_rows(states, cu_seqlens, key_padding_mask, bsz)
+    y = y.view(bsz, heads)
+    # attended tokens but lse = -inf: every score -inf, softmax's NaN (not an empty row's 0)
+    y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
+    return y, nonempty
 
 
 @triton.jit

@@ -103,12 +103,19 @@ def _stats_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     mean = a / s
     var = mean * (b / s) / (s + 1.0)
     ent = da + db - neg_entropy_core(a, b, ga, gb, gs, rb)
+    # alpha or beta not > 0 (unchecked paths): every statistic NaN, as the C++ kernels give
+    valid = (a > 0.0) & (b > 0.0)
+    mean = tl.where(valid, mean, float("nan"))
+    var = tl.where(valid, var, float("nan"))
+    da = tl.where(valid, da, float("nan"))
+    db = tl.where(valid, db, float("nan"))
+    ent = tl.where(valid, ent, float("nan"))
     ty = out_ptr.dtype.element_ty
     tl.store(out_ptr + offs, mean.to(ty), mask=mask)
     tl.store(out_ptr + n + offs, var.to(ty), mask=mask)
     tl.store(out_ptr + 2 * n + offs, da.to(ty), mask=mask)
     tl.store(out_ptr + 3 * n + offs, db.to(ty), mask=mask)
-    tl.store(out_ptr + 4 * n + offs, digamma_diff(a, b, psa, psb).to(ty), mask=mask)
+    tl.store(out_ptr + 4 * n + offs, tl.where(valid, digamma_diff(a, b, psa, psb), float("nan")).to(ty), mask=mask)
     tl.store(out_ptr + 5 * n + offs, ent.to(ty), mask=mask)
 
 

@@ -124,10 +124,17 @@ def _entropy_corr_asym(y):
 
 
 @triton.jit
+def _domain(x, value, pole):
+    """value for x > 0, pole at x = 0 (torch.special/scipy's value there), NaN for x < 0, -inf
+    and NaN: the four fixed shift steps never hang, but outside x > 0 they give finite garbage."""
+    return tl.where(x > 0.0, value, tl.where(x == 0.0, pole, float("nan")))
+
+
+@triton.jit
 def digamma(x):
-    """psi(x) for x > 0 (fp32 tensor)."""
+    """psi(x) for x > 0 (fp32 tensor); -inf at 0, NaN for x < 0 or NaN."""
     y, prod, r, q = _shift4(x)
-    return _digamma_asym(y) - r
+    return _domain(x, _digamma_asym(y) - r, float("-inf"))
 
 
 @triton.jit
@@ -145,16 +152,17 @@ def digamma_diff(a, b, psi_a, psi_b):
 
 @triton.jit
 def trigamma(x):
-    """psi'(x) for x > 0 (fp32 tensor)."""
+    """psi'(x) for x > 0 (fp32 tensor); +inf at 0, NaN for x < 0 or NaN."""
     y, prod, r, q = _shift4(x)
-    return q + 1.0 / y + _trigamma_asym_m_recip(y)
+    return _domain(x, q + 1.0 / y + _trigamma_asym_m_recip(y), float("inf"))
 
 
 @triton.jit
 def lgamma(x):
-    """log Gamma(x) for x > 0 (fp32 tensor)."""
+    """log Gamma(x) for x > 0 (fp32 tensor); +inf at 0, NaN for x < 0 or NaN."""
     y, prod, r, q = _shift4(x)
-    return (y - 0.5) * (tl.log(y) - 1.0) + (0.91893853320467274 - 0.5) + _stirling_corr(y) - tl.log(prod)
+    v = (y - 0.5) * (tl.log(y) - 1.0) + (0.91893853320467274 - 0.5) + _stirling_corr(y) - tl.log(prod)
+    return _domain(x, v, float("inf"))
 
 
 @triton.jit
@@ -162,7 +170,7 @@ def stirling_remainder(x):
     """C(x) = lgamma(x) - [(x - 1/2) log x - x + log(2 pi)/2], for x > 0."""
     y, prod, r, q = _shift4(x)
     direct = (y - 0.5) * (tl.log(y) - 1.0) + _stirling_corr(y) - tl.log(prod) - (x - 0.5) * (tl.log(x) - 1.0)
-    return tl.where(x >= 4.0, _stirling_corr(tl.maximum(x, 4.0)), direct)
+    return tl.where(x > 0.0, tl.where(x >= 4.0, _stirling_corr(tl.maximum(x, 4.0)), direct), float("nan"))
 
 
 @triton.jit
@@ -171,12 +179,15 @@ def gamma_terms(x):
     y, prod, r, q = _shift4(x)
     psi = _digamma_asym(y) - r
     tri = q + 1.0 / y + _trigamma_asym_m_recip(y)
-    e = tri - 1.0 / x
+    # unshifted (y = x): the series itself; adding it to 1/y and subtracting 1/x again rounds it
+    # to an ulp of 1/x (as in csrc/special.h)
+    e = tl.where(x >= 4.0, _trigamma_asym_m_recip(tl.maximum(x, 4.0)), tri - 1.0 / x)
     # G(x) = lgamma(x) - log(2 pi)/2 + log(x)/2 + x - 1/2 - x psi(x) for x < 4
     lg = (y - 0.5) * (tl.log(y) - 1.0) - 0.5 + _stirling_corr(y) - tl.log(prod)
     g_direct = lg + 0.5 * tl.log(x) + x - 0.5 - x * psi
     g = tl.where(x >= 4.0, _entropy_corr_asym(tl.maximum(x, 4.0)), g_direct)
-    return psi, e, g
+    ok = x > 0.0  # outside the domain (x <= 0, -inf, NaN): NaN, not finite garbage
+    return tl.where(ok, psi, float("nan")), tl.where(ok, e, float("nan")), tl.where(ok, g, float("nan"))
 
 
 @triton.jit
