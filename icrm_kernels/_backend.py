@@ -14,8 +14,8 @@ default for the process.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import contextvars
+import importlib
 import os
 import warnings
 
@@ -92,7 +92,9 @@ def _forced_backend():
 # Dynamo cannot trace ContextVar.get (a graph break, fatal under fullgraph=True) where select()
 # runs in traced code (group_advantages with a process_group). This marker, what
 # torch.compiler.assume_constant_result sets, makes it call the function at trace time and
-# take the result as a constant, without importing torch._dynamo for eager-only users.
+# take the result as a constant, without importing torch._dynamo for eager-only users. (No guard
+# is installed: code traced inside a use_backend block keeps that block's choice, unlike the
+# custom ops, which resolve the backend each time they run.)
 _forced_backend._dynamo_marked_constant = True
 
 
