@@ -14,9 +14,9 @@ default for the process.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import os
-import threading
 import warnings
 
 import torch
@@ -72,7 +72,10 @@ def triton_interpreting() -> bool:
 
 
 # ---------------------------------------------------------------- selection
-_state = threading.local()
+# A ContextVar, not threading.local: asyncio tasks share one thread, and each task must see only
+# its own ``use_backend`` block (each task runs in a copy of the context it was created in).
+# None means "not forced": the default comes from ICRM_BACKEND, read at each call as before.
+_forced: contextvars.ContextVar = contextvars.ContextVar("icrm_kernels_backend", default=None)
 
 
 def _default_backend() -> str:
@@ -82,24 +85,48 @@ def _default_backend() -> str:
     return env
 
 
+def _forced_backend():
+    return _forced.get()
+
+
+# Dynamo cannot trace ContextVar.get (a graph break, fatal under fullgraph=True) where select()
+# runs in traced code (group_advantages with a process_group). This marker, what
+# torch.compiler.assume_constant_result sets, makes it call the function at trace time and
+# take the result as a constant, without importing torch._dynamo for eager-only users. (No guard
+# is installed: code traced inside a use_backend block keeps that block's choice, unlike the
+# custom ops, which resolve the backend each time they run.)
+_forced_backend._dynamo_marked_constant = True
+
+
 def current_backend() -> str:
-    return getattr(_state, "backend", None) or _default_backend()
+    return _forced_backend() or _default_backend()
+
+
+def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:
+    """Undo ``var.set`` with its token; when the block exits in another context than it entered
+    (a generator-based fixture or context manager resumed elsewhere), the token is foreign to
+    that context, so put the previous value back instead of raising on the way out."""
+    try:
+        var.reset(token)
+    except ValueError:
+        var.set(None if token.old_value is contextvars.Token.MISSING else token.old_value)
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
     """Force one implementation inside the ``with`` block (tests, benchmarks, debugging).
 
-    ``name`` is one of ``"auto"``, ``"triton"``, ``"cpp"``, ``"reference"``.
+    ``name`` is one of ``"auto"``, ``"triton"``, ``"cpp"``, ``"reference"``. The choice is
+    per context (``contextvars``): it holds in this thread or asyncio task and in tasks it
+    creates inside the block, never in other threads or concurrently running tasks.
     """
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    previous = getattr(_state, "backend", None)
-    _state.backend = name
+    token = _forced.set(name)
     try:
         yield
     finally:
-        _state.backend = previous
+        _reset(_forced, token)
 
 
 def select(device: torch.device, cpp_op: str | None = None) -> str:

@@ -10,7 +10,7 @@ results, as each op's docstring states.
 from __future__ import annotations
 
 import contextlib
-import threading
+import contextvars
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -18,19 +18,19 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
-_state = threading.local()
+# A ContextVar, not threading.local: concurrent asyncio tasks share a thread, and one task's
+# ``unchecked()`` block must not switch off the checks of another.
+_unchecked: contextvars.ContextVar = contextvars.ContextVar("icrm_kernels_unchecked", default=False)
 
 
 def value_checks_enabled() -> bool:
     """False inside ``unchecked()`` and while torch.compile traces (no data-dependent checks)."""
-    if getattr(_state, "unchecked", False):
-        return False
-    try:
+    try:  # first: Dynamo cannot trace ContextVar.get, and while tracing the answer is False anyway
         if torch.compiler.is_compiling():
             return False
     except AttributeError:  # torch < 2.3 has no torch.compiler.is_compiling
         pass
-    return True
+    return not _unchecked.get()
 
 
 @contextlib.contextmanager
@@ -38,13 +38,17 @@ def unchecked():
     """Skip the checks that read tensor values (and so synchronise with the GPU).
 
     Shape, dtype and device checks still run. Use in hot loops once the inputs are known good.
+    The switch is per context (``contextvars``): this thread or asyncio task, and tasks created
+    inside the block; other threads and concurrently running tasks keep their checks.
     """
-    previous = getattr(_state, "unchecked", False)
-    _state.unchecked = True
+    token = _unchecked.set(True)
     try:
         yield
     finally:
-        _state.unchecked = previous
+        try:
+            _unchecked.reset(token)
+        except ValueError:  # exited in another context than entered: restore the old value
+            _unchecked.set(False if token.old_value is contextvars.Token.MISSING else token.old_value)
 
 
 def check_tensor(

@@ -158,3 +158,132 @@ def test_tune_gpu_script_runs():
     assert "FAILED" not in proc.stdout, proc.stdout[-2000:]
     for kernel in ("grpo", "tokens", "posterior", "elbo"):
         assert f"best {kernel}:" in proc.stdout
+
+
+# ---------------------------------------------------------------- per-context state (issue 9, class 9)
+def test_use_backend_and_unchecked_do_not_leak_between_asyncio_tasks():
+    """Two tasks interleave (each awaits inside its block while the other runs): each sees only
+    its own use_backend/unchecked choice; outside the blocks nothing is left behind."""
+    import asyncio
+
+    from icrm_kernels import _checks
+
+    seen = {}
+
+    async def task(name, backend, skip_checks, first, second):
+        with ik.use_backend(backend):
+            with (ik.unchecked() if skip_checks else _nullcontext()):
+                first.set()
+                await second.wait()  # the other task enters its own blocks meanwhile
+                seen[name] = (_backend.current_backend(), _checks.value_checks_enabled())
+                await asyncio.sleep(0)
+        seen[name + " after"] = (_backend.current_backend(), _checks.value_checks_enabled())
+
+    async def main():
+        a_in, b_in = asyncio.Event(), asyncio.Event()
+        outside = []
+
+        async def observer():
+            await a_in.wait()
+            await b_in.wait()
+            outside.append((_backend.current_backend(), _checks.value_checks_enabled()))
+
+        await asyncio.gather(task("a", "reference", True, a_in, b_in),
+                             task("b", "cpp", False, b_in, a_in), observer())
+        return outside
+
+    default = _backend.current_backend()
+    outside = asyncio.run(main())
+    assert seen["a"] == ("reference", False)
+    assert seen["b"] == ("cpp", True)
+    assert seen["a after"] == seen["b after"] == (default, True)
+    assert outside == [(default, True)]  # a task outside both blocks keeps the defaults
+    assert _backend.current_backend() == default and _checks.value_checks_enabled()
+
+
+def test_use_backend_and_unchecked_are_per_thread():
+    import threading
+
+    from icrm_kernels import _checks
+
+    default = _backend.current_backend()
+    inside, other = threading.Event(), threading.Event()
+    seen = []
+
+    def worker():
+        inside.wait(10)
+        seen.append((_backend.current_backend(), _checks.value_checks_enabled()))
+        other.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    with ik.use_backend("reference"), ik.unchecked():
+        inside.set()
+        other.wait(10)
+        assert (_backend.current_backend(), _checks.value_checks_enabled()) == ("reference", False)
+    t.join(10)
+    assert seen == [(default, True)]
+
+
+def test_state_blocks_nest_and_restore_on_error():
+    from icrm_kernels import _checks
+
+    default = _backend.current_backend()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ik.use_backend("reference"), ik.unchecked():
+            with ik.use_backend("cpp"), ik.unchecked():
+                assert _backend.current_backend() == "cpp"
+            assert _backend.current_backend() == "reference" and not _checks.value_checks_enabled()
+            raise RuntimeError("boom")
+    assert _backend.current_backend() == default and _checks.value_checks_enabled()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with ik.use_backend("gpu"):
+            pass
+
+
+def test_state_block_exited_in_another_context_restores_instead_of_raising():
+    """A generator-based fixture may be finalised in a different context than it was entered
+    in; the token reset must not raise there."""
+    import contextvars
+
+    from icrm_kernels import _checks
+
+    cms = [ik.use_backend("reference"), ik.unchecked()]
+    contextvars.copy_context().run(lambda: [cm.__enter__() for cm in cms])
+    for cm in reversed(cms):  # exited here, where the tokens were never set: no ValueError
+        cm.__exit__(None, None, None)
+    assert _checks.value_checks_enabled()
+    assert _backend._forced.get() is None
+
+
+def test_icrm_backend_env_is_the_default(monkeypatch):
+    monkeypatch.setenv("ICRM_BACKEND", "reference")
+    assert _backend.current_backend() == "reference"
+    with ik.use_backend("cpp"):
+        assert _backend.current_backend() == "cpp"
+    assert _backend.current_backend() == "reference"
+    monkeypatch.setenv("ICRM_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="ICRM_BACKEND"):
+        _backend.current_backend()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_backend_state_is_readable_under_fullgraph_compile():
+    """ContextVar.get is not traceable by Dynamo: the state readers must not break the graph."""
+    from icrm_kernels import _checks
+
+    def f(x):
+        checks = _checks.value_checks_enabled()
+        return x + (1.0 if _backend.current_backend() == "reference" else 2.0) + (0.0 if checks else 10.0)
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    with ik.use_backend("reference"):
+        # reference: +1; value checks are off while tracing: +10
+        torch.testing.assert_close(compiled(torch.zeros(2)), torch.full((2,), 11.0))

@@ -7,6 +7,7 @@ import torch
 import icrm_kernels
 from icrm_kernels import betaln, digamma, lgamma, trigamma
 from icrm_kernels.reference import special as ref
+from icrm_kernels.testing import assert_close_to_reference
 
 BOUNDS = {"digamma": 2e-6, "trigamma": 2e-6, "lgamma": 5e-6}
 SCIPY = {"digamma": sps.digamma, "trigamma": lambda v: sps.polygamma(1, v), "lgamma": sps.gammaln}
@@ -75,8 +76,11 @@ def test_low_precision_inputs(dtype, backend, device):
     for name, op in OPS.items():
         out = op(x)
         assert out.dtype == dtype and out.shape == x.shape
-        want = getattr(ref, name)(x.double()).to(dtype)
-        torch.testing.assert_close(out.double(), want.double(), atol=1e-2, rtol=1e-2)
+        if dtype == torch.float32:
+            want = getattr(ref, name)(x.double()).to(dtype)
+            torch.testing.assert_close(out.double(), want.double(), atol=1e-2, rtol=1e-2)
+        else:  # error bounded by the reference's own error in this dtype (testing.py)
+            assert_close_to_reference(out, getattr(ref, name)(x.double()), getattr(ref, name)(x.cpu()), what=name)
     out = betaln(x, x.flip(0))
     assert out.dtype == dtype
 

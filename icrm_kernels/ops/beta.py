@@ -27,6 +27,7 @@ they are skipped: alpha or beta <= 0, -inf or NaN then give NaN (every backend),
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -718,7 +719,9 @@ def hypervolume(points: Tensor, ref: Union[Tensor, Sequence[float]], *, clip: bo
     d = points.shape[1]
     if d not in (2, 3):
         raise ValueError(f"points must have 2 or 3 columns (objectives), got shape {tuple(points.shape)}")
-    r = torch.as_tensor(ref, dtype=torch.float64).detach().cpu()
+    if not isinstance(clip, bool):
+        raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
+    r = _hv_ref(ref, d)
     if r.shape != (d,):
         raise ValueError(f"ref must have {d} entries (one per objective), got shape {tuple(r.shape)}")
     if not bool(torch.isfinite(r).all()):
@@ -732,6 +735,29 @@ def hypervolume(points: Tensor, ref: Union[Tensor, Sequence[float]], *, clip: bo
     rows = [tuple(row) for row in (p - r).tolist() if all(v > 0 for v in row)]
     vol = _hv2(rows) if d == 2 else _hv3(rows)
     return torch.tensor(vol, dtype=torch.float64, device=points.device)
+
+
+def _hv_ref(ref, d: int) -> Tensor:
+    """``ref`` as a float64 CPU tensor; anything that is not real numbers is a TypeError naming it
+    (torch.as_tensor would say "must be real number, not NoneType" without naming the argument,
+    and would silently turn bools into 0/1 and drop imaginary parts of complex tensors)."""
+    want = f"a tensor or sequence of {d} real numbers (the reference point, one per objective)"
+    if isinstance(ref, Tensor):
+        if ref.dtype == torch.bool or ref.dtype.is_complex:
+            raise TypeError(f"ref must be {want}, got a {ref.dtype} tensor")
+        return ref.detach().to(device="cpu", dtype=torch.float64)
+    if ref is None or isinstance(ref, (str, bytes, dict, set)):
+        raise TypeError(f"ref must be {want}, got {type(ref).__name__}")
+    try:
+        items = list(ref)
+    except TypeError:
+        raise TypeError(f"ref must be {want}, got {type(ref).__name__}") from None
+    for v in items:
+        if isinstance(v, Tensor) and v.dim() == 0 and not (v.dtype == torch.bool or v.dtype.is_complex):
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy scalars are numbers.Real
+            raise TypeError(f"ref must be {want}, got an entry of type {type(v).__name__}")
+    return torch.tensor([float(v) for v in items], dtype=torch.float64)
 
 
 def _hv2(pts) -> float:
