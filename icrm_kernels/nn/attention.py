@@ -12,6 +12,17 @@ from icrm_kernels.ops.attention import r2m_omega, r2m_reward, seq_to_token_atten
 __all__ = ["PolicyFeedbackAttention", "R2MRewardHead"]
 
 
+def _check_widths(query: Tensor, qname: str, rm_dim: int, states: Tensor, sname: str, policy_dim: int) -> None:
+    """The modules' inputs named as the caller knows them: the functional op would report a
+    width mismatch against its weights (w_q, w_k), which a module user never passed."""
+    for t, name, width, what in ((query, qname, rm_dim, "reward-model"), (states, sname, policy_dim, "policy")):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dim() == 0 or t.shape[-1] != width:
+            raise ValueError(f"{name} must have the {what} width {width} as its last dimension, "
+                             f"got shape {tuple(t.shape)}")
+
+
 class PolicyFeedbackAttention(nn.Module):
     """Sequence-to-token cross-attention: the reward-token embedding attends over policy states.
 
@@ -64,6 +75,7 @@ class PolicyFeedbackAttention(nn.Module):
 
     def forward(self, query: Tensor, states: Tensor, cu_seqlens: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        _check_widths(query, "query", self.rm_dim, states, "states", self.policy_dim)
         return seq_to_token_attention(
             query, states, self.w_q, self.w_k, self.w_v, self.w_o, cu_seqlens=cu_seqlens,
             key_padding_mask=key_padding_mask, num_heads=self.num_heads,
@@ -179,6 +191,7 @@ class R2MRewardHead(nn.Module):
 
     def forward(self, hidden: Tensor, states: Tensor, cu_seqlens: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        _check_widths(hidden, "hidden", self.attention.rm_dim, states, "states", self.attention.policy_dim)
         omega = self.omega
         if torch.is_grad_enabled():
             h_hat = self.attention(hidden, states, cu_seqlens=cu_seqlens, key_padding_mask=key_padding_mask)
