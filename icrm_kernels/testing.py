@@ -88,9 +88,9 @@ def assert_close_to_reference(
 
         max|out - ref64| <= factor * max|ref_lowp - ref64| + atol_floor
 
-    over the finite entries (maxima over the whole tensor, not per element: per element, the
-    low-precision reference can be exact by chance where a kernel that rounds differently is
-    not). NaN and ±inf must sit where ``ref64`` has them. Why not a fixed atol/rtol: the error of
+    over the entries where both references are finite (maxima over the whole tensor, not per
+    element: per element, the low-precision reference can be exact by chance where a kernel that
+    rounds differently is not). NaN and ±inf must sit where ``ref64`` has them. Why not a fixed atol/rtol: the error of
     a bf16/fp16 computation scales with the data (value magnitudes, cancellation, the number of
     roundings on the way), so a fixed tolerance is either too loose for easy inputs or fails on
     an unlucky seed; measuring the error the dtype itself makes on these very inputs gives a
@@ -114,10 +114,13 @@ def assert_close_to_reference(
     if not torch.equal(inf_a, inf_e) or not torch.equal(a[inf_a], e[inf_e]):
         raise AssertionError(f"{what}: ±inf entries differ from the float64 reference")
     finite = e.isfinite()
-    # where the low-precision reference itself overflows or gives NaN, it says nothing about the
-    # error there: those entries are measured for the kernel but not for the baseline
+    # Where the low-precision reference itself overflows or gives NaN, the dtype offers no
+    # yardstick: both maxima run over the entries where it has one (like with like), and there
+    # the kernel must only be finite, which the NaN/inf pattern check above already demands.
+    # (Measuring the kernel there against the baseline's other entries failed 1 seed in 1000:
+    # a beta_stats bf16 gradient at an ill-conditioned point where the bf16 reference was NaN.)
     baseline = finite & low.isfinite()
-    err = _max_abs_error(a, e, finite)
+    err = _max_abs_error(a, e, baseline)
     base = _max_abs_error(low, e, baseline)
     if atol_floor is None:
         lowp = out.dtype if out.dtype in LOW_PRECISION else ref_lowp.dtype
@@ -126,7 +129,7 @@ def assert_close_to_reference(
         atol_floor = 2 * eps * max(scale, 1e-3)
     bound = factor * base + atol_floor
     if not err <= bound:
-        worst = int(torch.where(finite, (a - e).abs(), torch.zeros_like(a)).flatten().argmax())
+        worst = int(torch.where(baseline, (a - e).abs(), torch.zeros_like(a)).flatten().argmax())
         raise AssertionError(
             f"{what}: max abs error {err:.3g} against the float64 reference exceeds {factor} x the error of "
             f"the reference in {ref_lowp.dtype} ({base:.3g}) + floor {atol_floor:.3g} = {bound:.3g}; worst at "

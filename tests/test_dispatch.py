@@ -287,3 +287,17 @@ def test_backend_state_is_readable_under_fullgraph_compile():
     with ik.use_backend("reference"):
         # reference: +1; value checks are off while tracing: +10
         torch.testing.assert_close(compiled(torch.zeros(2)), torch.full((2,), 11.0))
+
+
+def test_low_precision_rule():
+    """testing.assert_close_to_reference: 2x the dtype's own error plus a floor; entries where
+    the low-precision reference is not finite give no yardstick (a sweep seed failed on one)."""
+    from icrm_kernels.testing import assert_close_to_reference
+
+    ref64 = torch.tensor([1.0, -64.0, 3.0], dtype=torch.float64)
+    low = torch.tensor([1.01, float("nan"), 3.0], dtype=torch.float64)  # the dtype's error: 0.01
+    assert_close_to_reference(torch.tensor([1.0, -62.5, 3.02]), ref64, low.bfloat16())
+    with pytest.raises(AssertionError, match="exceeds"):
+        assert_close_to_reference(torch.tensor([1.0, -64.0, 5.0]), ref64, low.bfloat16())
+    with pytest.raises(AssertionError, match="NaN"):  # the kernel must stay finite there
+        assert_close_to_reference(torch.tensor([1.0, float("nan"), 3.0]), ref64, low.bfloat16())
