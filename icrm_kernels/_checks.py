@@ -86,6 +86,13 @@ def check_same_device(**tensors) -> torch.device:
     for name, t in tensors.items():
         if t is None:
             continue
+        if not isinstance(t, torch.Tensor):
+            # numpy arrays have a .device too ("cpu"): without this check a numpy index read as
+            # "group_index is on cpu but rewards is on cpu"
+            hint = " (string ids such as verl's uids: numpy.unique(ids, return_inverse=True)[1])" \
+                if "index" in name else ""
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; convert it with "
+                            f"torch.as_tensor{hint}")
         if device is None:
             device, first = t.device, name
         elif t.device != device:

@@ -88,3 +88,18 @@ def test_hf_wrapper_bad_model_and_mask():
         R2MRewardModel.wrap(torch.nn.Linear(3, 3), policy_dim=POLICY)
     with pytest.raises(ValueError, match="attention_mask"):
         reward_token_hidden(torch.randn(2, 5, RM), torch.ones(2, 4))
+
+
+def test_non_tensor_layouts_are_named():
+    """numpy and list ids (verl passes a numpy array of uid strings) get a TypeError naming the
+    argument, not an AttributeError or a "cpu is not cpu" device message."""
+    import numpy as np
+
+    import icrm_kernels as ik
+
+    r = torch.randn(4)
+    for ids in (np.array(["a", "b", "a", "b"]), np.array([0, 1, 0, 1]), [0, 1, 0, 1]):
+        with pytest.raises(TypeError, match="group_index must be a torch.Tensor"):
+            ik.group_advantages(r, group_index=ids)
+    with pytest.raises(TypeError, match="cu_groups must be a torch.Tensor"):
+        ik.group_advantages(r, cu_groups=[0, 2, 4])
