@@ -21,6 +21,8 @@ import warnings
 
 import torch
 
+from icrm_kernels._checks import reset_context
+
 BACKENDS = ("auto", "triton", "cpp", "reference")
 
 # ---------------------------------------------------------------- the C++ extension
@@ -102,16 +104,6 @@ def current_backend() -> str:
     return _forced_backend() or _default_backend()
 
 
-def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:
-    """Undo ``var.set`` with its token; when the block exits in another context than it entered
-    (a generator-based fixture or context manager resumed elsewhere), the token is foreign to
-    that context, so put the previous value back instead of raising on the way out."""
-    try:
-        var.reset(token)
-    except ValueError:
-        var.set(None if token.old_value is contextvars.Token.MISSING else token.old_value)
-
-
 @contextlib.contextmanager
 def use_backend(name: str):
     """Force one implementation inside the ``with`` block (tests, benchmarks, debugging).
@@ -126,7 +118,7 @@ def use_backend(name: str):
     try:
         yield
     finally:
-        _reset(_forced, token)
+        reset_context(_forced, token, None)
 
 
 def select(device: torch.device, cpp_op: str | None = None) -> str:

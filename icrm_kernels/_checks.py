@@ -23,14 +23,28 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 _unchecked: contextvars.ContextVar = contextvars.ContextVar("icrm_kernels_unchecked", default=False)
 
 
+def compiling() -> bool:
+    """True while torch.compile (Dynamo) traces the caller."""
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3 has no torch.compiler.is_compiling
+        return False
+
+
+def reset_context(var: contextvars.ContextVar, token: contextvars.Token, default) -> None:
+    """Undo ``var.set`` with its token; when a block exits in another context than it entered (a
+    generator-based fixture or context manager resumed elsewhere) the token is foreign there, so
+    put the previous value back instead of raising on the way out."""
+    try:
+        var.reset(token)
+    except ValueError:
+        var.set(default if token.old_value is contextvars.Token.MISSING else token.old_value)
+
+
 def value_checks_enabled() -> bool:
     """False inside ``unchecked()`` and while torch.compile traces (no data-dependent checks)."""
-    try:  # first: Dynamo cannot trace ContextVar.get, and while tracing the answer is False anyway
-        if torch.compiler.is_compiling():
-            return False
-    except AttributeError:  # torch < 2.3 has no torch.compiler.is_compiling
-        pass
-    return not _unchecked.get()
+    # compiling() first: Dynamo cannot trace ContextVar.get, and while tracing the answer is False
+    return not compiling() and not _unchecked.get()
 
 
 @contextlib.contextmanager
@@ -45,10 +59,7 @@ def unchecked():
     try:
         yield
     finally:
-        try:
-            _unchecked.reset(token)
-        except ValueError:  # exited in another context than entered: restore the old value
-            _unchecked.set(False if token.old_value is contextvars.Token.MISSING else token.old_value)
+        reset_context(_unchecked, token, False)
 
 
 def check_tensor(

@@ -48,11 +48,15 @@ class GroupLayout:
 
 
 def sanitize_offsets(cu: torch.Tensor, n: int) -> torch.Tensor:
-    """int64 offsets clamped into [0, n] and made non-decreasing. The identity on valid offsets;
-    on malformed ones (value checks off: unchecked(), torch.compile, the direct launchers) it
-    keeps every group inside the rows, so garbage offsets give garbage values, not a crash."""
-    cu = cu.to(torch.int64).clamp(0, n)
-    return torch.cummax(cu, 0).values if cu.numel() > 1 else cu
+    """Contiguous int64 offsets with cu'[i] = max(cu'[i-1], clamp(cu[i], 0, n)). The identity on
+    valid offsets; on malformed ones (value checks off: unchecked(), torch.compile, the direct
+    launchers) it keeps every group or sequence inside the rows, so garbage offsets give garbage
+    values, not a crash. The one rule for cu_groups, cu_segments and cu_seqlens (the C++ kernels
+    apply the same)."""
+    cu = cu.reshape(-1).to(torch.int64).clamp(0, max(int(n), 0))
+    if cu.numel() > 1:
+        cu = torch.cummax(cu, 0).values
+    return cu.contiguous()
 
 
 def sorted_group_of_position(cu: torch.Tensor, n: int) -> torch.Tensor:

@@ -456,7 +456,7 @@ def test_options_cache_is_not_traced(monkeypatch):
     compile the options are validated without the cache."""
     from icrm_kernels.ops import advantages as ops_adv
 
-    monkeypatch.setattr(ops_adv, "_compiling", lambda: True)
+    monkeypatch.setattr(ops_adv, "compiling", lambda: True)
     before = ops_adv._validated_options_cached.cache_info()
     o = ops_adv._options("verl_grpo", None, None, None, None, None, None, None, None, None, None, None)
     assert o["baseline"] == "group_mean" and o["scale"] == "group_std"

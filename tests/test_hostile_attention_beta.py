@@ -17,7 +17,6 @@ import torch
 
 import icrm_kernels as ik
 import icrm_kernels.nn  # noqa: F401  (ik.nn)
-from icrm_kernels import _backend
 from icrm_kernels.ops.attention import _rand_inputs
 from icrm_kernels.reference import attention as ref_att
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import icrm_kernels as ik
-from icrm_kernels import _backend, beta_posterior, grebt_loss, group_advantages, group_win_rate, unchecked
+from icrm_kernels import _backend, beta_posterior, grebt_loss, group_advantages, group_win_rate
 from icrm_kernels.ops.advantages import group_advantages_direct
 from icrm_kernels.reference.advantages import PRESETS, group_advantages_reference
 

@@ -7,6 +7,7 @@ Public API: :func:`group_advantages` (the torch.library op), :func:`group_advant
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import List, Optional, Tuple
 
@@ -18,6 +19,7 @@ from icrm_kernels._checks import (
     check_finite_float,
     check_same_device,
     check_tensor,
+    compiling,
     unchecked,
     value_checks_enabled,
 )
@@ -189,13 +191,6 @@ def _validated_options(preset, baseline, scale, whiten, eps, std_unbiased, singl
     return o
 
 
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # torch < 2.3
-        return False
-
-
 @functools.lru_cache(maxsize=256)
 def _validated_options_cached(key) -> tuple:
     return tuple(_validated_options(*(v for _, v in key)).items())
@@ -207,7 +202,7 @@ def _options(*args) -> dict:
     The key holds each value's type (True, 1 and 1.0 hash alike but do not validate alike).
     Under torch.compile the options are validated uncached: Dynamo before torch 2.13 cannot
     trace ``hash`` of a tuple, and the check runs once, at trace time, anyway."""
-    if _compiling():
+    if compiling():
         return _validated_options(*args)
     key = tuple((type(v), v) for v in args)
     try:
@@ -399,8 +394,8 @@ def group_advantages(
         o["whiten_eps"], o["whiten_std"])
 
 
-_OPTION_ORDER = ("baseline", "scale", "whiten", "eps", "std_unbiased", "singleton", "nan_policy", "aggregation",
-                 "bnpo_bounds", "whiten_eps", "whiten_std")
+# the option keywords in the positional order of _validated_options (after the preset)
+_OPTION_ORDER = tuple(inspect.signature(_validated_options).parameters)[1:]
 
 
 def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_index=None, reward_weights=None,

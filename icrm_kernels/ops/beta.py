@@ -27,7 +27,6 @@ they are skipped: alpha or beta <= 0, -inf or NaN then give NaN (every backend),
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -41,6 +40,7 @@ from icrm_kernels._checks import (
     check_index,
     check_offsets,
     check_tensor,
+    compiling,
     value_checks_enabled,
 )
 from icrm_kernels._layout import sanitize_offsets
@@ -693,11 +693,8 @@ def _check_posterior_size(k: int, outcomes: Tensor) -> None:
     """The [K] outputs must be allocatable: K from ``num_segments`` or max(segment_index) + 1."""
     itemsize = 8 if outcomes.dtype == torch.float64 else 4
     need = 2 * k * itemsize  # alpha and beta
-    try:  # the memory query is host-only (a graph break): under torch.compile the count bound alone
-        compiling = torch.compiler.is_compiling()
-    except AttributeError:
-        compiling = False
-    mem = None if compiling else _device_memory_bytes(outcomes.device)
+    # the memory query is host-only (a graph break): under torch.compile the count bound alone
+    mem = None if compiling() else _device_memory_bytes(outcomes.device)
     if k > _MAX_SEGMENTS or (mem is not None and need > mem):
         raise ValueError(f"segment_index/num_segments ask for {k} segments ({need} bytes of output), more than "
                          f"can be allocated (at most {_MAX_SEGMENTS} segments"

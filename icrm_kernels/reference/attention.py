@@ -16,8 +16,8 @@ optional ``key_padding_mask[B, L]`` (True = ignore). A sequence with no attended
 states, the query or the weights propagate as NaN, as in nn.MultiheadAttention.
 
 Malformed ``cu_seqlens`` (only reachable with value checks off) are sanitized by
-:func:`sanitize_cu_seqlens`, the rule every implementation applies, so no row outside the
-states is ever read.
+:func:`icrm_kernels._layout.sanitize_offsets`, the rule every implementation applies, so no row
+outside the states is ever read.
 """
 from __future__ import annotations
 
@@ -26,16 +26,7 @@ from typing import Optional
 
 import torch
 
-
-def sanitize_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """int64 offsets with cu'[i] = max(cu'[i-1], clamp(cu[i], 0, total)): the identity on valid
-    offsets (0 = cu[0] <= ... <= cu[-1] = total, checked on the checked path); on malformed ones
-    (negative, decreasing, past the end) every sequence [cu'[b], cu'[b+1]) stays inside the rows.
-    Contiguous whatever the input's strides."""
-    cu = cu_seqlens.reshape(-1).to(torch.int64).clamp(0, max(int(total), 0))
-    if cu.numel() > 1:
-        cu = torch.cummax(cu, 0).values
-    return cu.contiguous()
+from icrm_kernels._layout import sanitize_offsets
 
 
 def nonempty_rows(states: torch.Tensor, cu_seqlens: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
@@ -46,7 +37,7 @@ def nonempty_rows(states: torch.Tensor, cu_seqlens: Optional[torch.Tensor], key_
         if key_padding_mask is not None:
             return (~key_padding_mask.to(torch.bool)).any(dim=1)
         return torch.full((batch,), states.shape[1] > 0, dtype=torch.bool, device=states.device)
-    cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+    cu = sanitize_offsets(cu_seqlens, states.shape[0])
     return cu[1:] > cu[:-1]
 
 
@@ -59,7 +50,7 @@ def to_padded(states: torch.Tensor, cu_seqlens: Optional[torch.Tensor], key_padd
         else:
             valid = ~key_padding_mask.to(torch.bool)
         return states, valid
-    cu_seqlens = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+    cu_seqlens = sanitize_offsets(cu_seqlens, states.shape[0])
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     b = len(lengths)
     lmax = max(lengths) if lengths else 0
@@ -152,7 +143,7 @@ def s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens=None, ke
     dx = torch.einsum("bhl,bhp->blp", p, dc) + torch.einsum("bhl,bhp->blp", ds, qt)
     if states.dim() == 2:
         # packed rows are the valid padded rows in order; rows no (sanitized) sequence covers get 0
-        cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+        cu = sanitize_offsets(cu_seqlens, states.shape[0])
         out = dx.new_zeros(states.shape[0], dx.shape[-1])
         out[int(cu[0]):int(cu[-1])] = dx[valid]
         dx = out

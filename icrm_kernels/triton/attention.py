@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 
@@ -481,13 +482,11 @@ class _Layout:
             x = states.reshape(b * length, d)
             self.mask = None if mask is None else mask.reshape(-1).to(torch.bool).contiguous().view(torch.uint8)
         else:
-            from icrm_kernels.reference.attention import sanitize_cu_seqlens
-
             x = states
             # contiguous, int64, clamped and monotone (the kernels read cu[b], cu[b+1] with unit
             # stride and trust them as row bounds): a strided or malformed cu_seqlens can neither
             # make a load or store leave the states nor break the grid bound below
-            cu = sanitize_cu_seqlens(cu_seqlens, states.shape[0])
+            cu = sanitize_offsets(cu_seqlens, states.shape[0])
             b = cu.numel() - 1
             self.mask = None
         if x.stride(-1) != 1:
