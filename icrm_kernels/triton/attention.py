@@ -495,6 +495,7 @@ class _Layout:
         rows = x.shape[0]
         self.tpp = _tokens_per_program(rows, states.device, cfg)
         lengths = cu[1:] - cu[:-1]
+        self.lengths = lengths
         work_off = torch.zeros(b + 1, dtype=torch.int64, device=states.device)
         torch.cumsum((lengths + self.tpp - 1) // self.tpp, 0, out=work_off[1:])
         self.work_off = work_off
@@ -623,9 +624,14 @@ def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     if bsz > 0:
         _s2t_combine_kernel[(bsz, heads, 1)](m, l, a, lay.work_off, y, lse, heads, 1, SOFTMAX=True, BLOCK_D=2,
                                              num_warps=1)
-    from icrm_kernels.reference.attention import nonempty_rows
+    # emptiness from the layout (never from the scores); packed: the lengths of the offsets the
+    # layout already sanitized, rather than a second sanitize of cu_seqlens
+    if states.dim() == 3:
+        from icrm_kernels.reference.attention import nonempty_rows
 
-    nonempty = nonempty_rows(states, cu_seqlens, key_padding_mask, bsz)
+        nonempty = nonempty_rows(states, None, key_padding_mask, bsz)
+    else:
+        nonempty = lay.lengths > 0
     y = y.view(bsz, heads)
     # attended tokens but lse = -inf: every score -inf, softmax's NaN (not an empty row's 0)
     y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
