@@ -1,0 +1,24 @@
+"""Every Python snippet in README.md and docs/*.md runs as written (CPU here, CUDA where there
+is one), except the two that need a Hugging Face model (listed in NEEDS_MODEL)."""
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# (file, snippet index): these wrap an existing *ForSequenceClassification model (transformers)
+NEEDS_MODEL = {("attention.md", 1), ("beta.md", 1)}
+
+
+def _snippets():
+    for path in FILES:
+        for i, code in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(), re.S)):
+            yield pytest.param(path, i, code, id=f"{path.name}#{i}")
+
+
+@pytest.mark.parametrize("path, index, code", list(_snippets()))
+def test_snippet_runs(path, index, code):
+    if (path.name, index) in NEEDS_MODEL:
+        pytest.skip("needs a Hugging Face reward model (transformers)")
+    exec(compile(code, f"{path.name}#{index}", "exec"), {"__name__": "__snippet__"})
