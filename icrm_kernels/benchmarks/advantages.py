@@ -12,18 +12,25 @@ import torch
 
 from icrm_kernels import group_advantages, group_advantages_direct, use_backend
 from icrm_kernels.benchmarks import baselines_advantages as peers
-from icrm_kernels.benchmarks.harness import Case, compiled_peers, hot_loop
+from icrm_kernels.benchmarks.harness import Case, compiled, compiled_peers, hot_loop
 
 FAMILY = "grouped"
 
-# Peer code through torch.compile (default mode, one graph per shape), made once per process
+# Peer code through torch.compile (harness.compiled: one graph per shape), made once per process
 _COMPILED = {}
 
 
 def _compiled(fn):
     if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+        _COMPILED[fn] = compiled(fn)
     return _COMPILED[fn]
+
+
+def _copy_case(op, shape, r, nbytes, dev, size=None):
+    """The floor: a plain copy of the rewards (read N, write N), as a reference row."""
+    dst = torch.empty_like(r)
+    return Case(FAMILY, op, "torch copy (floor)", shape, size or r.numel(), nbytes, lambda: dst.copy_(r), dev,
+                note="dst.copy_(rewards): the memory floor of any op that reads and writes N values")
 
 
 def _rewards(n, device):
@@ -55,6 +62,10 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
                           lambda: group_advantages_direct(r, preset="verl_grpo", **layout), dev))
     cases.append(Case(FAMILY, op, "verl-vectorized", shape, n, nbytes,
                       lambda: peers.verl_grpo_vectorized(r, ids), dev))
+    if compiled_peers(device):
+        cases.append(Case(FAMILY, op, "verl-vectorized-compiled", shape, n, nbytes,
+                          lambda: _compiled(peers.verl_grpo_vectorized)(r, ids), dev,
+                          note="graph break at int(ids.max()): two graphs"))
     if not ragged and not index:
         rpf = r.unsqueeze(1)
         w = torch.ones(1, device=device)
@@ -62,6 +73,10 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
         if compiled_peers(device):
             cases.append(Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
                               lambda: _compiled(peers.trl_grpo)(rpf, w, g, "group"), dev))
+            cases.append(Case(FAMILY, op, "view-compiled", shape, n, nbytes,
+                              lambda: _compiled(peers.grpo_view)(r, g), dev,
+                              note="torch.compile of r.view(-1, G): (x - mean) / (std + eps), fixed G only"))
+        cases.append(_copy_case(op, shape, r, nbytes, dev))
     if loop and n <= 65536:
         ids_list = ids.tolist()
         rc = r.cpu()
@@ -87,7 +102,8 @@ def _trl_batch_cases(n, g, device):
         Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_batch"), dev),
         Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "batch"), dev),
     ] + ([Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
-               lambda: _compiled(peers.trl_grpo)(rpf, w, g, "batch"), dev)] if compiled_peers(device) else [])
+               lambda: _compiled(peers.trl_grpo)(rpf, w, g, "batch"), dev)] if compiled_peers(device) else []) + [
+        _copy_case(op, shape, r, nbytes, dev)]
 
 
 def _whiten_and_bnpo_cases(n, g, device):
@@ -101,6 +117,15 @@ def _whiten_and_bnpo_cases(n, g, device):
         with use_backend("reference"):
             return group_advantages(b, group_size=g, preset="bnpo")
 
+    bnpo_peers = [Case(FAMILY, "group_advantages[bnpo]", "torch-eager", shape, n, nbytes,
+                       lambda: peers.bnpo_view(b, g), dev, note="fixed-G BNPO written with view(B, G)")]
+    if compiled_peers(device):
+        bnpo_peers.append(Case(FAMILY, "group_advantages[bnpo]", "torch-compiled", shape, n, nbytes,
+                               lambda: _compiled(peers.bnpo_view)(b, g), dev))
+    # the verl_grpo kernel on the same binary rewards: BNPO's target is within 2x of it
+    bnpo_peers.append(Case(FAMILY, "group_advantages[bnpo]", "verl_grpo kernel (same data)", shape, n, nbytes,
+                           lambda: group_advantages(b, group_size=g, preset="verl_grpo"), dev))
+
     return [
         Case(FAMILY, "group_advantages[dler]", "icrm", shape, n, nbytes,
              lambda: group_advantages(r, group_size=g, preset="dler"), dev),
@@ -110,7 +135,7 @@ def _whiten_and_bnpo_cases(n, g, device):
         Case(FAMILY, "group_advantages[bnpo]", "icrm", shape, n, nbytes,
              lambda: group_advantages(b, group_size=g, preset="bnpo"), dev),
         Case(FAMILY, "group_advantages[bnpo]", "icrm-ref", shape, n, nbytes, _bnpo_ref, dev),
-    ]
+    ] + bnpo_peers
 
 
 def _token_cases(n, g, t, device):
@@ -126,7 +151,13 @@ def _token_cases(n, g, t, device):
              lambda: group_advantages(r, group_size=g, preset="verl_grpo", response_mask=mask), dev),
         Case(FAMILY, op, "verl-vectorized", shape, n * t, nbytes,
              lambda: peers.verl_grpo_vectorized(r, ids).unsqueeze(-1) * mask, dev),
-    ]
+    ] + ([Case(FAMILY, op, "view-compiled", shape, n * t, nbytes,
+               lambda: _compiled(_tokens_view)(r, mask, g), dev,
+               note="torch.compile of grpo_view(r, G)[:, None] * mask")] if compiled_peers(device) else [])
+
+
+def _tokens_view(r, mask, g):
+    return peers.grpo_view(r, g).unsqueeze(-1) * mask
 
 
 def cases(device, quick=False):
@@ -151,6 +182,6 @@ def cases(device, quick=False):
     n = 65536 if quick else 1 << 20
     out += _grpo_cases(n, 8, device, loop=quick)
     out += _trl_batch_cases(n, 8, device)
-    out += _grpo_cases(n if quick else 1 << 18, 8, device, index=True, loop=False)
+    out += _grpo_cases(n, 8, device, index=True, loop=False)
     out += _whiten_and_bnpo_cases(n, 8, device)
     return hot_loop(out)

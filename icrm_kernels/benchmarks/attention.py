@@ -5,9 +5,12 @@ Ops, each against the same inputs:
   every weight) / ``r2m_reward``: the package's absorbed op vs
   (a) ``nn.MultiheadAttention`` on the padded batch,
   (b) explicit K/V projection + ``scaled_dot_product_attention`` (the paper's form),
-  (c) explicit K/V projection + flash-attn varlen on the packed states when flash-attn imports.
+  (c) explicit K/V projection + flash-attn varlen on the packed states when flash-attn imports,
+  (d) (a) and (b) through ``torch.compile`` (``harness.compiled``: what a careful user would
+  run instead of eager code; ``ICRM_BENCH_COMPILE=0`` leaves them out).
 - ``R2M update step``: attention + score head forward and backward + GREBT loss on cached
-  states, vs the same step in eager torch (MHA + nn.Linear + GREBT written in torch). Needs
+  states, vs the same step in eager torch (MHA + nn.Linear + GREBT written in torch) and that
+  step's loss through ``torch.compile``. Needs
   ``icrm_kernels.ops.pairwise.grebt_loss``; skipped while it does not import.
 
 ``bytes`` is one read of the states (the op's floor), so the bandwidth column says how close
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icrm_kernels.benchmarks.harness import Case, hot_loop
+from icrm_kernels.benchmarks.harness import Case, compiled, compiled_peers, hot_loop
 
 FAMILY = "attention"
 
@@ -161,6 +164,8 @@ def _attention_cases(p: _Problem, device: str, flash):
     params_mod = [p.query] + [x for x in p.mod.parameters()]
     p.query.requires_grad_(True)
     note_flash = "" if flash is not None else "flash-attn not importable: SDPA (padded + bool mask, efficient backend)"
+    comp = compiled_peers(device)
+    c_mha, c_sdpa = (compiled(p.mha_fwd), compiled(p.sdpa_fwd)) if comp else (None, None)
     fh = p.flash_heads()
     flash_note = "" if fh == p.heads else f"head_dim {p.mod.attn_dim // p.heads} > 256: run as {fh} heads of {p.mod.attn_dim // fh}"
     for op, make in (
@@ -184,6 +189,11 @@ def _attention_cases(p: _Problem, device: str, flash):
                           wrap(make(p.mha_fwd, params_mha)), device, note=p.mha_note))
         cases.append(Case(FAMILY, op, "torch-sdpa (explicit K/V)", p.shape, p.T, p.bytes,
                           wrap(make(p.sdpa_fwd, params_mod)), device, note=note_flash))
+        if comp:
+            cases.append(Case(FAMILY, op, "nn.MultiheadAttention-compiled", p.shape, p.T, p.bytes,
+                              wrap(make(c_mha, params_mha)), device, note=p.mha_note))
+            cases.append(Case(FAMILY, op, "torch-sdpa-compiled (explicit K/V)", p.shape, p.T, p.bytes,
+                              wrap(make(c_sdpa, params_mod)), device))
         if flash is not None:
             cases.append(Case(FAMILY, op, "flash-attn varlen (explicit K/V)", p.shape, p.T, p.bytes,
                               wrap(make(lambda: p.flash_fwd(flash), params_mod)), device, note=flash_note))
@@ -204,6 +214,18 @@ def _attention_cases(p: _Problem, device: str, flash):
     if flash is not None:
         cases.append(Case(FAMILY, "r2m_reward", "flash-attn varlen (explicit K/V)", p.shape, p.T, p.bytes,
                           base_reward(lambda: p.flash_fwd(flash)), device, note=flash_note))
+    if comp:
+        def sdpa_reward():
+            return p.score(omega * p.query + (1 - omega) * p.sdpa_fwd()).squeeze(-1)
+
+        c_reward = compiled(sdpa_reward)
+
+        def run_c_reward():
+            with torch.no_grad():
+                return c_reward()
+
+        cases.append(Case(FAMILY, "r2m_reward", "torch-sdpa-compiled (explicit K/V)", p.shape, p.T, p.bytes,
+                          run_c_reward, device, note="attention + blend + score head in one torch.compile"))
     return cases
 
 
@@ -244,17 +266,27 @@ def _update_step_cases(device, dtype, prompts, responses, lens, d, seed=1):
             loss = grebt_loss(r, group_size=responses, alpha=0.3)
         return torch.autograd.grad(loss, params_icrm)
 
-    def eager_step():
+    def eager_loss():
         h_hat = p.mha_fwd()  # in batch chunks where one call would overflow
         r = p.score(omega * p.query + (1 - omega) * h_hat).squeeze(-1)
-        loss = _grebt_eager(r.float(), responses)
-        return torch.autograd.grad(loss, params_eager)
+        return _grebt_eager(r.float(), responses)
+
+    def eager_step():
+        return torch.autograd.grad(eager_loss(), params_eager)
+
+    c_loss = compiled(eager_loss) if compiled_peers(device) else None
+
+    def compiled_step():
+        return torch.autograd.grad(c_loss(), params_eager)
 
     shape = f"{prompts}x{responses} L={min(lens)}-{max(lens)} D={d}"
     return [Case(FAMILY, "R2M update step", "icrm", shape, p.T, p.bytes, icrm_step, device,
                  note="R2MRewardHead + grebt_loss, fwd+bwd"),
             Case(FAMILY, "R2M update step", "eager torch (MHA + Linear + GREBT)", shape, p.T, p.bytes, eager_step, device,
-                 note=p.mha_note)]
+                 note=p.mha_note)] + ([
+            Case(FAMILY, "R2M update step", "torch-compiled (MHA + Linear + GREBT)", shape, p.T, p.bytes, compiled_step,
+                 device, note="the eager step's loss through torch.compile, autograd through the compiled graph")]
+            if c_loss is not None else [])
 
 
 def cases(device, quick: bool = False):

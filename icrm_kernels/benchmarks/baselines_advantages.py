@@ -77,3 +77,26 @@ def dler_eager(rewards, num_generations, eps=1e-6):
     a = rewards.view(-1, num_generations)
     a = (a - a.mean(dim=1, keepdim=True)).flatten()
     return (a - a.mean()) / (a.std() + eps)
+
+
+def grpo_view(rewards, num_generations, eps=1e-6):
+    """The shortest fixed-G GRPO an engineer would write (and hand to ``torch.compile``):
+    ``view(B, G)``, mean and unbiased std per group, ``(r - mean) / (std + eps)``."""
+    x = rewards.view(-1, num_generations)
+    return ((x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + eps)).flatten()
+
+
+def bnpo_view(rewards, num_generations, lo=0.0, hi=1.0):
+    """BNPO (Xiao et al.) for fixed G in eager torch: success rate p_g per group, Beta(alpha,
+    beta) fitted to the p_g by moments (alpha = 1 + c m / 3, beta = 1 + c (1 - m) / 3,
+    c = m (1 - m) / v - 1, both at least 1), A_i = (s_i - p_g) / BetaPDF(p_g), the weight
+    clamped to [0, 1e6]."""
+    s = ((rewards - lo) / (hi - lo)).clamp(0, 1).view(-1, num_generations)
+    p = s.mean(1)
+    m, v = p.mean(), p.var()
+    c = m * (1 - m) / v - 1
+    a = (1 + c * m / 3).clamp(min=1.0)
+    b = (1 + c * (1 - m) / 3).clamp(min=1.0)
+    log_pdf = torch.xlogy(a - 1, p) + torch.xlogy(b - 1, 1 - p) - (torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b))
+    w = torch.exp(-log_pdf).clamp(0.0, 1e6)
+    return (w[:, None] * (s - p[:, None])).flatten()

@@ -19,7 +19,7 @@ import math
 import torch
 
 from icrm_kernels import _checks
-from icrm_kernels.benchmarks.harness import Case, compiled_peers, hot_loop
+from icrm_kernels.benchmarks.harness import Case, compiled, compiled_peers, hot_loop
 from icrm_kernels.ops.beta import beta_elbo_loss, beta_elbo_loss_from_logits, beta_posterior, beta_stats
 
 FAMILY = "beta"
@@ -33,6 +33,11 @@ def _eager_elbo(a, b, y, a0=1.0, b0=1.0, kl_weight=1.0):
     kl = (lnb0 - (torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(s)) + (a - a0) * psi_a + (b - b0) * psi_b
           + (a0 - a + b0 - b) * psi_s)
     return (-(y * (psi_a - psi_s) + (1 - y) * (psi_b - psi_s)) + kl_weight * kl).mean()
+
+
+def _eager_logits_elbo(m, c, y, tau_min=1e-2):
+    tau = torch.nn.functional.softplus(c) + tau_min
+    return _eager_elbo(torch.sigmoid(m) * tau, torch.sigmoid(-m) * tau, y)
 
 
 def _distributions_elbo(a, b, y):
@@ -103,8 +108,11 @@ def cases(device, quick: bool = False):
     out = []
     dev = str(device)
     # the eager peers through torch.compile (dynamic shapes: one compile serves every N)
-    c_elbo = torch.compile(_eager_elbo, dynamic=True) if compiled_peers(device) else None
-    c_stats = torch.compile(_eager_stats, dynamic=True) if compiled_peers(device) else None
+    comp = compiled_peers(device)
+    c_elbo = compiled(_eager_elbo, dynamic=True) if comp else None
+    c_logits = compiled(_eager_logits_elbo, dynamic=True) if comp else None
+    c_stats = compiled(_eager_stats, dynamic=True) if comp else None
+    c_post = compiled(_eager_posterior, dynamic=True) if comp else None
     for n in sizes:
         shape = f"N={n}"
         a = torch.exp(torch.empty(n, device=device).uniform_(-2, 6)).requires_grad_()
@@ -131,11 +139,11 @@ def cases(device, quick: bool = False):
         out.append(Case(FAMILY, op, "icrm", shape, n, nbytes,
                         _unchecked(_fwd_bwd(lambda m=m, c=c, y=y: beta_elbo_loss_from_logits(m, c, y), (m, c))), dev))
 
-        def eager_logits(m=m, c=c, y=y):
-            tau = torch.nn.functional.softplus(c) + 1e-2
-            return _eager_elbo(torch.sigmoid(m) * tau, torch.sigmoid(-m) * tau, y)
-
-        out.append(Case(FAMILY, op, "torch-eager", shape, n, nbytes, _fwd_bwd(eager_logits, (m, c)), dev))
+        out.append(Case(FAMILY, op, "torch-eager", shape, n, nbytes,
+                        _fwd_bwd(lambda m=m, c=c, y=y: _eager_logits_elbo(m, c, y), (m, c)), dev))
+        if c_logits is not None:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, nbytes,
+                            _fwd_bwd(lambda m=m, c=c, y=y: c_logits(m, c, y), (m, c)), dev))
         ad, bd = a.detach(), b.detach()
         op = "beta_stats"
         out.append(Case(FAMILY, op, "icrm", shape, n, 8 * 4 * n,
@@ -161,6 +169,9 @@ def cases(device, quick: bool = False):
                                 y, cu_segments=cu, discount=0.9))), dev))
         out.append(Case(FAMILY, op, "torch-eager", shape, msize, nbytes,
                         lambda y=y, cu=cu, k=k: _eager_posterior(y, cu, k, 0.9), dev))
+        if c_post is not None:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, msize, nbytes,
+                            lambda y=y, cu=cu, k=k: c_post(y, cu, k, 0.9), dev))
     # device time (CUDA-graph replays) of every forward-only case; the eager posterior copies a
     # host scalar to the GPU (torch.tensor(discount)), which graph capture refuses
     out = hot_loop(out)

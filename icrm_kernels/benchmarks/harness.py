@@ -64,13 +64,42 @@ def hot_loop(cases: List[Case], *, graph_unless=("loop",)) -> List[Case]:
 
 
 def compiled_peers(device) -> bool:
-    """Whether the benchmarks also time peer code through ``torch.compile`` (what a careful user
-    would pick instead of eager code). On by default on CUDA; ``ICRM_BENCH_COMPILE=0`` turns it
-    off, ``=1`` turns it on for the CPU too (Inductor's C++ compile is slow on small machines)."""
-    env = os.environ.get("ICRM_BENCH_COMPILE")
-    if env is not None:
-        return env != "0"
-    return torch.device(device).type == "cuda"
+    """Whether the benchmarks also time peer code through ``torch.compile``: what a careful user
+    would pick instead of eager code, so every family times it beside the eager peer, on the CPU
+    and on CUDA. ``ICRM_BENCH_COMPILE=0`` turns it off (Inductor's compiles take a few seconds
+    each on a small machine)."""
+    return os.environ.get("ICRM_BENCH_COMPILE", "1") != "0"
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode() -> str:
+    """``torch.compile`` mode of the compiled peers: ``ICRM_BENCH_COMPILE_MODE``, default
+    ``"default"``. ``max-autotune-no-cudagraphs`` can help matmul-heavy peers (the attention
+    baselines) on a GPU but autotunes for minutes per shape; the committed GPU results say
+    which mode they used."""
+    mode = os.environ.get("ICRM_BENCH_COMPILE_MODE", "default")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"ICRM_BENCH_COMPILE_MODE must be one of {COMPILE_MODES}, got {mode!r}")
+    return mode
+
+
+def compiled(fn: Callable, *, dynamic: Optional[bool] = False) -> Callable:
+    """``torch.compile(fn)`` for a peer: one compile per input shape (``dynamic=False``), in
+    :func:`compile_mode`. Dynamo keeps at most ``recompile_limit`` graphs per code object and
+    silently falls back to eager beyond it; the benchmarks compile one peer at several shapes,
+    so the limit is raised here (a fallback would be timed as "compiled")."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < 64:
+            setattr(cfg, name, 64)
+    if hasattr(cfg, "accumulated_recompile_limit") and cfg.accumulated_recompile_limit < 1024:
+        cfg.accumulated_recompile_limit = 1024
+    mode = compile_mode()
+    return torch.compile(fn, dynamic=dynamic, mode=None if mode == "default" else mode)
 
 
 @dataclasses.dataclass

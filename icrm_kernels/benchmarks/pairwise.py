@@ -5,7 +5,8 @@ Baselines, on the same inputs in the same run:
   pairwise comparison are written (only where it finishes in reasonable time: the win rate at
   N <= 64K on CPU; GREBT, whose loop runs autograd per group, at N = 8K on CPU; N = 4K on GPU);
 - ``torch-vectorized``: the fixed-G version an engineer would write with ``view(B, G)``
-  (``[B, G, G]`` pairwise tensors for the win rate).
+  (``[B, G, G]`` pairwise tensors for the win rate);
+- ``torch-compiled``: the same vectorized code through ``torch.compile`` (harness.compiled).
 
 GPU: bf16 inputs, N = 4K, 64K, 1M with G = 8 (and G = 64 for the win rate). CPU: fp32, N = 64K,
 G = 8 (quick: N = 4K).
@@ -17,7 +18,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from icrm_kernels.benchmarks.harness import Case, hot_loop
+from icrm_kernels.benchmarks.harness import Case, compiled, compiled_peers, hot_loop
 from icrm_kernels.ops.pairwise import grebt_loss, group_win_rate
 
 FAMILY = "pairwise"
@@ -94,6 +95,9 @@ def cases(device, quick: bool = False) -> List[Case]:
         loop_max = 65536
     e = torch.finfo(dtype).bits // 8
     out: List[Case] = []
+    comp = compiled_peers(device)
+    c_win, c_hard, c_grebt = ((compiled(win_rate_vectorized), compiled(_hard_vectorized), compiled(grebt_vectorized))
+                              if comp else (None, None, None))
     for n, g in shapes:
         shape = f"N={n} G={g} {str(dtype).replace('torch.', '')}"
         scores = torch.randn(n, device=device).to(dtype)
@@ -106,6 +110,9 @@ def cases(device, quick: bool = False) -> List[Case]:
                         lambda s=scores, g=g: group_win_rate(s, group_size=g, temperature=TEMPERATURE), dev))
         out.append(Case(FAMILY, op, "torch-vectorized", shape, n, 2 * n * e,
                         lambda s=scores, g=g: win_rate_vectorized(s, g), dev))
+        if comp:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, 2 * n * e,
+                            lambda s=scores, g=g: c_win(s, g), dev))
         if n <= loop_max:
             out.append(Case(FAMILY, op, "torch-loop", shape, n, 2 * n * e, lambda s=scores, g=g: win_rate_loop(s, g), dev))
         # hard wins, forward
@@ -113,12 +120,18 @@ def cases(device, quick: bool = False) -> List[Case]:
         out.append(Case(FAMILY, op, "icrm", shape, n, 2 * n * e, lambda s=scores, g=g: group_win_rate(s, group_size=g), dev))
         out.append(Case(FAMILY, op, "torch-vectorized", shape, n, 2 * n * e,
                         lambda s=scores, g=g: _hard_vectorized(s, g), dev))
+        if comp:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, 2 * n * e,
+                            lambda s=scores, g=g: c_hard(s, g), dev))
         # soft, forward + backward
         op = "group_win_rate[soft] fwd+bwd"
         out.append(Case(FAMILY, op, "icrm", shape, n, 5 * n * e,
                         _win_fwd_bwd(lambda t, g=g: group_win_rate(t, group_size=g, temperature=TEMPERATURE), x, cot), dev))
         out.append(Case(FAMILY, op, "torch-vectorized", shape, n, 5 * n * e,
                         _win_fwd_bwd(lambda t, g=g: win_rate_vectorized(t, g), x, cot), dev))
+        if comp:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, 5 * n * e,
+                            _win_fwd_bwd(lambda t, g=g: c_win(t, g), x, cot), dev))
 
         if g != 8:  # GREBT at G = 8 only (R2M's group sizes are 4 to 8)
             continue
@@ -126,6 +139,8 @@ def cases(device, quick: bool = False) -> List[Case]:
         nbytes = n * (2 * e + 8)  # read r, write dL/dr (fp32), read it back, write the gradient
         out.append(Case(FAMILY, op, "icrm", shape, n, nbytes, _fwd_bwd(lambda t, g=g: grebt_loss(t, group_size=g), x), dev))
         out.append(Case(FAMILY, op, "torch-vectorized", shape, n, nbytes, _fwd_bwd(lambda t, g=g: grebt_vectorized(t, g), x), dev))
+        if comp:
+            out.append(Case(FAMILY, op, "torch-compiled", shape, n, nbytes, _fwd_bwd(lambda t, g=g: c_grebt(t, g), x), dev))
         if n <= min(loop_max, 8192):
             out.append(Case(FAMILY, op, "torch-loop", shape, n, nbytes, _fwd_bwd(lambda t, g=g: grebt_loop(t, g), x), dev))
     return hot_loop(out)
