@@ -9,9 +9,10 @@
 # STEPS selects a subset, e.g. STEPS="install bench" (default: every step). Steps, in the order
 # they run: install, test, sanitize (run concurrently with test when both are asked for: the
 # suite is CPU-bound on the Triton compiles, the sanitizer on its instrumentation), bench, host
-# (each op's Python glue with null kernels), tune (bench/tune_gpu.py: it gets what time the
-# benchmarks leave), profile (ncu on the posterior kernel, torch.profiler on the attention ops;
-# not in the default set). BENCH_FAMILIES picks benchmark families, TEST_PATHS the tests. The device tool allows 600 s a call and 15 min
+# (each op's Python glue with null kernels), rlprofile (`icrm-kernels profile`: the GRPO loop's
+# stage table, traces and PNG), tune (bench/tune_gpu.py: it gets what time the benchmarks
+# leave), profile (ncu on the posterior kernel, torch.profiler on the attention ops; not in the
+# default set). BENCH_FAMILIES picks benchmark families, TEST_PATHS the tests. The device tool allows 600 s a call and 15 min
 # a session: run
 #   STEPS="install test sanitize"  then  STEPS="install bench host tune"
 # as two back-to-back calls (the second finds the machine warm and the package installed).
@@ -24,7 +25,7 @@ if [ -z "$OUT" ]; then echo "usage: make gpu-check OUT=folder" >&2; exit 2; fi
 mkdir -p "$OUT/results"
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu_check.log"
-STEPS="${STEPS:-install test sanitize tune bench host}"
+STEPS="${STEPS:-install test sanitize tune bench host rlprofile}"
 DEVICE="${DEVICE:-cuda}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
@@ -103,6 +104,11 @@ fi
 if has host; then
   say "host time per call (kernels replaced by no-ops)"
   timeout "$(cap 120)" $PY bench/host_overhead.py ${HOST_ARGS:-} 2>&1 | tee "$OUT/results/host_overhead.log" | tee -a "$LOG"
+fi
+if has rlprofile; then
+  say "icrm-kernels profile: the GRPO loop, reward stage on icrm vs plain torch"
+  timeout "$(cap "${RLPROFILE_TIMEOUT:-120}")" $PY -m icrm_kernels profile --device "$DEVICE" \
+    --steps "${RLPROFILE_STEPS:-10}" --out "$OUT/results/profile" 2>&1 | tail -20 | tee -a "$LOG"
 fi
 # last: the sweeps get whatever time the benchmarks leave
 if has tune; then

@@ -1,9 +1,12 @@
-"""Command line: ``icrm-kernels {run,selfcheck,bench,aot}`` (also ``python -m icrm_kernels``).
+"""Command line: ``icrm-kernels {run,selfcheck,bench,profile,aot}`` (also ``python -m icrm_kernels``).
 
 - ``selfcheck``: every op on the available device against its float64 reference, fresh inputs.
 - ``bench``: every op against its baselines in the same run; table on the terminal, CSV and
   PNG plot written to ``--out`` (default ``bench/results`` when run from the repository).
-- ``run``: selfcheck, then bench, on embedded defaults (what ``make run`` does).
+- ``profile``: a small GRPO loop with an R2M reward model, run with the reward stage on the
+  package's ops and on plain torch / peer code; per-stage table, Chrome traces, PNG
+  (``icrm_kernels/benchmarks/rl_loop.py``; needs transformers).
+- ``run``: selfcheck, bench, then profile, on embedded defaults (what ``make run`` does).
 - ``aot``: compile every Triton kernel for sm_80 and sm_90 and print its resource usage.
 """
 from __future__ import annotations
@@ -103,10 +106,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from icrm_kernels.benchmarks import rl_loop
+
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be >= 1, got {args.steps}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    out = args.out or (os.path.join("bench", "results", "profile") if os.path.isdir("bench") else "profile")
+    return rl_loop.main(steps=args.steps, device=args.device, out=out)
+
+
 def cmd_run(args) -> int:
     rc = cmd_selfcheck(args)
     print()
     rc |= cmd_bench(args)
+    print()
+    args.steps = 2 if args.quick else 10
+    args.out = os.path.join(args.out, "profile") if args.out else None
+    rc |= cmd_profile(args)
     return rc
 
 
@@ -120,16 +138,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="icrm-kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn, help_ in (
-        ("run", cmd_run, "self-check, then benchmarks (what `make run` does)"),
+        ("run", cmd_run, "self-check, benchmarks, then the profiled GRPO loop (what `make run` does)"),
         ("selfcheck", cmd_selfcheck, "every op against its float64 reference"),
         ("bench", cmd_bench, "every op against its baselines; table, CSV, PNG"),
         ("aot", cmd_aot, "compile every Triton kernel for sm_80/sm_90, print resources"),
+        ("profile", cmd_profile, "a GRPO loop with an R2M reward model, reward stage on icrm vs plain torch: "
+                                 "per-stage table, Chrome traces, PNG"),
     ):
         sp = sub.add_parser(name, help=help_)
         sp.set_defaults(fn=fn)
         if name != "aot":
             sp.add_argument("--device", default=_default_device(), help="cpu or cuda (default: cuda if available)")
+        if name in ("run", "selfcheck", "bench"):
             sp.add_argument("--family", action="append", help="only this op family (repeatable)")
+        if name == "profile":
+            sp.add_argument("--steps", type=int, default=10, help="timed RL steps per run (default 10)")
+            sp.add_argument("--out", default=None, help="folder for the table, traces and PNG "
+                                                        "(default bench/results/profile in the repository)")
         if name in ("run", "bench"):
             sp.add_argument("--quick", action="store_true", help="small shapes only")
             sp.add_argument("--out", default=None, help="folder for the CSV, PNG and table")

@@ -49,7 +49,7 @@ try:
 except ImportError as _exc:  # an optional integration: say what is missing when it is used
     raise ImportError(f"icrm_kernels.integrations.trl needs trl and transformers (pip install trl): {_exc}") from _exc
 
-__all__ = ["IcrmGRPOTrainer", "R2MStepCallback", "trl_preset", "ADVANTAGE_CHOICES"]
+__all__ = ["IcrmGRPOTrainer", "R2MStepCallback", "R2MRewardFunction", "trl_preset", "ADVANTAGE_CHOICES"]
 
 _SCALE_TO_PRESET = {"group": "trl_group", "batch": "trl_batch", "none": "trl_none"}
 # what advantage_preset accepts beyond the presets
@@ -90,6 +90,9 @@ class IcrmGRPOTrainer(GRPOTrainer):
             if advantage_options and bad in advantage_options:
                 raise ValueError(f"advantage_options must not set {bad!r}: the trainer provides it")
         super().__init__(*args, **kwargs)
+        for fn in self.reward_funcs:  # an R2M reward function without a policy scores with the one trained here
+            if isinstance(fn, R2MRewardFunction) and fn.policy is None:
+                fn.policy = self.model
         if advantage_preset == "auto":
             advantage_preset = trl_preset(self.scale_rewards)
         self.advantage_preset = advantage_preset
@@ -157,3 +160,74 @@ class R2MStepCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.head.set_step(state.global_step + self.offset)
         return control
+
+
+class R2MRewardFunction:
+    """A TRL reward function scoring with an R2M reward model (a ``*ForSequenceClassification``
+    patched by ``icrm_kernels.integrations.hf.apply_r2m``), fed the policy's hidden states.
+
+    TRL does not expose the hidden states of its own policy forward (it keeps only the
+    log-probabilities), so this function runs **one extra policy forward** per generation batch,
+    under ``torch.no_grad()``, over prompt + completion tokens with ``output_hidden_states=True``;
+    the last layer's states of the completion tokens, packed ``[T, D_p]`` with ``cu_seqlens``,
+    are the R2M attention's keys and values. The reward model reads prompt + completion text with
+    its own tokenizer, TRL's convention for model rewards. It also sets the head's RL step from
+    TRL's ``trainer_state`` (so :class:`R2MStepCallback` is optional).
+
+    reward_model: the patched model; reward_tokenizer: its tokenizer; policy_tokenizer: the
+    policy's (to re-tokenize the prompts as TRL did); policy: the policy model, or None to let
+    :class:`IcrmGRPOTrainer` bind the model it trains.
+    """
+
+    def __init__(self, reward_model, reward_tokenizer, policy_tokenizer, policy=None, *, name: str = "r2m_reward"):
+        if not callable(getattr(getattr(reward_model, "score", None), "set_step", None)):
+            raise TypeError("reward_model must be patched with icrm_kernels.integrations.hf.apply_r2m "
+                            "(its score head has set_step)")
+        self.reward_model = reward_model
+        self.reward_tokenizer = reward_tokenizer
+        self.policy_tokenizer = policy_tokenizer
+        self.policy = policy
+        self.__name__ = name
+
+    def policy_states(self, prompts, completion_ids):
+        """(packed [T, D_p] last-layer states of the completion tokens, cu_seqlens [B+1] int32)."""
+        if self.policy is None:
+            raise ValueError("R2MRewardFunction has no policy: pass policy= or use it with IcrmGRPOTrainer")
+        device = next(self.policy.parameters()).device
+        seqs, spans = [], []
+        for p, c in zip(prompts, completion_ids):
+            pid = self.policy_tokenizer(p, add_special_tokens=False)["input_ids"]
+            seqs.append(list(pid) + list(c))
+            spans.append((len(pid), len(pid) + len(c)))
+        width = max(len(s) for s in seqs)
+        pad = self.policy_tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+        with torch.no_grad():
+            out = self.policy(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        parts = [hidden[i, a:b] for i, (a, b) in enumerate(spans)]
+        lens = torch.tensor([b - a for a, b in spans])
+        cu = torch.zeros(len(parts) + 1, dtype=torch.int32)
+        cu[1:] = lens.cumsum(0)
+        return torch.cat(parts), cu.to(hidden.device)
+
+    def __call__(self, prompts, completions, completion_ids=None, trainer_state=None, **kwargs):
+        if completion_ids is None:
+            raise ValueError("completion_ids is needed (TRL passes it to reward functions)")
+        if trainer_state is not None:
+            self.reward_model.score.set_step(int(trainer_state.global_step))
+        states, cu = self.policy_states(prompts, completion_ids)
+        device = next(self.reward_model.parameters()).device
+        enc = self.reward_tokenizer([p + c for p, c in zip(prompts, completions)], return_tensors="pt",
+                                    padding=True, padding_side="right", add_special_tokens=False)
+        dtype = next(self.reward_model.parameters()).dtype
+        with torch.no_grad():
+            out = self.reward_model(input_ids=enc["input_ids"].to(device),
+                                    attention_mask=enc["attention_mask"].to(device),
+                                    policy_states=states.to(device=device, dtype=dtype),
+                                    policy_cu_seqlens=cu.to(device))
+        return out.logits[:, 0].float().tolist()
