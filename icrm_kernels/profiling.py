@@ -65,7 +65,8 @@ def ranged(name: str) -> Callable:
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            if not (_profiler_enabled() or _NVTX[0]) or _compiling():
+            # _compiling() first: Dynamo traces it (a constant), not the profiler's C query
+            if _compiling() or not (_NVTX[0] or _profiler_enabled()):
                 return fn(*args, **kwargs)
             with contextlib.ExitStack() as stack:
                 if _profiler_enabled():
