@@ -285,6 +285,9 @@ def test_trl_style_call():
     icrm = apply_icrm(make("qwen2"))
     r = icrm(**inputs).logits[:, 0]
     assert r.shape == (3,) and icrm.config.icrm["head"] == "beta"
+    # RewardTrainer.compute_loss: use_cache=False, then logits.squeeze(-1) chunked into chosen/rejected
+    out = icrm(**inputs, use_cache=False)
+    assert out.logits.squeeze(-1).shape == (3,) and torch.equal(out.logits[:, 0], r)
     r2m = apply_r2m(make("qwen2"), policy_dim=DP, total_steps=10)
     states, cu = policy()
     r2m.score.set_step(1)

@@ -442,7 +442,8 @@ def apply_r2m(model, *, policy_dim: int, attn_dim: Optional[int] = None, num_hea
     naming ``policy_states``; a wrong width or number of sequences raises naming the argument.
     Returns ``SequenceClassifierOutput(logits[B, 1])``, ``logits[:, 0]`` the reward; at ω = 1
     (step 0) it equals the unpatched model's logits exactly. ``labels`` give HF's regression loss.
-    A sequence with no policy tokens gets ``φ(ω·H)``'s blend with φ(0) (Ĥ = 0), see docs/attention.md.
+    A sequence with no policy tokens has Ĥ = 0, so its reward is φ(ω·H) (as in
+    :class:`~icrm_kernels.nn.R2MRewardHead`, see docs/attention.md).
     """
     hf, peft_model = _hf_model(model)
     score = _score_linear(hf, "apply_r2m")
