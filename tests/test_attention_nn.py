@@ -215,3 +215,44 @@ def test_hf_tiny_llama_if_transformers_importable():
         r = r2m(ids, am, states, cu_seqlens=cu)
         base = rm(input_ids=ids, attention_mask=am).logits.squeeze(-1)
     torch.testing.assert_close(r, base, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_head_step_is_graph_data_under_compile():
+    """set_step writes the step buffer in place; a compiled head reads omega from it (no guard on
+    the step), so 20 steps compile once per grad mode; eager keeps the Python-float omega."""
+    head = _head("cpu")
+    for t in (0, 13, 50, 100, 250):
+        head.set_step(t)
+        assert float(head.omega_tensor()) == pytest.approx(head.omega, abs=1e-12)
+        assert isinstance(head.omega, float)
+    hidden, states = torch.randn(3, 8), torch.randn(3, 5, 6)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    old = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 2
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(head, backend=backend, fullgraph=True)
+        for grad in (False, True):
+            for t in range(0, 100, 5):
+                head.set_step(t)
+                with torch.set_grad_enabled(grad):
+                    torch.testing.assert_close(compiled(hidden, states), head(hidden, states), atol=1e-5, rtol=1e-5)
+    finally:
+        torch._dynamo.config.recompile_limit = old
+        torch._dynamo.reset()
+    assert len(graphs) == 2
+
+
+def test_reward_head_step_mirror_follows_the_buffer():
+    """A checkpoint loader that writes the buffer directly (HF's from_pretrained) is seen by eager omega."""
+    head = _head("cpu")
+    with torch.no_grad():
+        head.step.copy_(torch.tensor(50))
+    assert head.omega == pytest.approx(r2m_omega(50, 100, 0.6))
+    head.set_step(torch.tensor(20))
+    assert int(head.step) == 20 and head.omega == pytest.approx(r2m_omega(20, 100, 0.6))

@@ -578,3 +578,58 @@ def test_labels_requiring_grad_get_no_gradient(device):
     loss = beta_elbo_loss(a, b, y)
     (g,) = torch.autograd.grad(loss, y, allow_unused=True)
     assert g is None
+
+
+# ---------------------------------------------------------------- tensor priors (issue 11 §5)
+@pytest.mark.parametrize("layout", ["cu", "index"])
+def test_posterior_tensor_priors_per_segment(backend, device, layout):
+    """Amortised alpha, beta (one prior per query) combined with explicit demonstrations in one
+    call: prior_k + discounted counts, on every backend, against the float64 loop."""
+    from icrm_kernels.reference import beta as ref
+
+    k = 6
+    sizes = torch.tensor([3, 0, 5, 1, 8, 2])
+    m = int(sizes.sum())
+    y = torch.rand(m, device=device)
+    w = torch.rand(m, device=device)
+    pa = (torch.rand(k, device=device) * 4 + 0.1).requires_grad_()
+    pb = torch.rand(k, device=device) * 4 + 0.1
+    seg = torch.repeat_interleave(torch.arange(k), sizes)
+    if layout == "cu":
+        cu = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)]).to(device)
+        alpha, beta = beta_posterior(y, cu_segments=cu, weights=w, prior_alpha=pa, prior_beta=pb, discount=0.9)
+    else:
+        alpha, beta = beta_posterior(y, segment_index=seg.to(device), weights=w, prior_alpha=pa, prior_beta=pb,
+                                     discount=0.9)  # K from the priors' length
+    ra, rb = ref.beta_posterior(y.double().cpu(), segment_index=seg, num_segments=k, weights=w.double().cpu(),
+                                prior_alpha=pa.detach().double().cpu(), prior_beta=pb.double().cpu(), discount=0.9)
+    assert alpha.shape == (k,) and alpha.dtype == torch.float32
+    torch.testing.assert_close(alpha.detach().double().cpu(), ra, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(beta.double().cpu(), rb, rtol=1e-5, atol=1e-5)
+    assert alpha[1].item() == pytest.approx(pa[1].item()) and beta[1].item() == pytest.approx(pb[1].item())
+    alpha.sum().backward()  # differentiable w.r.t. the amortised prior
+    torch.testing.assert_close(pa.grad, torch.ones_like(pa))
+    # a 0-d tensor prior (and a mix with a number) equals the number
+    a0, b0 = beta_posterior(y, segment_index=seg.to(device), num_segments=k, prior_alpha=torch.tensor(0.5, device=device),
+                            prior_beta=2.0)
+    a1, b1 = beta_posterior(y, segment_index=seg.to(device), num_segments=k, prior_alpha=0.5, prior_beta=2.0)
+    torch.testing.assert_close(a0, a1)
+    torch.testing.assert_close(b0, b1)
+
+
+def test_posterior_tensor_priors_hostile(device):
+    y = torch.rand(5, device=device)
+    cu = torch.tensor([0, 2, 5], device=device)
+    good = torch.ones(2, device=device)
+    with pytest.raises(ValueError, match="prior_alpha"):
+        beta_posterior(y, cu_segments=cu, prior_alpha=torch.ones(3, device=device), prior_beta=good)
+    with pytest.raises(ValueError, match="prior_beta"):
+        beta_posterior(y, cu_segments=cu, prior_alpha=good, prior_beta=-good)
+    with pytest.raises(ValueError, match="prior_alpha"):
+        beta_posterior(y, cu_segments=cu, prior_alpha=torch.full((2,), float("nan"), device=device))
+    with pytest.raises(TypeError, match="prior_alpha"):
+        beta_posterior(y, cu_segments=cu, prior_alpha=torch.ones(2, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match="prior_beta"):
+        beta_posterior(y, cu_segments=cu, prior_alpha=good, prior_beta=torch.ones(2, 1, device=device))
+    with pytest.raises(ValueError, match="prior_beta"):
+        beta_posterior(y, cu_segments=cu, prior_alpha=good, prior_beta=0.0)

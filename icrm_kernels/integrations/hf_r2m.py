@@ -1,4 +1,7 @@
-"""R2M on a Hugging Face reward model (``*ForSequenceClassification`` with a linear ``score`` head).
+"""Deprecated: use :func:`icrm_kernels.integrations.hf.apply_r2m`, which patches the model in
+place (``save_pretrained``, ``config``, PEFT and TRL keep working; this wrapper has none of them).
+
+R2M on a Hugging Face reward model (``*ForSequenceClassification`` with a linear ``score`` head).
 
     from transformers import AutoModelForSequenceClassification
     from icrm_kernels.integrations.hf_r2m import R2MRewardModel
@@ -53,6 +56,11 @@ class R2MRewardModel(nn.Module):
     def wrap(cls, model: nn.Module, *, policy_dim: int, attn_dim: Optional[int] = None, num_heads: int = 1,
              bias: bool = False, total_steps: int = 1, floor: float = 0.6, freeze_backbone: bool = True,
              attention: Optional[PolicyFeedbackAttention] = None) -> "R2MRewardModel":
+        import warnings
+
+        warnings.warn("R2MRewardModel.wrap is deprecated: use icrm_kernels.integrations.hf.apply_r2m(model, ...), "
+                      "which patches the model in place so save_pretrained/load_pretrained, PEFT and TRL work",
+                      DeprecationWarning, stacklevel=2)
         score = getattr(model, "score", None)
         if not isinstance(score, nn.Linear):
             raise TypeError("model must have a linear `score` head (a *ForSequenceClassification model)")

@@ -140,8 +140,12 @@ class R2MRewardHead(nn.Module):
     ``score`` of a Hugging Face ``*ForSequenceClassification``) and a
     :class:`PolicyFeedbackAttention`. Its trainable parameters are exactly the attention's and
     the score head's (R2M updates only those with the GREBT loss). The ω schedule
-    ω(t) = max(½cos(πt/T) + ½, Ω) is held as plain Python numbers: call :meth:`set_step` each
-    RL step (``step`` is also saved in the state dict as a buffer for checkpointing).
+    ω(t) = max(½cos(πt/T) + ½, Ω): call :meth:`set_step` each RL step. The step is held twice:
+    as the int64 buffer ``step`` (saved in the state dict, and the value a compiled forward reads,
+    so ``set_step`` never recompiles a ``torch.compile``-d model) and as a Python int mirror that
+    eager forwards read (ω a Python float there, no device sync). At ω = 1 (step 0) the attention
+    gets exactly zero gradient: R2M starts there by design, so a head whose :meth:`set_step` was
+    never called warns once (``RuntimeWarning``) the first time it runs with gradients at ω = 1.
 
     ``forward(hidden[B, D_r], states, cu_seqlens=None, key_padding_mask=None) -> rewards[B]``:
     with autograd recording (training the head) it runs the differentiable attention + score
@@ -173,26 +177,84 @@ class R2MRewardHead(nn.Module):
         self.floor = float(floor)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64), persistent=True)
         self._step = 0
+        self._step_was_set = False
+        self._warned_omega_one = False
 
     def set_step(self, step: int) -> None:
-        """Set the RL step t (0 ≤ t; past total_steps ω stays at the floor)."""
+        """Set the RL step t (0 ≤ t; past total_steps ω stays at the floor).
+
+        Writes the ``step`` buffer in place (``fill_``: no new tensor, so a compiled forward that
+        reads it does not recompile) and the Python mirror eager forwards read. A 0-d integer
+        tensor is accepted too (read back to the host once)."""
+        if isinstance(step, Tensor) and step.dim() == 0 and not step.is_floating_point() \
+                and not step.is_complex() and step.dtype != torch.bool:
+            step = int(step)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self._step_was_set = True
+        with torch.no_grad():
+            self.step.fill_(step)
         self._step = step
-        self.step.fill_(step)
+        self._step_seen = self._buffer_version()
+
+    def _buffer_version(self):
+        """(buffer object id, version counter): changes whenever the ``step`` buffer is written in
+        place (load_state_dict, Hugging Face's from_pretrained, ``.to()``) or replaced. Host-only."""
+        try:
+            return id(self.step), self.step._version
+        except RuntimeError:  # inference tensors have no version counter
+            return None
+
+    def _sync_step(self) -> int:
+        """The Python mirror of the ``step`` buffer, re-read (one host read) only when the buffer
+        changed behind :meth:`set_step`'s back, e.g. a checkpoint loaded by from_pretrained."""
+        v = self._buffer_version()
+        if v is None or v != getattr(self, "_step_seen", None):
+            self._step = int(self.step)
+            self._step_seen = v
+            if self._step:
+                self._step_was_set = True
+        return self._step
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._step = int(self.step)
+        self._step_was_set = getattr(self, "_step_was_set", False) or (prefix + "step") in state_dict
+        self._sync_step()
 
     @property
     def omega(self) -> float:
-        return r2m_omega(self._step, self.total_steps, self.floor)
+        return r2m_omega(self._sync_step(), self.total_steps, self.floor)
+
+    def omega_tensor(self) -> Tensor:
+        """ω(t) from the ``step`` buffer: a 0-d float64 tensor on the buffer's device (what a
+        compiled forward uses; no host read, no guard on the step)."""
+        t = torch.minimum(self.step.to(torch.float64), torch.full((), float(self.total_steps), dtype=torch.float64,
+                                                                  device=self.step.device))
+        return torch.clamp(0.5 * torch.cos(t * (math.pi / self.total_steps)) + 0.5, min=self.floor)
+
+    def _current_omega(self):
+        """Eager: the Python float of :attr:`omega` (unchanged float path). Under torch.compile:
+        :meth:`omega_tensor`, so the step is graph data rather than a guarded constant."""
+        if torch.compiler.is_compiling():
+            return self.omega_tensor()
+        omega = self.omega
+        if (omega == 1.0 and torch.is_grad_enabled() and not getattr(self, "_step_was_set", True)
+                and not getattr(self, "_warned_omega_one", False)
+                and any(p.requires_grad for p in self.attention.parameters())):
+            self._warned_omega_one = True
+            import warnings
+
+            warnings.warn(
+                f"R2MRewardHead: set_step() was never called, so the step is 0 and omega = 1 "
+                f"(total_steps={self.total_steps}): the reward ignores the policy-feedback attention and the "
+                f"attention gets exactly zero gradient. Call head.set_step(t) (model.score.set_step(t) on a "
+                f"patched Hugging Face model) at every RL step t of total_steps.", RuntimeWarning, stacklevel=3)
+        return omega
 
     def forward(self, hidden: Tensor, states: Tensor, cu_seqlens: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None) -> Tensor:
         _check_widths(hidden, "hidden", self.attention.rm_dim, states, "states", self.attention.policy_dim)
-        omega = self.omega
+        omega = self._current_omega()
         if torch.is_grad_enabled():
             h_hat = self.attention(hidden, states, cu_seqlens=cu_seqlens, key_padding_mask=key_padding_mask)
             return self.score(omega * hidden + (1.0 - omega) * h_hat).squeeze(-1)
@@ -202,4 +264,4 @@ class R2MRewardHead(nn.Module):
         ).to(hidden.dtype)
 
     def extra_repr(self) -> str:
-        return f"total_steps={self.total_steps}, floor={self.floor}, step={self._step}"
+        return f"total_steps={self.total_steps}, floor={self.floor}, step={self._sync_step()}"

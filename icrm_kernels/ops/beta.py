@@ -591,8 +591,8 @@ def beta_posterior(
     segment_index: Optional[Tensor] = None,
     num_segments: Optional[int] = None,
     weights: Optional[Tensor] = None,
-    prior_alpha: float = 1.0,
-    prior_beta: float = 1.0,
+    prior_alpha: Union[float, Tensor] = 1.0,
+    prior_beta: Union[float, Tensor] = 1.0,
     discount: float = 1.0,
 ) -> Tuple[Tensor, Tensor]:
     """Exact conjugate Beta update from M in-context demonstrations grouped into K segments.
@@ -612,6 +612,13 @@ def beta_posterior(
     accumulated in fp32 on the GPU, in double on the CPU. Not differentiable (outcomes are data).
     GPU: one program per segment (best for many short segments, the in-context case).
     Checked path raises on out-of-range ids; unchecked, ids outside [0, K) are ignored.
+
+    Priors: numbers (one prior for every segment) or tensors, 0-d or ``[K]`` (one per segment,
+    e.g. the amortised alpha, beta a reward model predicted for each query), on outcomes' device,
+    > 0 and finite (checked). Tensor priors are added after the kernels sum the discounted
+    counts (every backend runs with a zero prior, then ``alpha = prior_alpha + counts``), so the
+    result is differentiable w.r.t. them (the counts are data); priors are cast to the result's
+    dtype. With ``segment_index`` and no ``num_segments``, a ``[K]`` prior gives K (no host sync).
 
     Hostile inputs: outcomes outside [0, 1] or NaN/inf, and weights that are negative or not
     finite, raise ValueError naming the argument (value checks); a K that cannot be allocated
@@ -636,7 +643,15 @@ def beta_posterior(
         _check_finite(weights, "weights")
         if value_checks_enabled() and m and bool((weights < 0).any()):
             raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
-    pa, pb = _check_prior(prior_alpha, prior_beta)
+    tensor_priors = isinstance(prior_alpha, Tensor) or isinstance(prior_beta, Tensor)
+    if tensor_priors:  # added after the kernels (see below); they run with a zero prior
+        prior_alpha, prior_beta = (_check_tensor_prior(v, n, outcomes) for v, n in
+                                   ((prior_alpha, "prior_alpha"), (prior_beta, "prior_beta")))
+        pa = pb = 0.0
+        if num_segments is None and cu_segments is None:
+            num_segments = next((v.numel() for v in (prior_alpha, prior_beta) if v.dim() == 1), None)
+    else:
+        pa, pb = _check_prior(prior_alpha, prior_beta)
     g = check_finite_float(discount, "discount", low=0.0, high=1.0, low_open=True)
     if num_segments is not None:
         if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 0:
@@ -668,7 +683,32 @@ def beta_posterior(
                 raise ValueError(f"segment_index must hold segment numbers in [0, {k}), got values in [{lo}, {hi}]")
         index = segment_index.to(torch.int64)
     _check_posterior_size(k, outcomes)
-    return _backend.call_op(_beta_posterior_op, _beta_posterior_impl, outcomes, weights, cu, index, k, pa, pb, g)
+    alpha, beta = _backend.call_op(_beta_posterior_op, _beta_posterior_impl, outcomes, weights, cu, index, k, pa, pb, g)
+    if tensor_priors:
+        for v, n in ((prior_alpha, "prior_alpha"), (prior_beta, "prior_beta")):
+            if v.dim() == 1 and v.numel() != k:
+                raise ValueError(f"{n} must be a number, a 0-d tensor or one prior per segment [K={k}], "
+                                 f"got shape {tuple(v.shape)}")
+        alpha, beta = alpha + prior_alpha.to(alpha.dtype), beta + prior_beta.to(beta.dtype)
+    return alpha, beta
+
+
+def _check_tensor_prior(v, name: str, outcomes: Tensor) -> Tensor:
+    """A beta_posterior prior given as a number or a tensor: a 0-d or [K] float tensor on
+    outcomes' device, > 0 and finite (value check)."""
+    if not isinstance(v, Tensor):
+        return torch.tensor(check_finite_float(v, name, low=0.0, low_open=True), dtype=torch.float64,
+                            device=outcomes.device)
+    if not v.is_floating_point():
+        raise TypeError(f"{name} must be a number or a floating tensor, got {v.dtype}")
+    if v.dim() > 1:
+        raise ValueError(f"{name} must be a number, a 0-d tensor or one prior per segment [K], got shape "
+                         f"{tuple(v.shape)}")
+    if v.device != outcomes.device:
+        raise ValueError(f"{name} is on {v.device} but outcomes is on {outcomes.device}")
+    if value_checks_enabled() and v.numel() and not bool(((v > 0) & torch.isfinite(v)).all()):
+        raise ValueError(f"{name} must be > 0 and finite")
+    return v
 
 
 # Segment counts past int32 are beyond every kernel's grid and every realistic batch; checked

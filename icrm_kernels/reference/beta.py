@@ -112,10 +112,16 @@ def beta_posterior(outcomes, *, cu_segments=None, segment_index=None, num_segmen
             if 0 <= g < k_count:
                 members[g].append(i)
     alphas, betas = [], []
-    for rows in members:
+
+    def prior(p, k):  # a number, a 0-d tensor or one prior per segment [K]
+        if isinstance(p, torch.Tensor):
+            return (p[k] if p.dim() else p).to(y.dtype)
+        return torch.tensor(p, dtype=y.dtype)
+
+    for k, rows in enumerate(members):
         n = len(rows)
-        a = torch.tensor(prior_alpha, dtype=y.dtype)
-        b = torch.tensor(prior_beta, dtype=y.dtype)
+        a = prior(prior_alpha, k)
+        b = prior(prior_beta, k)
         for i, r in enumerate(rows):
             f = w[r] * discount ** (n - 1 - i)
             a = a + f * y[r]
