@@ -105,3 +105,38 @@ def test_step_callback_drives_head(tmp_path):
 
     trainer, _ = _train(IcrmGRPOTrainer, tmp_path, callbacks=[R2MStepCallback(Head())])
     assert steps == [0, 1]
+
+
+def test_r2m_reward_function_in_trl(tmp_path):
+    """An R2M reward model (apply_r2m on a tiny LlamaForSequenceClassification) scores TRL's
+    completions with the policy's hidden states; the trainer binds its policy and the step
+    follows the trainer."""
+    from transformers import LlamaForSequenceClassification
+
+    from icrm_kernels.integrations.hf import apply_r2m
+    from icrm_kernels.integrations.trl import R2MRewardFunction
+
+    tokenizer = _tokenizer()
+    cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, num_labels=1,
+                      pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(1)
+    rm = apply_r2m(LlamaForSequenceClassification(cfg).eval(), policy_dim=16, total_steps=10)
+    fn = R2MRewardFunction(rm, tokenizer, tokenizer)
+    trainer, losses = _train(IcrmGRPOTrainer, tmp_path, reward_funcs=(fn,))
+    assert fn.policy is trainer.model
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert int(rm.score.step) == 1  # set from trainer_state at the second step
+    # the scores are the patched model's on the same inputs
+    prompts, completions = ["the cat sat", "a dog ran"], [" on mat", " fast"]
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    got = fn(prompts, completions, completion_ids=ids)
+    states, cu = fn.policy_states(prompts, ids)
+    assert states.shape == (sum(len(i) for i in ids), 16) and cu.tolist() == [0, len(ids[0]), len(ids[0]) + len(ids[1])]
+    enc = tokenizer([p + c for p, c in zip(prompts, completions)], return_tensors="pt", padding=True,
+                    padding_side="right", add_special_tokens=False)
+    with torch.no_grad():
+        want = rm(**enc, policy_states=states, policy_cu_seqlens=cu).logits[:, 0]
+    torch.testing.assert_close(torch.tensor(got), want.float())
+    with pytest.raises(TypeError, match="apply_r2m"):
+        R2MRewardFunction(LlamaForSequenceClassification(cfg), tokenizer, tokenizer)

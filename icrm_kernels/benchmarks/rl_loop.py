@@ -12,7 +12,8 @@ The loop (one RL step; B prompts x G responses, synthetic prompts of random toke
    (no extra forward);
 3. ``reward``: the reward model (a tiny ``LlamaForSequenceClassification``) scores each
    sequence with R2M's policy feedback: its reward-token embedding attends over the response's
-   policy states. icrm: ``R2MRewardHead`` (the fused ``r2m_reward`` kernel under no_grad; packed
+   policy states. icrm: the model patched by ``integrations.hf.apply_r2m``, its ``score``
+   module (``R2MScoreHead``) after the backbone (the fused ``r2m_reward`` kernel under no_grad; packed
    states + ``cu_seqlens`` on the GPU, padded + mask on the CPU, where the packed layout runs a
    slower per-sequence path); torch: ``nn.MultiheadAttention`` over the padded states + the
    score head;
@@ -97,11 +98,11 @@ def _trl_advantages(rewards, g):
     return (rewards - mean) / (std + 1e-4)
 
 
-def _reward_token(rm, seq, mask):
-    out = rm.model(input_ids=seq, attention_mask=mask)
-    h = out.last_hidden_state
-    last = mask.long().cumsum(1).argmax(1)
-    return h[torch.arange(h.shape[0], device=h.device), last]
+def _backbone(rm, seq, mask):
+    """The reward model's last hidden states [n, S, D_r] and its reward-token index [n] (the
+    last valid token, the HF head's pooling rule for right padding)."""
+    hidden = rm.model(input_ids=seq, attention_mask=mask).last_hidden_state
+    return hidden, mask.long().cumsum(1).argmax(1)
 
 
 def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8, prompt_len: int = 16,
@@ -114,7 +115,8 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
     if impl not in ("icrm", "torch"):
         raise ValueError(f"impl must be 'icrm' or 'torch', got {impl!r}")
     from icrm_kernels import grebt_loss, group_advantages, r2m_omega, unchecked
-    from icrm_kernels.nn.attention import PolicyFeedbackAttention, R2MRewardHead
+    from icrm_kernels.integrations.hf import apply_r2m
+    from icrm_kernels.nn.attention import PolicyFeedbackAttention
 
     device = torch.device(device)
     policy, rm = _models(device, vocab, hidden, policy_dim, layers, seed)
@@ -122,8 +124,10 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
         p.requires_grad_(False)
     torch.manual_seed(seed + 1)
     mha = nn.MultiheadAttention(hidden, 1, bias=False, kdim=policy_dim, vdim=policy_dim, batch_first=True).to(device)
-    if impl == "icrm":
-        head = R2MRewardHead(rm.score, PolicyFeedbackAttention.from_multihead_attention(mha), total_steps=max(steps, 2))
+    if impl == "icrm":  # the package's HF head, holding the same attention as the MHA below
+        apply_r2m(rm, policy_dim=policy_dim, total_steps=max(steps, 2))
+        rm.score.attention = PolicyFeedbackAttention.from_multihead_attention(mha)
+        head = rm.score
     else:
         head = _EagerR2M(mha, rm.score)
     rm_opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-4)
@@ -151,7 +155,8 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
             logp = torch.log_softmax(logits.float(), -1).gather(-1, resp[..., None]).squeeze(-1)
             states = out.hidden_states[-1][:, prompt_len:].detach()  # the policy's response states, [n, R, D_p]
         with profiling.stage("reward"), torch.no_grad():
-            h = _reward_token(rm, seq, mask)
+            hidden, pool = _backbone(rm, seq, mask)
+            h = hidden[torch.arange(n, device=device), pool]
             omega = r2m_omega(min(step, steps), max(steps, 2))
             if impl == "icrm":
                 head.set_step(min(step, steps))
@@ -162,8 +167,8 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
                     pstates = states[resp_mask]  # [T, D_p]
                 else:
                     lay, pstates = dict(key_padding_mask=~resp_mask), states
-                with unchecked():
-                    rewards = head(h, pstates, **lay)
+                with unchecked():  # the patched model's score module: R2MScoreHead
+                    rewards = head(hidden, pool, pstates, **lay)[:, 0]
             else:
                 rewards = head(h, states, ~resp_mask, omega)
         with profiling.stage("advantages"):
@@ -175,8 +180,8 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
         with profiling.stage("rm_update"):
             rm_opt.zero_grad(set_to_none=True)
             if impl == "icrm":
-                with unchecked():
-                    r = head(h, pstates, **lay)
+                with unchecked():  # cached backbone states: only the head trains (R2M's update)
+                    r = head(hidden, pool, pstates, **lay)[:, 0]
                     loss_rm = grebt_loss(r, group_size=group, alpha=0.3)
             else:
                 r = head(h, states, ~resp_mask, omega)
