@@ -131,6 +131,26 @@ def check_choice(value, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def value_bounds(*tensors) -> list:
+    """``[(min, max), ...]`` of each tensor as Python numbers, read back in one host sync: one
+    ``torch.aminmax`` per tensor, stacked, one ``.tolist()``. NaN anywhere makes both NaN, so
+    ``lo > 0 and hi < inf`` means "finite and positive" and ``lo >= 0 and hi <= 1`` "in [0, 1]"
+    (comparisons with NaN are False). Every tensor must be non-empty. The fused form of checks
+    that otherwise cost a reduction and a sync each (isfinite(x).all() alone is ~13 µs of host
+    time on a 4K CPU tensor, aminmax ~2 µs); callers rerun their detailed check, which raises
+    with the exact message, only when a bound fails."""
+    vals = []
+    for t in tensors:
+        vals.extend(torch.aminmax(t))
+    dt = vals[0].dtype
+    for v in vals:
+        if v.dtype != dt:  # mixed dtypes: float64 holds every float16/bfloat16/float32 value exactly
+            vals = [u.to(torch.float64) for u in vals]
+            break
+    flat = torch.stack(vals).tolist()
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
 def check_offsets(cu: torch.Tensor, name: str, total: int) -> torch.Tensor:
     """``cu`` is a 1-D int32/int64 offsets tensor: cu[0] = 0, non-decreasing, cu[-1] = total.
 

@@ -231,7 +231,7 @@ def _grebt_backward(ctx, grad_losses, grad_drow):
     return grad.to(ctx.dtype), None, None, None, None, None, None
 
 
-_backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup)
+_backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup, eager_outputs=1)
 
 
 def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
