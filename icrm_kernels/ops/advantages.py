@@ -340,6 +340,11 @@ def group_advantages(
     Identical rewards in a group give exactly 0: every mean is computed shifted by a member of
     its group. Gradients (w.r.t. ``rewards`` only) recompute the float64 reference with autograd.
     N = 0 returns an empty tensor.
+
+    CUDA graphs: inside ``unchecked()`` no layout or option reads a value back to the host
+    (the GPU index layout launches over N group slots; tests/test_graph_safety.py). On the CPU
+    the C++ index layout sizes its offsets by the number of groups (CPU tensors are never
+    graph-captured).
     """
     check_tensor(rewards, "rewards", ndim=(1, 2), floating=True)
     if rewards.dim() == 2 and rewards.shape[1] == 0:
