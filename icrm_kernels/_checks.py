@@ -162,11 +162,16 @@ def check_offsets(cu: torch.Tensor, name: str, total: int) -> torch.Tensor:
     if cu.numel() < 1:
         raise ValueError(f"{name} must have at least one element (B+1 offsets starting at 0)")
     if value_checks_enabled():
-        first = int(cu[0])
-        last = int(cu[-1])
+        # one host sync for the three facts (each int()/bool() is a sync on the GPU)
+        if cu.numel() > 1:
+            first, last, decreasing = torch.stack(
+                (cu[0], cu[-1], (cu[1:] < cu[:-1]).any().to(cu.dtype))).tolist()
+        else:
+            first = last = int(cu[0])
+            decreasing = 0
         if first != 0:
             raise ValueError(f"{name} must start at 0, got {name}[0] = {first}")
-        if cu.numel() > 1 and bool((cu[1:] < cu[:-1]).any()):
+        if decreasing:
             raise ValueError(f"{name} must be non-decreasing")
         if last != total:
             raise ValueError(f"{name} must end at the number of rows ({total}), got {name}[-1] = {last}")

@@ -669,15 +669,24 @@ def beta_posterior(
     if not outcomes.is_floating_point():
         outcomes = outcomes.to(torch.float32)
     m = outcomes.numel()
+    # the value checks of weights and outcomes read back in one sync (one aminmax each); each
+    # still raises at its own place, after the argument checks that precede it
+    if value_checks_enabled() and m and (weights is None or (
+            isinstance(weights, Tensor) and weights.is_floating_point() and weights.dim() == 1
+            and weights.numel() == m and weights.device == outcomes.device)):
+        bounds = value_bounds(outcomes, *(() if weights is None else (weights,)))
+    else:
+        bounds = None
     if weights is not None:
         check_tensor(weights, "weights", ndim=1, floating=True)
         if weights.numel() != m:
             raise ValueError(f"weights must have one entry per demonstration ({m}), got {weights.numel()}")
         if weights.device != outcomes.device:
             raise ValueError(f"weights is on {weights.device} but outcomes is on {outcomes.device}")
-        _check_finite(weights, "weights")
-        if value_checks_enabled() and m and bool((weights < 0).any()):
-            raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
+        if bounds is None or not _BOUNDS["weights"](*bounds[1]):
+            _check_finite(weights, "weights")
+            if value_checks_enabled() and m and bool((weights < 0).any()):
+                raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
     pa, pb = _check_prior(prior_alpha, prior_beta)
     g = check_finite_float(discount, "discount", low=0.0, high=1.0, low_open=True)
     if num_segments is not None:
@@ -685,7 +694,8 @@ def beta_posterior(
             raise ValueError(f"num_segments must be a non-negative int, got {num_segments!r}")
     if (cu_segments is None) == (segment_index is None):
         raise ValueError("give exactly one of cu_segments and segment_index")
-    _check_unit_interval(outcomes, "outcomes")
+    if bounds is None or not _BOUNDS["unit"](*bounds[0]):
+        _check_unit_interval(outcomes, "outcomes")
     cu = index = None
     if cu_segments is not None:
         check_tensor(cu_segments, "cu_segments", ndim=1)
