@@ -463,8 +463,7 @@ def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e
 
 
 # ==================================================================== statistics
-@torch.library.custom_op("icrm::beta_stats", mutates_args=())
-def _beta_stats_op(alpha: Tensor, beta: Tensor) -> Tensor:
+def _beta_stats_impl(alpha: Tensor, beta: Tensor) -> Tensor:
     """[6, *alpha.shape]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy."""
     backend = _select(alpha, "beta_stats")
     if backend == "triton":
@@ -478,7 +477,12 @@ def _beta_stats_op(alpha: Tensor, beta: Tensor) -> Tensor:
 
         st = ref.beta_stats(alpha.to(torch.float64).reshape(-1), beta.to(torch.float64).reshape(-1))
         out = torch.stack(list(st)).to(alpha.dtype)
-    return out.reshape((6,) + tuple(alpha.shape))
+    shape = (6,) + tuple(alpha.shape)
+    return out if out.shape == shape else out.reshape(shape)
+
+
+# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
+_beta_stats_op = torch.library.custom_op("icrm::beta_stats", _beta_stats_impl, mutates_args=())
 
 
 @_beta_stats_op.register_fake
@@ -507,7 +511,7 @@ def _stats_backward(ctx, grad):
     return ga.to(alpha.dtype), gb.to(beta.dtype)
 
 
-_beta_stats_op.register_autograd(_stats_backward, setup_context=_stats_setup)
+_backend.register_autograd(_beta_stats_op, _beta_stats_impl, _stats_backward, _stats_setup)
 
 
 def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
@@ -520,7 +524,7 @@ def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
     (backward: closed forms with the trigamma op, not fused with the forward)."""
     _check_pair(alpha, beta, "alpha", "beta")
     _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
-    return BetaStats(*_beta_stats_op(alpha, beta).unbind(0))
+    return BetaStats(*_backend.call_op(_beta_stats_op, _beta_stats_impl, alpha, beta).unbind(0))
 
 
 def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean") -> Tensor:
