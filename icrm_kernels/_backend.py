@@ -43,15 +43,21 @@ except Exception as exc:  # not built, or built against another torch: a warning
     )
 
 
+_CPP_OPS_SEEN = set()  # registrations are never removed: a found op is remembered (~1 µs a call)
+
+
 def has_cpp_op(name: str) -> bool:
     """True when the extension registered ``icrm_cpu::<name>``."""
     if not HAS_CPP:
         return False
+    if name in _CPP_OPS_SEEN:
+        return True
     try:
         getattr(torch.ops.icrm_cpu, name)
-        return True
     except (AttributeError, RuntimeError):
         return False
+    _CPP_OPS_SEEN.add(name)
+    return True
 
 
 # ---------------------------------------------------------------- Triton
@@ -121,6 +127,17 @@ def use_backend(name: str):
         reset_context(_forced, token, None)
 
 
+_interpreting_seen = False
+
+
+def _note_interpreting() -> bool:
+    """triton_interpreting(), remembered once true: the environment lookup is ~1 µs of every
+    forced-Triton CPU call, and Triton fixes interpreted kernels when they are defined."""
+    global _interpreting_seen
+    _interpreting_seen = triton_interpreting()
+    return _interpreting_seen
+
+
 def select(device: torch.device, cpp_op: str | None = None) -> str:
     """Resolve the backend for tensors on ``device``: ``"triton"``, ``"cpp"`` or ``"reference"``.
 
@@ -135,7 +152,7 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
             return "reference"
         return "triton"
     if forced == "triton":
-        if not (HAS_TRITON and triton_interpreting()):
+        if not (HAS_TRITON and (_interpreting_seen or _note_interpreting())):
             raise RuntimeError(
                 "use_backend('triton') on CPU tensors needs Triton's interpreter: set "
                 "TRITON_INTERPRET=1 before triton is imported"
