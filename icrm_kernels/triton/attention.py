@@ -494,7 +494,7 @@ class _Layout:
         self.x, self.cu, self.B, self.D = x, cu, b, x.shape[-1]
         rows = x.shape[0]
         self.tpp = _tokens_per_program(rows, states.device, cfg)
-        lengths = cu[1:] - cu[:-1]
+        lengths = torch.diff(cu)  # cu[1:] - cu[:-1] in one call
         self.lengths = lengths
         work_off = torch.zeros(b + 1, dtype=torch.int64, device=states.device)
         torch.cumsum((lengths + self.tpp - 1) // self.tpp, 0, out=work_off[1:])
