@@ -45,9 +45,9 @@ class NoSyncMode(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _FORBIDDEN:
             raise GraphUnsafe(f"{func} (host sync or data-dependent shape) on the unchecked path")
-        if name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) < 3:
-            if any(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args[1:2]) or func is aten.repeat_interleave.Tensor:
-                raise GraphUnsafe(f"{func} without output_size on the unchecked path")
+        if (name == "repeat_interleave" and func is not aten.repeat_interleave.self_int
+                and kwargs.get("output_size") is None):  # tensor repeats: the output size is their sum
+            raise GraphUnsafe(f"{func} without output_size on the unchecked path")
         if name in ("index", "index_put", "index_put_"):
             idx = args[1] if len(args) > 1 else kwargs.get("indices", ())
             if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx or ()):
@@ -203,3 +203,5 @@ def test_the_mode_catches_syncs(monkeypatch):
         run_no_sync(lambda: x[x > 0], monkeypatch)
     with pytest.raises(GraphUnsafe):
         run_no_sync(lambda: x.tolist(), monkeypatch)
+    with pytest.raises(GraphUnsafe):
+        run_no_sync(lambda: torch.repeat_interleave(torch.tensor([1, 2])), monkeypatch)
