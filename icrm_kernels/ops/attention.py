@@ -321,8 +321,8 @@ def seq_to_token_attention(
     nonempty = nonempty[:, None]  # from the core (the layout the kernels used)
     # attended tokens but lse = -inf (every score -inf): NaN, as softmax gives
     no_mass = nonempty & (lse == float("-inf")).any(dim=-1, keepdim=True)
-    out = torch.where(nonempty, out, torch.zeros_like(out))
-    return torch.where(no_mass, torch.full_like(out, float("nan")), out)
+    out = torch.where(nonempty, out, 0.0)  # (scalar fills: no zeros_like / full_like tensors)
+    return torch.where(no_mass, float("nan"), out)
 
 
 def r2m_omega(step, total_steps, floor: float = 0.6):

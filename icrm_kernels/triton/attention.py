@@ -497,10 +497,11 @@ class _Layout:
         lengths = torch.diff(cu)  # cu[1:] - cu[:-1] in one call
         self.lengths = lengths
         work_off = torch.zeros(b + 1, dtype=torch.int64, device=states.device)
-        torch.cumsum((lengths + self.tpp - 1) // self.tpp, 0, out=work_off[1:])
+        ends = work_off[1:]
+        torch.cumsum((lengths + (self.tpp - 1)) // self.tpp, 0, out=ends)
         self.work_off = work_off
         self.P = rows // self.tpp + b
-        self.work_seq = torch.searchsorted(work_off[1:], torch.arange(self.P, device=states.device), right=True)
+        self.work_seq = torch.searchsorted(ends, torch.arange(self.P, device=states.device), right=True)
 
     @property
     def mask_arg(self):
