@@ -16,6 +16,9 @@ import sys
 import time
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+# time the checkout this script lives in, not whatever icrm_kernels the environment installed
+# (``python bench/host_overhead.py`` puts bench/, not the repository root, first on sys.path)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 

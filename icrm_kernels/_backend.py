@@ -43,15 +43,21 @@ except Exception as exc:  # not built, or built against another torch: a warning
     )
 
 
+_CPP_OPS_SEEN = set()  # registrations are never removed: a found op is remembered (~1 µs a call)
+
+
 def has_cpp_op(name: str) -> bool:
     """True when the extension registered ``icrm_cpu::<name>``."""
     if not HAS_CPP:
         return False
+    if name in _CPP_OPS_SEEN:
+        return True
     try:
         getattr(torch.ops.icrm_cpu, name)
-        return True
     except (AttributeError, RuntimeError):
         return False
+    _CPP_OPS_SEEN.add(name)
+    return True
 
 
 # ---------------------------------------------------------------- Triton
@@ -121,6 +127,17 @@ def use_backend(name: str):
         reset_context(_forced, token, None)
 
 
+_interpreting_seen = False
+
+
+def _note_interpreting() -> bool:
+    """triton_interpreting(), remembered once true: the environment lookup is ~1 µs of every
+    forced-Triton CPU call, and Triton fixes interpreted kernels when they are defined."""
+    global _interpreting_seen
+    _interpreting_seen = triton_interpreting()
+    return _interpreting_seen
+
+
 def select(device: torch.device, cpp_op: str | None = None) -> str:
     """Resolve the backend for tensors on ``device``: ``"triton"``, ``"cpp"`` or ``"reference"``.
 
@@ -135,7 +152,7 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
             return "reference"
         return "triton"
     if forced == "triton":
-        if not (HAS_TRITON and triton_interpreting()):
+        if not (HAS_TRITON and (_interpreting_seen or _note_interpreting())):
             raise RuntimeError(
                 "use_backend('triton') on CPU tensors needs Triton's interpreter: set "
                 "TRITON_INTERPRET=1 before triton is imported"
@@ -148,22 +165,30 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
     return "reference"
 
 
+try:
+    _is_compiling = torch.compiler.is_compiling
+except AttributeError:  # torch < 2.3
+    _is_compiling = None
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode reads
+_Tensor = torch.Tensor
+
+
 def _eager_mode(tensors) -> bool:
     """True outside torch.compile, export, torch.func transforms and dispatch modes (make_fx,
-    FakeTensorMode), with plain tensors only (no subclasses such as FakeTensor or DTensor)."""
-    try:
-        if torch.compiler.is_compiling():
+    FakeTensorMode), with plain tensors only (no subclasses such as FakeTensor or DTensor).
+    ``tensors`` may hold None and non-tensor arguments: only tensor subclasses count.
+    (Called on every eager op: the torch entry points are bound once, ~1.5 -> ~0.5 µs.)"""
+    if _is_compiling is None or _is_compiling():
+        return False
+    if _functorch_active is not None and _functorch_active():  # vmap/grad wrap tensors that still look plain
+        return False
+    if _dispatch_stack_len():
+        return False
+    for t in tensors:
+        if isinstance(t, _Tensor) and type(t) is not _Tensor:
             return False
-    except AttributeError:
-        return False
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if active is not None and active():  # vmap/grad wrap tensors that still look plain
-        return False
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    if _get_current_dispatch_mode() is not None:
-        return False
-    return all(type(t) is torch.Tensor for t in tensors)
+    return True
 
 
 def skip_dispatcher(*tensors) -> bool:
@@ -174,35 +199,72 @@ def skip_dispatcher(*tensors) -> bool:
     more than the kernels of the small ops). So: only in eager mode (:func:`_eager_mode`) and
     with no tensor that would need a gradient.
     """
-    tensors = [t for t in tensors if t is not None]
     return _eager_mode(tensors) and not _needs_grad(tensors)
 
 
 def _needs_grad(tensors) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    """Grad mode on and some argument a tensor that requires grad (None and numbers skipped)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if isinstance(t, _Tensor) and t.requires_grad:
+            return True
+    return False
 
 
 # op -> autograd.Function.apply running the op's implementation with its registered formula
 _EAGER_AUTOGRAD = {}
 
 
-def register_autograd(op, impl, backward, setup_context):
+def register_autograd(op, impl, backward, setup_context, eager_outputs=None):
     """``op.register_autograd(backward, setup_context=setup_context)``, plus the same formula as
     a ``torch.autograd.Function`` around ``impl`` that :func:`call_op` uses for eager calls that
     need a gradient: torch.library's autograd path adds ~50 µs of host time a call (argument
     defaults refilled, redispatch, dynamo's disable wrapper) to a forward that may itself take
     a few µs. Both paths run the same ``setup_context`` and ``backward`` on the same kind of
-    ctx (torch.library's formula is an autograd.Function too)."""
+    ctx (torch.library's formula is an autograd.Function too).
+
+    ``eager_outputs=k`` (ops returning a tuple whose trailing outputs are internal, such as the
+    per-element gradients a fused forward saves for backward): the eager Function returns only
+    the first ``k`` outputs as graph outputs (each extra output of an autograd.Function costs
+    ~4 µs a call); :func:`call_op` still returns the whole tuple, the trailing outputs as plain
+    tensors without grad_fn, and ``backward`` receives None for their gradients, what it gets
+    from torch.library when they are unused (``ctx.set_materialize_grads(False)``)."""
     op.register_autograd(backward, setup_context=setup_context)
 
-    def forward(ctx, *args):
-        out = impl(*args)
-        setup_context(ctx, args, out)
-        return out
+    if eager_outputs is None:
+        def forward(ctx, *args):
+            out = impl(*args)
+            setup_context(ctx, args, out)
+            return out
+
+        bwd = backward
+    else:
+        k = eager_outputs
+
+        def forward(ctx, *args):
+            out = impl(*args)
+            setup_context(ctx, args, out)
+            ctx.icrm_rest = out[k:]
+            return out[0] if k == 1 else out[:k]
+
+        def bwd(ctx, *grads):
+            return backward(ctx, *grads, *((None,) * len(ctx.icrm_rest)))
 
     eager = type(f"Eager_{getattr(op, '_name', 'op').replace('::', '_')}", (torch.autograd.Function,),
-                 {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    _EAGER_AUTOGRAD[op] = eager.apply
+                 {"forward": staticmethod(forward), "backward": staticmethod(bwd)})
+    if eager_outputs is None:
+        _EAGER_AUTOGRAD[op] = eager.apply
+    else:
+        apply = eager.apply
+
+        def run(*args):
+            y = apply(*args)
+            head = (y,) if k == 1 else y
+            # the graph output's grad_fn is the Function's ctx, which holds the internal outputs
+            return head + tuple(head[0].grad_fn.icrm_rest)
+
+        _EAGER_AUTOGRAD[op] = run
 
 
 def call_op(op, impl, *args):
@@ -213,10 +275,9 @@ def call_op(op, impl, *args):
       eager ``autograd.Function`` around ``impl``;
     - otherwise (torch.compile, export, tracing, tensor subclasses): ``op(*args)``.
     """
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if not _eager_mode(tensors):
+    if not _eager_mode(args):
         return op(*args)
-    if not _needs_grad(tensors):
+    if not _needs_grad(args):
         return impl(*args)
     return _EAGER_AUTOGRAD.get(op, op)(*args)
 

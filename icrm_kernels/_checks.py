@@ -131,6 +131,26 @@ def check_choice(value, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def value_bounds(*tensors) -> list:
+    """``[(min, max), ...]`` of each tensor as Python numbers, read back in one host sync: one
+    ``torch.aminmax`` per tensor, stacked, one ``.tolist()``. NaN anywhere makes both NaN, so
+    ``lo > 0 and hi < inf`` means "finite and positive" and ``lo >= 0 and hi <= 1`` "in [0, 1]"
+    (comparisons with NaN are False). Every tensor must be non-empty. The fused form of checks
+    that otherwise cost a reduction and a sync each (isfinite(x).all() alone is ~13 µs of host
+    time on a 4K CPU tensor, aminmax ~2 µs); callers rerun their detailed check, which raises
+    with the exact message, only when a bound fails."""
+    vals = []
+    for t in tensors:
+        vals.extend(torch.aminmax(t))
+    dt = vals[0].dtype
+    for v in vals:
+        if v.dtype != dt:  # mixed dtypes: float64 holds every float16/bfloat16/float32 value exactly
+            vals = [u.to(torch.float64) for u in vals]
+            break
+    flat = torch.stack(vals).tolist()
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
 def check_offsets(cu: torch.Tensor, name: str, total: int) -> torch.Tensor:
     """``cu`` is a 1-D int32/int64 offsets tensor: cu[0] = 0, non-decreasing, cu[-1] = total.
 
@@ -142,11 +162,16 @@ def check_offsets(cu: torch.Tensor, name: str, total: int) -> torch.Tensor:
     if cu.numel() < 1:
         raise ValueError(f"{name} must have at least one element (B+1 offsets starting at 0)")
     if value_checks_enabled():
-        first = int(cu[0])
-        last = int(cu[-1])
+        # one host sync for the three facts (each int()/bool() is a sync on the GPU)
+        if cu.numel() > 1:
+            first, last, decreasing = torch.stack(
+                (cu[0], cu[-1], (cu[1:] < cu[:-1]).any().to(cu.dtype))).tolist()
+        else:
+            first = last = int(cu[0])
+            decreasing = 0
         if first != 0:
             raise ValueError(f"{name} must start at 0, got {name}[0] = {first}")
-        if cu.numel() > 1 and bool((cu[1:] < cu[:-1]).any()):
+        if decreasing:
             raise ValueError(f"{name} must be non-decreasing")
         if last != total:
             raise ValueError(f"{name} must end at the number of rows ({total}), got {name}[-1] = {last}")

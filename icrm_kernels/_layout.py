@@ -53,10 +53,14 @@ def sanitize_offsets(cu: torch.Tensor, n: int) -> torch.Tensor:
     launchers) it keeps every group or sequence inside the rows, so garbage offsets give garbage
     values, not a crash. The one rule for cu_groups, cu_segments and cu_seqlens (the C++ kernels
     apply the same)."""
-    cu = cu.reshape(-1).to(torch.int64).clamp(0, max(int(n), 0))
+    if cu.dim() != 1:
+        cu = cu.reshape(-1)
+    if cu.dtype != torch.int64:  # (each skipped no-op call saves ~1 µs of host time)
+        cu = cu.to(torch.int64)
+    cu = cu.clamp(0, max(int(n), 0))
     if cu.numel() > 1:
         cu = torch.cummax(cu, 0).values
-    return cu.contiguous()
+    return cu if cu.is_contiguous() else cu.contiguous()
 
 
 def sorted_group_of_position(cu: torch.Tensor, n: int) -> torch.Tensor:

@@ -327,7 +327,7 @@ def test_opcheck_custom_ops(backend, device, layout):
     inp, _ = make_inputs(device, torch.float32, layout=layout, num_heads=2, d=4)
     cu, mask, x = inp.get("cu_seqlens"), inp.get("key_padding_mask"), inp["states"]
     q = torch.randn(4, 2, x.shape[-1], device=device).transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous
-    c, lse = ops.s2t_attention_core(q, x, cu, mask)
+    c, lse, _ = ops.s2t_attention_core(q, x, cu, mask)
     torch.library.opcheck(ops.s2t_attention_core, (q.requires_grad_(True), x.requires_grad_(True), cu, mask))
     torch.library.opcheck(ops.s2t_attention_core_bwd, (torch.randn_like(c), q.detach(), x.detach(), cu, mask, c, lse, True))
     torch.library.opcheck(ops.r2m_reward_core, (q.detach(), torch.randn(2, x.shape[-1], device=device), x.detach(), cu, mask))

@@ -85,7 +85,7 @@ for cu_list in bad_cus:
         out.sum().backward()
         r = ik.r2m_reward(**inp, score_weight=torch.randn(12), omega=0.5)
         q_t = torch.randn(b, 2, inp["states"].shape[1])
-        c, lse = s2t_attention_core(q_t, inp["states"].detach(), inp["cu_seqlens"], None)
+        c, lse, _ = s2t_attention_core(q_t, inp["states"].detach(), inp["cu_seqlens"], None)
         y, ne = r2m_reward_core(q_t, torch.randn(2, inp["states"].shape[1]), inp["states"].detach(),
                                 inp["cu_seqlens"].to(torch.int32), None)
     assert out.shape == (b, 12) and torch.isfinite(out).all(), out

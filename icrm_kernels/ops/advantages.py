@@ -193,7 +193,7 @@ def _validated_options(preset, baseline, scale, whiten, eps, std_unbiased, singl
 
 @functools.lru_cache(maxsize=256)
 def _validated_options_cached(key) -> tuple:
-    return tuple(_validated_options(*(v for _, v in key)).items())
+    return tuple(_validated_options(*key[0]).items())
 
 
 def _options(*args) -> dict:
@@ -204,7 +204,7 @@ def _options(*args) -> dict:
     trace ``hash`` of a tuple, and the check runs once, at trace time, anyway."""
     if compiling():
         return _validated_options(*args)
-    key = tuple((type(v), v) for v in args)
+    key = (args, tuple(map(type, args)))  # (a flat pair: cheaper to build than (type, v) pairs)
     try:
         hash(key)
     except TypeError:  # e.g. bnpo_bounds given as a list
@@ -340,6 +340,11 @@ def group_advantages(
     Identical rewards in a group give exactly 0: every mean is computed shifted by a member of
     its group. Gradients (w.r.t. ``rewards`` only) recompute the float64 reference with autograd.
     N = 0 returns an empty tensor.
+
+    CUDA graphs: inside ``unchecked()`` no layout or option reads a value back to the host
+    (the GPU index layout launches over N group slots; tests/test_graph_safety.py). On the CPU
+    the C++ index layout sizes its offsets by the number of groups (CPU tensors are never
+    graph-captured).
     """
     check_tensor(rewards, "rewards", ndim=(1, 2), floating=True)
     if rewards.dim() == 2 and rewards.shape[1] == 0:
@@ -387,6 +392,14 @@ def group_advantages(
                          process_group=process_group)
         return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
                           process_group=process_group)
+    tensors = (rewards, cu_groups, group_index, reward_weights, response_mask)
+    if _backend._eager_mode(tensors) and not _backend._needs_grad(tensors):
+        # what call_op would run (the implementation, no dispatcher), minus the re-encoding of
+        # the options into the op's flat schema and back (o already has _opts' keys and values)
+        backend = _backend.select(rewards.device, cpp_op="group_advantages")
+        if backend == "reference":
+            return _reference(rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o)
+        return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
     return _backend.call_op(
         _group_advantages_op, _group_advantages_impl,
         rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o["baseline"], o["scale"],

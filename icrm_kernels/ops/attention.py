@@ -77,19 +77,26 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 # ---------------------------------------------------------------- core custom ops
 def _s2t_core_impl(
     q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """(c[B, H, D_p], lse[B, H]) in fp32 (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l."""
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(c[B, H, D_p], lse[B, H]) in fp32 (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l, and
+    nonempty[B] bool: whether row b has an attended token, from the layout alone (never from the
+    scores); the Triton launcher has it from the offsets it already sanitized (computing it
+    again at the op level cost ~45 µs of host time a call)."""
     impl = _impl(q_tilde.device, q_tilde.dtype)
     if impl == "triton":
         from icrm_kernels.triton import attention as _tri
 
-        c, lse = _tri.s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask)
-    elif impl == "cpp":
-        c, lse = torch.ops.icrm_cpu.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+        c, lse, nonempty = _tri.s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask)
     else:
-        c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+        if impl == "cpp":
+            c, lse = torch.ops.icrm_cpu.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+        else:
+            c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+        nonempty = _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0])
     dt = _acc_dtype(q_tilde.dtype)
-    return c.to(dt).contiguous(), lse.to(dt).contiguous()
+    if c.dtype != dt:
+        c, lse = c.to(dt), lse.to(dt)
+    return c.contiguous(), lse.contiguous(), nonempty.contiguous()
 
 
 # eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
@@ -100,7 +107,8 @@ s2t_attention_core = torch.library.custom_op("icrm::s2t_attention_core", _s2t_co
 def _(q_tilde, states, cu_seqlens, key_padding_mask):
     b, h, _ = q_tilde.shape
     dt = _acc_dtype(q_tilde.dtype)
-    return q_tilde.new_empty(q_tilde.shape, dtype=dt), q_tilde.new_empty((b, h), dtype=dt)
+    return (q_tilde.new_empty(q_tilde.shape, dtype=dt), q_tilde.new_empty((b, h), dtype=dt),
+            q_tilde.new_empty((b,), dtype=torch.bool))
 
 
 def _s2t_core_bwd_impl(
@@ -132,12 +140,12 @@ def _(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
 
 def _core_setup_context(ctx, inputs, output):
     q_tilde, states, cu_seqlens, key_padding_mask = inputs
-    c, lse = output
+    c, lse, nonempty = output
     ctx.save_for_backward(q_tilde, states, cu_seqlens, key_padding_mask, c, lse)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, nonempty)
 
 
-def _core_backward(ctx, dc, dlse):
+def _core_backward(ctx, dc, dlse, dnonempty):
     q_tilde, states, cu_seqlens, key_padding_mask, c, lse = ctx.saved_tensors
     need_dstates = bool(ctx.needs_input_grad[1])
     if dc is None:
@@ -147,7 +155,8 @@ def _core_backward(ctx, dc, dlse):
     return dq, (dx if need_dstates else None), None, None
 
 
-_backend.register_autograd(s2t_attention_core, _s2t_core_impl, _core_backward, _core_setup_context)
+_backend.register_autograd(s2t_attention_core, _s2t_core_impl, _core_backward, _core_setup_context,
+                          eager_outputs=1)
 
 
 def _r2m_reward_core_impl(
@@ -290,7 +299,8 @@ def seq_to_token_attention(
     d = _check_inputs(query, states, w_q, w_k, w_v, w_o, cu_seqlens, key_padding_mask, num_heads, b_q, b_k, b_v, b_o, scale)
     dh = d // num_heads
     q_tilde = _query_tilde(query, w_q, b_q, w_k, num_heads, scale)
-    c, lse = _backend.call_op(s2t_attention_core, _s2t_core_impl, q_tilde, states, cu_seqlens, key_padding_mask)
+    c, lse, nonempty = _backend.call_op(s2t_attention_core, _s2t_core_impl, q_tilde, states, cu_seqlens,
+                                        key_padding_mask)
     if num_heads == 1:
         o = c[:, 0].to(query.dtype) @ w_v
     else:
@@ -308,11 +318,11 @@ def seq_to_token_attention(
         out = out + b_k.sum() * 0.0
     # Empty rows from the layout, never from the scores: a NaN/inf score (NaN or inf in states,
     # query or weights) used to give a non-finite lse that passed for "empty" and returned 0.
-    nonempty = _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, query.shape[0])[:, None]
+    nonempty = nonempty[:, None]  # from the core (the layout the kernels used)
     # attended tokens but lse = -inf (every score -inf): NaN, as softmax gives
     no_mass = nonempty & (lse == float("-inf")).any(dim=-1, keepdim=True)
-    out = torch.where(nonempty, out, torch.zeros_like(out))
-    return torch.where(no_mass, torch.full_like(out, float("nan")), out)
+    out = torch.where(nonempty, out, 0.0)  # (scalar fills: no zeros_like / full_like tensors)
+    return torch.where(no_mass, float("nan"), out)
 
 
 def r2m_omega(step, total_steps, floor: float = 0.6):

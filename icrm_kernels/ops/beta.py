@@ -27,6 +27,7 @@ they are skipped: alpha or beta <= 0, -inf or NaN then give NaN (every backend),
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -41,6 +42,7 @@ from icrm_kernels._checks import (
     check_offsets,
     check_tensor,
     compiling,
+    value_bounds,
     value_checks_enabled,
 )
 from icrm_kernels._layout import sanitize_offsets
@@ -113,7 +115,7 @@ def _beta_elbo_impl(
         if reduction != 0:
             loss = loss.sum()
             if reduction == 2:
-                loss = loss / max(n, 1)
+                loss.div_(max(n, 1))  # in place on the fresh sum: the same division, one tensor fewer
     elif backend == "cpp":
         loss, g1, g2 = torch.ops.icrm_cpu.beta_elbo(
             x1.contiguous(), x2.contiguous(), None if labels is None else labels.contiguous(),
@@ -126,12 +128,21 @@ def _beta_elbo_impl(
             loss = loss.sum()
             if reduction == 2:
                 loss = loss / max(n, 1)
-    loss = loss.to(x1.dtype)
-    loss = loss.reshape(shape) if reduction == 0 else loss.reshape(())
+    # each .to / .reshape that would be a no-op is skipped: ~1 µs of host time apiece
+    if loss.dtype != x1.dtype:
+        loss = loss.to(x1.dtype)
+    if reduction == 0:
+        if loss.shape != shape:
+            loss = loss.reshape(shape)
+    elif loss.dim():
+        loss = loss.reshape(())
     if compute_grad:
-        return loss, g1.to(gdt).reshape(shape), g2.to(gdt).reshape(shape)
-    empty = x1.new_empty((0,), dtype=gdt)
-    return loss, empty, empty.clone()
+        if g1.dtype != gdt:
+            g1, g2 = g1.to(gdt), g2.to(gdt)
+        if g1.shape != shape:
+            g1, g2 = g1.reshape(shape), g2.reshape(shape)
+        return loss, g1, g2
+    return loss, x1.new_empty((0,), dtype=gdt), x1.new_empty((0,), dtype=gdt)
 
 
 def _elbo_reference(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, compute_grad):
@@ -186,14 +197,18 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
     if not ctx.compute_grad or grad_loss is None:  # only labels/weights required grad: they get none
         return (None,) * 11
     g1, g2 = ctx.saved_tensors
-    scale = grad_loss.to(g1.dtype)
+    scale = grad_loss if grad_loss.dtype == g1.dtype else grad_loss.to(g1.dtype)
     if ctx.reduction == 2:
         scale = scale / max(ctx.n, 1)
-    return ((g1 * scale).to(ctx.dtypes[0]), (g2 * scale).to(ctx.dtypes[1]),
-            None, None, None, None, None, None, None, None, None)
+    d1, d2 = g1 * scale, g2 * scale
+    if d1.dtype != ctx.dtypes[0]:  # (a no-op .to costs ~1 µs)
+        d1 = d1.to(ctx.dtypes[0])
+    if d2.dtype != ctx.dtypes[1]:
+        d2 = d2.to(ctx.dtypes[1])
+    return d1, d2, None, None, None, None, None, None, None, None, None
 
 
-_backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup)
+_backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup, eager_outputs=1)
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -244,6 +259,39 @@ def _check_weights(t: Optional[Tensor], name: str = "weights") -> None:
         bad = t < 0
         if bool(bad.any()):
             raise ValueError(f"{name} must be >= 0, got {t[bad].flatten()[0].item()}")
+
+
+# what each kind of value check accepts, on a tensor's (min, max); NaN fails every one
+_BOUNDS = {
+    "positive": lambda lo, hi: lo > 0 and hi < math.inf,  # check_positive
+    "finite": lambda lo, hi: lo > -math.inf and hi < math.inf,  # _check_finite
+    "unit": lambda lo, hi: lo >= 0 and hi <= 1,  # _check_unit_interval
+    "weights": lambda lo, hi: lo >= 0 and hi < math.inf,  # _check_weights
+}
+_DETAILED = {
+    "positive": check_positive,
+    "finite": _check_finite,
+    "unit": _check_unit_interval,
+    "weights": _check_weights,
+}
+
+
+def _check_values(*specs) -> None:
+    """The value checks of one call, ``(tensor or None, name, kind)`` each, fused: one aminmax per
+    tensor and a single host sync (:func:`value_bounds`) instead of a reduction and a sync per
+    check. A failing bound reruns the detailed checks in the given order, which raise with
+    their usual messages."""
+    if not value_checks_enabled():
+        return
+    live = [sp for sp in specs if sp[0] is not None and sp[0].numel()]
+    if not live:
+        return
+    bounds = value_bounds(*(sp[0] for sp in live))
+    for (t, name, kind), (lo, hi) in zip(live, bounds):
+        if not _BOUNDS[kind](lo, hi):
+            for t2, name2, kind2 in live:
+                _DETAILED[kind2](t2, name2)
+            return
 
 
 def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
@@ -297,10 +345,8 @@ def beta_elbo_loss(
     _check_pair(alpha, beta, "alpha", "beta")
     labels, weights, pa, pb, kw, red = _check_elbo_args(alpha, "alpha", labels, weights, prior_alpha, prior_beta,
                                                         kl_weight, reduction)
-    check_positive(alpha, "alpha")
-    check_positive(beta, "beta")
-    _check_unit_interval(labels, "labels")
-    _check_weights(weights, "weights")
+    _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"), (labels, "labels", "unit"),
+                  (weights, "weights", "weights"))
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, labels, weights, pa, pb, kw, 0.0, False,
                                   red, _needs_grad(alpha, beta))
     return loss
@@ -325,10 +371,8 @@ def beta_elbo_loss_from_logits(
     labels, weights, pa, pb, kw, red = _check_elbo_args(mean_logit, "mean_logit", labels, weights, prior_alpha,
                                                         prior_beta, kl_weight, reduction)
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
-    _check_finite(mean_logit, "mean_logit")
-    _check_finite(conc_logit, "conc_logit")
-    _check_unit_interval(labels, "labels")
-    _check_weights(weights, "weights")
+    _check_values((mean_logit, "mean_logit", "finite"), (conc_logit, "conc_logit", "finite"),
+                  (labels, "labels", "unit"), (weights, "weights", "weights"))
     loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, mean_logit, conc_logit, labels, weights, pa, pb, kw,
                                   tmin, True, red, _needs_grad(mean_logit, conc_logit))
     return loss
@@ -344,8 +388,7 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
     alpha and beta fused too). Tensor priors (broadcasting against alpha) take an unfused path
     through the torch reference formula in float64 (differentiable in every argument)."""
     _check_pair(alpha, beta, "alpha", "beta")
-    check_positive(alpha, "alpha")
-    check_positive(beta, "beta")
+    _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
     if isinstance(prior_alpha, torch.Tensor) or isinstance(prior_beta, torch.Tensor):
         from icrm_kernels.reference import beta as ref
 
@@ -420,8 +463,7 @@ def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e
 
 
 # ==================================================================== statistics
-@torch.library.custom_op("icrm::beta_stats", mutates_args=())
-def _beta_stats_op(alpha: Tensor, beta: Tensor) -> Tensor:
+def _beta_stats_impl(alpha: Tensor, beta: Tensor) -> Tensor:
     """[6, *alpha.shape]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy."""
     backend = _select(alpha, "beta_stats")
     if backend == "triton":
@@ -435,7 +477,12 @@ def _beta_stats_op(alpha: Tensor, beta: Tensor) -> Tensor:
 
         st = ref.beta_stats(alpha.to(torch.float64).reshape(-1), beta.to(torch.float64).reshape(-1))
         out = torch.stack(list(st)).to(alpha.dtype)
-    return out.reshape((6,) + tuple(alpha.shape))
+    shape = (6,) + tuple(alpha.shape)
+    return out if out.shape == shape else out.reshape(shape)
+
+
+# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
+_beta_stats_op = torch.library.custom_op("icrm::beta_stats", _beta_stats_impl, mutates_args=())
 
 
 @_beta_stats_op.register_fake
@@ -464,7 +511,7 @@ def _stats_backward(ctx, grad):
     return ga.to(alpha.dtype), gb.to(beta.dtype)
 
 
-_beta_stats_op.register_autograd(_stats_backward, setup_context=_stats_setup)
+_backend.register_autograd(_beta_stats_op, _beta_stats_impl, _stats_backward, _stats_setup)
 
 
 def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
@@ -476,9 +523,8 @@ def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
     entropy = ln B(a,b) - (a-1) psi(a) - (b-1) psi(b) + (s-2) psi(s), s = a + b. Differentiable
     (backward: closed forms with the trigamma op, not fused with the forward)."""
     _check_pair(alpha, beta, "alpha", "beta")
-    check_positive(alpha, "alpha")
-    check_positive(beta, "beta")
-    return BetaStats(*_beta_stats_op(alpha, beta).unbind(0))
+    _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
+    return BetaStats(*_backend.call_op(_beta_stats_op, _beta_stats_impl, alpha, beta).unbind(0))
 
 
 def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean") -> Tensor:
@@ -634,15 +680,24 @@ def beta_posterior(
     if not outcomes.is_floating_point():
         outcomes = outcomes.to(torch.float32)
     m = outcomes.numel()
+    # the value checks of weights and outcomes read back in one sync (one aminmax each); each
+    # still raises at its own place, after the argument checks that precede it
+    if value_checks_enabled() and m and (weights is None or (
+            isinstance(weights, Tensor) and weights.is_floating_point() and weights.dim() == 1
+            and weights.numel() == m and weights.device == outcomes.device)):
+        bounds = value_bounds(outcomes, *(() if weights is None else (weights,)))
+    else:
+        bounds = None
     if weights is not None:
         check_tensor(weights, "weights", ndim=1, floating=True)
         if weights.numel() != m:
             raise ValueError(f"weights must have one entry per demonstration ({m}), got {weights.numel()}")
         if weights.device != outcomes.device:
             raise ValueError(f"weights is on {weights.device} but outcomes is on {outcomes.device}")
-        _check_finite(weights, "weights")
-        if value_checks_enabled() and m and bool((weights < 0).any()):
-            raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
+        if bounds is None or not _BOUNDS["weights"](*bounds[1]):
+            _check_finite(weights, "weights")
+            if value_checks_enabled() and m and bool((weights < 0).any()):
+                raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
     tensor_priors = isinstance(prior_alpha, Tensor) or isinstance(prior_beta, Tensor)
     if tensor_priors:  # added after the kernels (see below); they run with a zero prior
         prior_alpha, prior_beta = (_check_tensor_prior(v, n, outcomes) for v, n in
@@ -658,7 +713,8 @@ def beta_posterior(
             raise ValueError(f"num_segments must be a non-negative int, got {num_segments!r}")
     if (cu_segments is None) == (segment_index is None):
         raise ValueError("give exactly one of cu_segments and segment_index")
-    _check_unit_interval(outcomes, "outcomes")
+    if bounds is None or not _BOUNDS["unit"](*bounds[0]):
+        _check_unit_interval(outcomes, "outcomes")
     cu = index = None
     if cu_segments is not None:
         check_tensor(cu_segments, "cu_segments", ndim=1)

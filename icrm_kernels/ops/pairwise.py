@@ -220,18 +220,24 @@ def _grebt_backward(ctx, grad_losses, grad_drow):
         return (None,) * 7
     drow, cu, order = ctx.saved_tensors
     n = drow.numel()
-    g_loss = grad_losses.to(drow.dtype)
-    if cu is None:  # fixed groups: broadcast one value per group over its rows
-        g = g_loss[:, None].expand(-1, ctx.group_size).reshape(n) if n else g_loss
+    g_loss = grad_losses if grad_losses.dtype == drow.dtype else grad_losses.to(drow.dtype)
+    if cu is None and n:  # fixed groups: one value per group, broadcast over its rows (not materialized)
+        g = g_loss.unsqueeze(1)
+        d = drow.reshape(-1, ctx.group_size)
     else:
-        g = g_loss[_group_of_row(n, cu, order, ctx.group_size, drow.device)]
+        g = g_loss if cu is None else g_loss[_group_of_row(n, cu, order, ctx.group_size, drow.device)]
+        d = drow
     # a group whose loss gets no gradient gets none back, even when its loss is NaN: masking or
     # nansum-ing the "none" output keeps a poisoned group's NaN out of the other rows' update
-    grad = torch.where(g == 0, 0, drow * g)
-    return grad.to(ctx.dtype), None, None, None, None, None, None
+    grad = torch.where(g == 0, 0, d * g)
+    if grad.dim() != 1:
+        grad = grad.reshape(n)
+    if grad.dtype != ctx.dtype:
+        grad = grad.to(ctx.dtype)
+    return grad, None, None, None, None, None, None
 
 
-_backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup)
+_backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup, eager_outputs=1)
 
 
 def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,

@@ -17,6 +17,8 @@ is shifted by a member of its set, so identical rewards give exactly 0. Offsets 
 """
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -473,6 +475,34 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
                        BLOCK_P=next_power_of_2(P), **args)
 
 
+@functools.lru_cache(maxsize=1024)
+def _group_plan(n, group_size, num_slots, n_cu, has_order, T, tokens_here):
+    """(num_groups, BLOCK_B, BLOCK_L, BLOCK_T, grid) of the group kernel; cached: a training loop
+    asks for the same shapes every step, and the arithmetic is ~2 µs of host time a call."""
+    if group_size is not None:
+        block_l = min(max(next_power_of_2(group_size), 2), 256)
+        num_groups = n // group_size
+    else:
+        num_groups = num_slots
+        avg = n // max(1, n_cu - 1) if not has_order else 16
+        block_l = min(max(next_power_of_2(max(avg, 1)), 16), 256)
+    # Launch shapes measured on the H100 (bench/tune_gpu.py, bench/NOTES.md §6). One value per
+    # row: about 512 programs (4 per SM) of 128 to 2048 rows. N = 64K, G = 8: 128-row programs
+    # take 5.0 µs, 2048-row ones 6.8 µs (32 programs left most SMs idle); N = 1M: 2048 rows
+    # 12.7 µs, 128 rows 14.0 µs. Token broadcast: 8 rows x 256 tokens a step, two steps a
+    # program (32M tokens: 85% of copy bandwidth, against 73% for 16 rows x 128 tokens).
+    if tokens_here:
+        block_b = max(1, 8 // block_l)
+        block_t = min(max(next_power_of_2(max(T, 1)), 16), 256, max(16, 4096 // (block_b * block_l)))
+    else:
+        rows = min(2048, max(128, next_power_of_2(cdiv(max(num_groups, 1) * block_l, 512))))
+        block_b = max(1, rows // block_l)
+        block_t = 1
+    # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
+    t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
+    return num_groups, block_b, block_l, block_t, (cdiv(max(num_groups, 1), block_b), t_splits)
+
+
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
                           singleton, omit, whiten_eps, whiten_std, whiten_weights=None, mask=None,
                           out_dtype=None, bnpo_bounds=(0.0, 1.0), process_group=None):
@@ -503,31 +533,12 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     if b == 3 or s == 2:
         parts, P = _moments(r, None, r if omit else None, omit, f64, process_group)
     fixed = group_size is not None
-    if fixed:
-        block_l = min(max(next_power_of_2(group_size), 2), 256)
-        num_groups = n // group_size
-    else:
-        num_groups = num_slots
-        avg = n // max(1, cu.numel() - 1) if order is None else 16
-        block_l = min(max(next_power_of_2(max(avg, 1)), 16), 256)
     tokens_here = mask is not None and wcode == 0
-    # Launch shapes measured on the H100 (bench/tune_gpu.py, bench/NOTES.md §6). One value per
-    # row: about 512 programs (4 per SM) of 128 to 2048 rows. N = 64K, G = 8: 128-row programs
-    # take 5.0 µs, 2048-row ones 6.8 µs (32 programs left most SMs idle); N = 1M: 2048 rows
-    # 12.7 µs, 128 rows 14.0 µs. Token broadcast: 8 rows x 256 tokens a step, two steps a
-    # program (32M tokens: 85% of copy bandwidth, against 73% for 16 rows x 128 tokens).
-    if tokens_here:
-        block_b = max(1, 8 // block_l)
-        block_t = min(max(next_power_of_2(max(T, 1)), 16), 256, max(16, 4096 // (block_b * block_l)))
-    else:
-        rows = min(2048, max(128, next_power_of_2(cdiv(max(num_groups, 1) * block_l, 512))))
-        block_b = max(1, rows // block_l)
-        block_t = 1
+    num_groups, block_b, block_l, block_t, grid = _group_plan(
+        n, group_size, num_slots, cu.numel() if cu is not None and order is None else 0, order is not None, T,
+        tokens_here)
     a_buf = out if wcode == 0 else (torch.zeros if ragged else torch.empty)(
         n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
-    # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
-    t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
-    grid = (cdiv(max(num_groups, 1), block_b), t_splits)
     dummy = r
     if s == 3:
         _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,

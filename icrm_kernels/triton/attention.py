@@ -494,13 +494,14 @@ class _Layout:
         self.x, self.cu, self.B, self.D = x, cu, b, x.shape[-1]
         rows = x.shape[0]
         self.tpp = _tokens_per_program(rows, states.device, cfg)
-        lengths = cu[1:] - cu[:-1]
+        lengths = torch.diff(cu)  # cu[1:] - cu[:-1] in one call
         self.lengths = lengths
         work_off = torch.zeros(b + 1, dtype=torch.int64, device=states.device)
-        torch.cumsum((lengths + self.tpp - 1) // self.tpp, 0, out=work_off[1:])
+        ends = work_off[1:]
+        torch.cumsum((lengths + (self.tpp - 1)) // self.tpp, 0, out=ends)
         self.work_off = work_off
         self.P = rows // self.tpp + b
-        self.work_seq = torch.searchsorted(work_off[1:], torch.arange(self.P, device=states.device), right=True)
+        self.work_seq = torch.searchsorted(ends, torch.arange(self.P, device=states.device), right=True)
 
     @property
     def mask_arg(self):
@@ -536,8 +537,18 @@ def _launch_kw(cfg: dict) -> dict:
     return kw
 
 
+def _nonempty(lay, states, key_padding_mask, bsz):
+    """bool[B] from the layout (never from the scores); packed: the lengths of the offsets the
+    layout already sanitized, rather than a second sanitize of cu_seqlens."""
+    if states.dim() == 3:
+        from icrm_kernels.reference.attention import nonempty_rows
+
+        return nonempty_rows(states, None, key_padding_mask, bsz)
+    return lay.lengths > 0
+
+
 def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
-    """(c[B, H, D_p] fp32, lse[B, H] fp32); q_tilde [B, H, D_p] any float dtype."""
+    """(c[B, H, D_p] fp32, lse[B, H] fp32, nonempty[B] bool); q_tilde [B, H, D_p] any float dtype."""
     _check_shapes(q_tilde, states, cu_seqlens, key_padding_mask)
     bsz, heads, d = q_tilde.shape
     cfg = _config("fwd", heads, d, states.element_size())
@@ -545,8 +556,9 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     dev = q_tilde.device
     c = torch.empty(bsz, heads, d, device=dev, dtype=torch.float32)
     lse = torch.empty(bsz, heads, device=dev, dtype=torch.float32)
+    nonempty = _nonempty(lay, states, key_padding_mask, bsz)
     if bsz == 0:
-        return c, lse
+        return c, lse, nonempty
     q = q_tilde.to(torch.float32).contiguous()
     m = torch.empty(lay.P, heads, device=dev, dtype=torch.float32)
     l = torch.empty_like(m)
@@ -565,7 +577,7 @@ def s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask):
     _s2t_combine_kernel[(bsz, heads, cdiv(d, cb))](
         m, l, acc, lay.work_off, c, lse, heads, d, SOFTMAX=True, BLOCK_D=cb, num_warps=4,
     )
-    return c, lse
+    return c, lse, nonempty
 
 
 def s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
@@ -624,14 +636,7 @@ def r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
     if bsz > 0:
         _s2t_combine_kernel[(bsz, heads, 1)](m, l, a, lay.work_off, y, lse, heads, 1, SOFTMAX=True, BLOCK_D=2,
                                              num_warps=1)
-    # emptiness from the layout (never from the scores); packed: the lengths of the offsets the
-    # layout already sanitized, rather than a second sanitize of cu_seqlens
-    if states.dim() == 3:
-        from icrm_kernels.reference.attention import nonempty_rows
-
-        nonempty = nonempty_rows(states, None, key_padding_mask, bsz)
-    else:
-        nonempty = lay.lengths > 0
+    nonempty = _nonempty(lay, states, key_padding_mask, bsz)
     y = y.view(bsz, heads)
     # attended tokens but lse = -inf: every score -inf, softmax's NaN (not an empty row's 0)
     y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
