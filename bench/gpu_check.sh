@@ -53,7 +53,14 @@ if has install; then
     say "install: already installed with its C++ extension (a warm machine)"
   else
     say "install"
-    MAX_JOBS=16 $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . 2>&1 | tail -5 | tee -a "$LOG"
+    $PY -c "import setuptools; print('setuptools', setuptools.__version__)" 2>&1 | tee -a "$LOG"
+    if ! MAX_JOBS=16 $PY -m pip install -q --no-build-isolation --no-deps --no-index -e . 2>&1 | tail -5 | tee -a "$LOG" \
+        || ! $PY -c "import icrm_kernels" 2>/dev/null; then
+      # e.g. a setuptools older than 77 cannot read the PEP 639 license field: run from the
+      # checkout instead (only the CPU paths need the C++ extension)
+      say "install failed: running from the checkout (PYTHONPATH), without the C++ extension"
+      export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    fi
   fi
   $PY -c "import icrm_kernels, icrm_kernels._backend as b; print('cpp ext', b.HAS_CPP)" 2>&1 | tee -a "$LOG" || rc=1
 fi
