@@ -33,8 +33,9 @@ run: $(VENV)/.ready
 
 test: pytest ctest wheel-check
 
+# ICRM_REQUIRE_INTEGRATIONS=1: a missing integration library fails the run instead of skipping tests
 pytest: $(VENV)/.ready
-	$(PY) -m pytest -q tests
+	ICRM_REQUIRE_INTEGRATIONS=1 $(PY) -m pytest -q tests
 
 # The same csrc built with CMake against libtorch, and its C++ tests.
 ctest: $(VENV)/.ready

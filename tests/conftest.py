@@ -21,6 +21,27 @@ from icrm_kernels import _backend  # noqa: E402
 DEVICE = torch.device("cuda" if ON_CUDA else "cpu")
 
 
+# The libraries the integration tests run for real. They skip where a library is missing (a GPU
+# machine without trl, say); `make test` sets ICRM_REQUIRE_INTEGRATIONS=1 so that in CI a
+# missing one fails the run instead of skipping its tests.
+OPTIONAL_LIBRARIES = ("transformers", "peft", "trl", "datasets", "tokenizers", "verl")
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("ICRM_REQUIRE_INTEGRATIONS") == "1":
+        import importlib
+
+        missing = []
+        for name in OPTIONAL_LIBRARIES:
+            try:
+                importlib.import_module("verl.trainer.ppo.core_algos" if name == "verl" else name)
+            except Exception as exc:  # noqa: BLE001 - report every missing library at once
+                missing.append(f"{name} ({type(exc).__name__}: {exc})")
+        if missing:
+            raise pytest.UsageError("ICRM_REQUIRE_INTEGRATIONS=1 but these integration libraries do not import: "
+                                    + "; ".join(missing))
+
+
 def pytest_report_header(config):
     return (
         f"icrm_kernels: device={DEVICE}, C++ extension={'built' if _backend.HAS_CPP else 'NOT built'}, "

@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import pytest
+from conftest import OPTIONAL_LIBRARIES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
