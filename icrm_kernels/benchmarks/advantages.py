@@ -37,8 +37,11 @@ def _rewards(n, device):
     return torch.rand(n, device=device) * 2 - 1  # random, never zeros
 
 
-def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
+def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False, compile_peers=True):
+    """``compile_peers=False`` leaves the compiled peers out (each costs a compile: the GPU run
+    times them at the shapes of the targets only)."""
     dev = str(device)
+    comp = compile_peers and compiled_peers(device)
     r = _rewards(n, device)
     shape = f"N={n} G={g}" + (" ragged" if ragged else "") + (" unsorted ids" if index else "")
     nbytes = 2 * n * r.element_size()
@@ -62,7 +65,7 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
                           lambda: group_advantages_direct(r, preset="verl_grpo", **layout), dev))
     cases.append(Case(FAMILY, op, "verl-vectorized", shape, n, nbytes,
                       lambda: peers.verl_grpo_vectorized(r, ids), dev))
-    if compiled_peers(device):
+    if comp:
         cases.append(Case(FAMILY, op, "verl-vectorized-compiled", shape, n, nbytes,
                           lambda: _compiled(peers.verl_grpo_vectorized)(r, ids), dev,
                           note="graph break at int(ids.max()): two graphs"))
@@ -70,7 +73,7 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False):
         rpf = r.unsqueeze(1)
         w = torch.ones(1, device=device)
         cases.append(Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "group"), dev))
-        if compiled_peers(device):
+        if comp:
             cases.append(Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
                               lambda: _compiled(peers.trl_grpo)(rpf, w, g, "group"), dev))
             cases.append(Case(FAMILY, op, "view-compiled", shape, n, nbytes,
@@ -166,13 +169,13 @@ def cases(device, quick=False):
     if device.type == "cuda":
         sizes = [4096, 65536] if quick else [4096, 65536, 1 << 20]
         for n in sizes:
-            out += _grpo_cases(n, 8, device)
+            out += _grpo_cases(n, 8, device, compile_peers=n >= 65536)
         out += _grpo_cases(65536, 8, device, ragged=True)
         out += _grpo_cases(65536, 8, device, index=True)
         out += _trl_batch_cases(65536, 8, device)
         if not quick:
-            out += _grpo_cases(65536, 64, device, loop=False)
-            out += _grpo_cases(65536, 4, device, loop=False)
+            out += _grpo_cases(65536, 64, device, loop=False, compile_peers=False)
+            out += _grpo_cases(65536, 4, device, loop=False, compile_peers=False)
         out += _whiten_and_bnpo_cases(65536, 8, device)
         out += _token_cases(4096, 8, 1024, device)
         if not quick:  # 32M tokens (160 MB): the bandwidth target, with the launch latency amortized

@@ -165,7 +165,11 @@ def _attention_cases(p: _Problem, device: str, flash):
     p.query.requires_grad_(True)
     note_flash = "" if flash is not None else "flash-attn not importable: SDPA (padded + bool mask, efficient backend)"
     comp = compiled_peers(device)
-    c_mha, c_sdpa = (compiled(p.mha_fwd), compiled(p.sdpa_fwd)) if comp else (None, None)
+    # MHA through torch.compile on the CPU only: on the GPU it lowers to the same projections and
+    # attention as the compiled SDPA peer, and each compile of this shape costs device time
+    comp_mha = comp and not device.startswith("cuda")
+    c_mha = compiled(p.mha_fwd) if comp_mha else None
+    c_sdpa = compiled(p.sdpa_fwd) if comp else None
     fh = p.flash_heads()
     flash_note = "" if fh == p.heads else f"head_dim {p.mod.attn_dim // p.heads} > 256: run as {fh} heads of {p.mod.attn_dim // fh}"
     for op, make in (
@@ -189,9 +193,10 @@ def _attention_cases(p: _Problem, device: str, flash):
                           wrap(make(p.mha_fwd, params_mha)), device, note=p.mha_note))
         cases.append(Case(FAMILY, op, "torch-sdpa (explicit K/V)", p.shape, p.T, p.bytes,
                           wrap(make(p.sdpa_fwd, params_mod)), device, note=note_flash))
-        if comp:
+        if comp_mha:
             cases.append(Case(FAMILY, op, "nn.MultiheadAttention-compiled", p.shape, p.T, p.bytes,
                               wrap(make(c_mha, params_mha)), device, note=p.mha_note))
+        if comp:
             cases.append(Case(FAMILY, op, "torch-sdpa-compiled (explicit K/V)", p.shape, p.T, p.bytes,
                               wrap(make(c_sdpa, params_mod)), device))
         if flash is not None:
