@@ -85,11 +85,12 @@ def compile_mode() -> str:
     return mode
 
 
-def compiled(fn: Callable, *, dynamic: Optional[bool] = False) -> Callable:
-    """``torch.compile(fn)`` for a peer: one compile per input shape (``dynamic=False``), in
+def compiled(fn: Callable, *, dynamic: Optional[bool] = None) -> Callable:
+    """``torch.compile(fn)`` for a peer, as a user gets it by default: ``dynamic=None`` (the
+    first shape compiled static, a second shape recompiles with dynamic sizes), in
     :func:`compile_mode`. Dynamo keeps at most ``recompile_limit`` graphs per code object and
-    silently falls back to eager beyond it; the benchmarks compile one peer at several shapes,
-    so the limit is raised here (a fallback would be timed as "compiled")."""
+    silently falls back to eager beyond it; the benchmarks run one peer at several shapes, so the
+    limit is raised here (a fallback would be timed as "compiled")."""
     import torch._dynamo
 
     cfg = torch._dynamo.config
