@@ -171,17 +171,24 @@ struct Options {
 };
 
 // What pass 2 needs of one group: A = ((v - pivot) - shift) [* loo] * inv, or const_value.
+// Acc: the arithmetic of the group statistics (float for float32 groups of up to
+// kFloatGroupMax rows, else double).
+template <typename Acc>
 struct GroupParams {
-  double pivot, shift, loo, inv;
+  Acc pivot, shift, loo, inv;
   bool to_const;
 };
 
 // The options group_params reads, taken out of Options once (values, not loads in the loop).
+template <typename Acc>
 struct GroupRule {
-  double eps, ddof, batch_std;
+  Acc eps, ddof, batch_inv;  // batch_inv = 1 / (batch_std + eps), computed in double
   bool raw_singleton;
   explicit GroupRule(const Options& o, double batch_std)
-      : eps(o.eps), ddof(o.unbiased ? 1.0 : 0.0), batch_std(batch_std), raw_singleton(o.singleton == kRaw) {}
+      : eps(static_cast<Acc>(o.eps)),
+        ddof(o.unbiased ? Acc(1) : Acc(0)),
+        batch_inv(static_cast<Acc>(1.0 / (batch_std + o.eps))),
+        raw_singleton(o.singleton == kRaw) {}
 };
 
 // One group's statistics, its row j being val(j) (j < len), for the scalar loop and the lanes
@@ -189,62 +196,84 @@ struct GroupRule {
 // order, shift = S1 / n, M2 in row order, s = sqrt(M2 / (n - ddof)). Branch-free (NaN rows are
 // masked, the pivot is found by selects), so that a loop over groups vectorizes; a raw singleton
 // takes pivot = shift = 0, loo = 1 and s = sqrt(1), which give A = v / (1 + eps) exactly.
-template <bool OMIT, int64_t BASE, int64_t SCALE, class Val>
-ICRM_LANE GroupParams group_params(Val val, int64_t len, const GroupRule& o) {
+template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, class Val>
+ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Acc>& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
-  const double s_fixed = SCALE == kBatchStd ? o.batch_std : 1.0;
-  if constexpr (!group_level) return {0.0, 0.0, 1.0, 1.0 / (s_fixed + o.eps), false};
-  double pivot = 0.0, n = 0.0, S1 = 0.0;  // all NaN (OMIT): pivot 0
+  if constexpr (!group_level) return {Acc(0), Acc(0), Acc(1), SCALE == kBatchStd ? o.batch_inv : Acc(1) / (Acc(1) + o.eps), false};
+  Acc pivot = 0, n = 0, S1 = 0;  // all NaN (OMIT): pivot 0
   if constexpr (OMIT) {
     for (int64_t j = len - 1; j >= 0; --j) pivot = val(j) == val(j) ? val(j) : pivot;
   } else {
     pivot = val(0);
   }
+  // float: the largest |v - pivot| too, whose power of two scales the deviations before they are
+  // squared (exact, so the same bits as unscaled where nothing overflows): fp32 rewards of 1e30
+  // or 1e-30 would square to inf or 0
+  constexpr bool kScaled = std::is_same_v<Acc, float> && SCALE == kGroupStd;
+  Acc mx = 0;
   for (int64_t j = 0; j < len; ++j) {
-    const double v = val(j);
+    const Acc v = val(j);
+    Acc dv;
     if constexpr (OMIT) {
       const bool ok = v == v;
-      n += ok ? 1.0 : 0.0;
-      S1 += ok ? v - pivot : 0.0;
+      n += ok ? Acc(1) : Acc(0);
+      dv = ok ? v - pivot : Acc(0);
     } else {
-      n += 1.0;
-      S1 += v - pivot;
+      n += Acc(1);
+      dv = v - pivot;
+    }
+    S1 += dv;
+    if constexpr (kScaled) {
+      const Acc a = std::abs(dv);
+      mx = a > mx ? a : mx;
     }
   }
-  double shift = S1 / n;  // mean = pivot + shift
-  double var = 1.0;
+  Acc shift = S1 / n;  // mean = pivot + shift
+  Acc var = 1, sc = 1, isc = 1;
+  if constexpr (kScaled) {  // sc = 2^-e, isc = 2^e for mx in [2^e, 2^(e+1)), e clamped to [-126, 126]
+    uint32_t e = __builtin_bit_cast(uint32_t, mx) & 0x7f800000u;
+    e = e < (1u << 23) ? (1u << 23) : e;
+    e = e > (253u << 23) ? (253u << 23) : e;
+    isc = __builtin_bit_cast(float, e);
+    sc = __builtin_bit_cast(float, (254u << 23) - e);
+  }
   if constexpr (SCALE == kGroupStd) {
-    double M2 = 0.0;
+    Acc M2 = 0;
     for (int64_t j = 0; j < len; ++j) {
-      const double v = val(j);
-      double d = (v - pivot) - shift;
-      if constexpr (OMIT) d = v == v ? d : 0.0;
+      const Acc v = val(j);
+      Acc d = (v - pivot) - shift;
+      if constexpr (kScaled) d = d * sc;
+      if constexpr (OMIT) d = v == v ? d : Acc(0);
       M2 += d * d;
     }
     var = M2 / (n - o.ddof);
   }
-  double loo = n / (n - 1.0);
-  const bool single = n == 1.0;
+  Acc loo = n / (n - Acc(1));
+  const bool single = n == Acc(1);
   const bool raw_single = single && o.raw_singleton;
-  pivot = raw_single ? 0.0 : pivot;
-  shift = raw_single ? 0.0 : shift;
-  loo = raw_single ? 1.0 : loo;
-  var = raw_single ? 1.0 : var;
+  pivot = raw_single ? Acc(0) : pivot;
+  shift = raw_single ? Acc(0) : shift;
+  loo = raw_single ? Acc(1) : loo;
+  var = raw_single ? Acc(1) : var;
   // std::sqrt vectorizes in a loop over groups because the build has -fno-math-errno
-  const double s = SCALE == kGroupStd ? std::sqrt(var) : s_fixed;
-  return {pivot, shift, loo, 1.0 / (s + o.eps), single && !o.raw_singleton};
+  Acc inv;
+  if constexpr (kScaled) inv = Acc(1) / ((raw_single ? Acc(1) : std::sqrt(var) * isc) + o.eps);
+  else if constexpr (SCALE == kGroupStd) inv = Acc(1) / (std::sqrt(var) + o.eps);
+  else if constexpr (SCALE == kBatchStd) inv = o.batch_inv;
+  else inv = Acc(1) / (Acc(1) + o.eps);
+  return {pivot, shift, loo, inv, single && !o.raw_singleton};
 }
 
 // A of one row (0 for a NaN row when OMIT), written so identical rewards give exactly 0.
-template <bool OMIT, int64_t BASE>
-ICRM_LANE double row_advantage(double v, const GroupParams& g, double const_value, double batch_mean) {
-  double centered;
+template <typename Acc, bool OMIT, int64_t BASE>
+ICRM_LANE Acc row_advantage(Acc v, const GroupParams<Acc>& g, Acc const_value, Acc batch_mean) {
+  Acc centered;
   if constexpr (BASE == kGroupMean) centered = (v - g.pivot) - g.shift;
   else if constexpr (BASE == kLeaveOneOut) centered = ((v - g.pivot) - g.shift) * g.loo;
   else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
   else centered = v;
-  double a = g.to_const ? const_value : centered * g.inv;
-  if constexpr (OMIT) a = v == v ? a : 0.0;
+  Acc a = g.to_const ? const_value : centered * g.inv;
+  if constexpr (OMIT) a = v == v ? a : Acc(0);
   return a;
 }
 
@@ -252,22 +281,49 @@ inline double singleton_value(const Options& o) {
   return o.singleton == kZero ? 0.0 : std::numeric_limits<double>::quiet_NaN();
 }
 
-// One group: rows lo..hi of the (sorted) layout.
-template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
-                                const Options& o, double batch_mean, double batch_std) {
+// Groups of float32 rewards with at most this many rows compute their statistics in float (the
+// fixed lanes take G <= 16 and must round as this loop does); longer groups and float64 in double.
+constexpr int64_t kFloatGroupMax = 64;
+
+template <typename T>
+using GroupAcc = std::conditional_t<std::is_same_v<T, float>, float, double>;
+
+// What the per-group loop needs of the options, in both arithmetics.
+struct GroupRules {
+  GroupRule<float> f;
+  GroupRule<double> d;
+  double const_value, batch_mean;
+  GroupRules(const Options& o, double batch_mean, double batch_std)
+      : f(o, batch_std), d(o, batch_std), const_value(singleton_value(o)), batch_mean(batch_mean) {}
+};
+
+// One group in arithmetic Acc: rows lo..hi of the (sorted) layout.
+template <typename Acc, typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+inline void normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
+                                    const GroupRule<Acc>& rule, Acc const_value, Acc batch_mean) {
   // order comes from the caller: clamped, so a malformed one (unchecked paths) stays in bounds
   auto row = [&](int64_t j) -> int64_t {
     if constexpr (ORDER) return std::min(std::max<int64_t>(order[j], 0), n - 1);
     else return j;
   };
-  auto val = [&](int64_t j) { return static_cast<double>(r[row(lo + j)]); };
-  const GroupParams g = group_params<OMIT, BASE, SCALE>(val, hi - lo, GroupRule(o, batch_std));
-  const double const_value = singleton_value(o);
+  auto val = [&](int64_t j) { return static_cast<Acc>(r[row(lo + j)]); };
+  const GroupParams<Acc> g = group_params<Acc, OMIT, BASE, SCALE>(val, hi - lo, rule);
   for (int64_t j = lo; j < hi; ++j) {
     const int64_t i = row(j);
-    out[i] = static_cast<T>(row_advantage<OMIT, BASE>(static_cast<double>(r[i]), g, const_value, batch_mean));
+    out[i] = static_cast<T>(row_advantage<Acc, OMIT, BASE>(static_cast<Acc>(r[i]), g, const_value, batch_mean));
   }
+}
+
+template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
+inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
+                                const GroupRules& q) {
+  if (std::is_same_v<T, float> && hi - lo <= kFloatGroupMax)
+    normalize_one_group_acc<float, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.f,
+                                                                static_cast<float>(q.const_value),
+                                                                static_cast<float>(q.batch_mean));
+  else
+    normalize_one_group_acc<double, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.d, q.const_value,
+                                                                 q.batch_mean);
 }
 
 // Rows lo..hi of group g, clamped into [0, n): offsets reach the kernel unchecked inside
@@ -287,13 +343,51 @@ template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
 void normalize_groups_t(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t group_size,
                         int64_t num_groups, const Options& o, double batch_mean, double batch_std) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, group_size > 0 ? group_size : 8));
+  const GroupRules q(o, batch_mean, batch_std);
   at::parallel_for(0, num_groups, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       int64_t lo, hi;
       group_bounds(cu, group_size, n, g, lo, hi);
-      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, o, batch_mean, batch_std);
+      if (hi > lo) normalize_one_group<T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q);
     }
   });
+}
+
+typedef float Floats8 __attribute__((vector_size(32)));
+typedef float Floats8u __attribute__((vector_size(32), aligned(4), may_alias));  // unaligned access
+typedef int Ints8 __attribute__((vector_size(32)));
+
+// In-register 8x8 transpose of floats: rows src[i * ld_src + 0..7] (i < 8) are written as
+// columns dst[j * ld_dst + 0..7]: unpack, 2-lane shuffles, 128-bit halves (as with
+// _mm256_unpack*/shuffle_ps/permute2f128), in generic shuffles so that both ISA copies build it
+// (AVX2: 24 shuffles; the baseline ISA: SSE shuffles of the halves). Written out, not looped,
+// so that the 8 vectors stay in registers.
+ICRM_LANE void transpose8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+#define ICRM_LD(i) (*reinterpret_cast<const Floats8u*>(src + (i) * ld_src))
+  const Floats8 r0 = ICRM_LD(0), r1 = ICRM_LD(1), r2 = ICRM_LD(2), r3 = ICRM_LD(3);
+  const Floats8 r4 = ICRM_LD(4), r5 = ICRM_LD(5), r6 = ICRM_LD(6), r7 = ICRM_LD(7);
+#undef ICRM_LD
+  constexpr Ints8 lo{0, 8, 1, 9, 4, 12, 5, 13}, hi{2, 10, 3, 11, 6, 14, 7, 15};
+  const Floats8 t0 = __builtin_shuffle(r0, r1, lo), t1 = __builtin_shuffle(r0, r1, hi);
+  const Floats8 t2 = __builtin_shuffle(r2, r3, lo), t3 = __builtin_shuffle(r2, r3, hi);
+  const Floats8 t4 = __builtin_shuffle(r4, r5, lo), t5 = __builtin_shuffle(r4, r5, hi);
+  const Floats8 t6 = __builtin_shuffle(r6, r7, lo), t7 = __builtin_shuffle(r6, r7, hi);
+  constexpr Ints8 plo{0, 1, 8, 9, 4, 5, 12, 13}, phi{2, 3, 10, 11, 6, 7, 14, 15};
+  const Floats8 u0 = __builtin_shuffle(t0, t2, plo), u1 = __builtin_shuffle(t0, t2, phi);
+  const Floats8 u2 = __builtin_shuffle(t1, t3, plo), u3 = __builtin_shuffle(t1, t3, phi);
+  const Floats8 u4 = __builtin_shuffle(t4, t6, plo), u5 = __builtin_shuffle(t4, t6, phi);
+  const Floats8 u6 = __builtin_shuffle(t5, t7, plo), u7 = __builtin_shuffle(t5, t7, phi);
+  constexpr Ints8 qlo{0, 1, 2, 3, 8, 9, 10, 11}, qhi{4, 5, 6, 7, 12, 13, 14, 15};
+#define ICRM_ST(j, v) (*reinterpret_cast<Floats8u*>(dst + (j) * ld_dst) = (v))
+  ICRM_ST(0, __builtin_shuffle(u0, u4, qlo));
+  ICRM_ST(1, __builtin_shuffle(u1, u5, qlo));
+  ICRM_ST(2, __builtin_shuffle(u2, u6, qlo));
+  ICRM_ST(3, __builtin_shuffle(u3, u7, qlo));
+  ICRM_ST(4, __builtin_shuffle(u0, u4, qhi));
+  ICRM_ST(5, __builtin_shuffle(u1, u5, qhi));
+  ICRM_ST(6, __builtin_shuffle(u2, u6, qhi));
+  ICRM_ST(7, __builtin_shuffle(u3, u7, qhi));
+#undef ICRM_ST
 }
 
 constexpr int64_t kGroupBlock = 64;  // groups per tile: x[16][64] doubles = 8 KB, in L1
@@ -316,20 +410,33 @@ struct FixedGroupLanes {
     double batch_mean, batch_std;
   };
 
+  using Acc = GroupAcc<T>;
+  static constexpr bool kFloat8 = std::is_same_v<T, float> && GS % 8 == 0;
+
   static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
-    const double const_value = singleton_value(*p.o), batch_mean = p.batch_mean;
-    const GroupRule rule(*p.o, p.batch_std);
-    alignas(64) double x[GS][kGroupBlock];
+    const GroupRule<Acc> rule(*p.o, p.batch_std);
+    const Acc const_value = static_cast<Acc>(singleton_value(*p.o)), batch_mean = static_cast<Acc>(p.batch_mean);
+    alignas(64) Acc x[GS][kGroupBlock];
     const T* r = p.r + g * GS;
-    for (int64_t k = 0; k < nb; ++k)
-      for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+    int64_t k0 = 0;
+    if constexpr (kFloat8) {  // 8x8 blocks: 8 groups by 8 rows, transposed in registers
+      for (; k0 + 8 <= nb; k0 += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &x[c][k0], kGroupBlock);
+    }
+    for (int64_t k = k0; k < nb; ++k)
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<Acc>(r[k * GS + j]);
     for (int64_t k = 0; k < nb; ++k) {
       auto val = [&](int64_t j) { return x[j][k]; };
-      const GroupParams gp = group_params<OMIT, BASE, SCALE>(val, GS, rule);
-      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
+      const GroupParams<Acc> gp = group_params<Acc, OMIT, BASE, SCALE>(val, GS, rule);
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
     }
     T* out = p.out + g * GS;
-    for (int64_t k = 0; k < nb; ++k)
+    k0 = 0;
+    if constexpr (kFloat8) {
+      for (; k0 + 8 <= nb; k0 += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(&x[c][k0], kGroupBlock, out + k0 * GS + c, GS);
+    }
+    for (int64_t k = k0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
   }
 
