@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -594,6 +595,31 @@ void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
   });
 }
 
+// Index layout (order given): gather the rows into sorted order (one random read each), normalize
+// the contiguous copy, scatter the results back (one random write each), instead of reading
+// r[order[j]] on every pass of group_params. Same groups, same row order inside each group:
+// the same bits as normalizing through order. When every group has the same size G (the
+// usual unsorted GRPO batch: each prompt id G times), cu is the fixed layout and the gathered
+// copy takes the fixed lanes.
+template <typename T>
+void normalize_gathered(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t num_groups,
+                        const Options& o, double bm, double bs) {
+  auto row = [&](int64_t j) { return std::min(std::max<int64_t>(order[j], 0), n - 1); };
+  std::unique_ptr<T[]> rs(new T[n]), as(new T[n]);
+  at::parallel_for(0, n, kGrain, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) rs[j] = r[row(j)];
+  });
+  int64_t G = num_groups > 0 && cu[0] == 0 && cu[num_groups] == n && n % num_groups == 0 ? n / num_groups : 0;
+  for (int64_t g = 1; G > 0 && g <= num_groups; ++g)
+    if (cu[g] != g * G) G = 0;
+  // rows at positions outside every group (malformed cu, unchecked paths) read 0, as before
+  if (G == 0) std::fill(as.get(), as.get() + n, T(0));
+  normalize_groups(rs.get(), as.get(), G > 0 ? nullptr : cu, nullptr, n, G, num_groups, o, bm, bs);
+  at::parallel_for(0, n, kGrain, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) out[row(j)] = as[j];
+  });
+}
+
 at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<at::Tensor>& cu_opt,
                                 const c10::optional<at::Tensor>& order_opt, int64_t group_size,
                                 const c10::optional<at::Tensor>& weights_opt, int64_t baseline, int64_t scale,
@@ -644,6 +670,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     const int64_t* cup = cu.defined() ? cu.data_ptr<int64_t>() : nullptr;
     const int64_t* op = order.defined() ? order.data_ptr<int64_t>() : nullptr;
     if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bnpo_low, bnpo_high);
+    else if (op) normalize_gathered(rp, out.data_ptr<scalar_t>(), cup, op, n, num_groups, o, bmean, bstd);
     else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bmean, bstd);
     if (whiten != kWhitenNone) {
       // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r.
