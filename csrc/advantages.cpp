@@ -504,6 +504,90 @@ inline bool bnpo_degenerate(double v, double mean) { return v <= 1e-12 * (mean *
 // BNPO (scale code 3): s = clamp((r - lo) / (hi - lo), 0, 1); p_g = group mean of s (0 for a
 // singleton under the original rules); alpha, beta from the mean and unbiased variance of p over
 // the groups; A_i = clamp(1 / BetaPDF(p_g; alpha, beta), 0, 1e6) * (s_i - p_g).
+// Groups g..g+nb of a fixed layout (r points at group g) as a double tile x[row][group], and
+// back: float G = 8 / 16 through in-register 8x8 transposes, the rest element by element.
+template <typename T, int64_t GS>
+ICRM_LANE void load_tile_double(const T* r, int64_t nb, double (&x)[GS][kGroupBlock]) {
+  int64_t k0 = 0;
+  if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
+    alignas(64) float xf[GS][kGroupBlock];
+    for (; k0 + 8 <= nb; k0 += 8)
+      for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &xf[c][k0], kGroupBlock);
+    for (int64_t j = 0; j < GS; ++j)
+      for (int64_t k = 0; k < k0; ++k) x[j][k] = static_cast<double>(xf[j][k]);
+  }
+  for (int64_t k = k0; k < nb; ++k)
+    for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+}
+
+template <typename T, int64_t GS>
+ICRM_LANE void store_tile_double(T* out, int64_t nb, const double (&x)[GS][kGroupBlock]) {
+  int64_t k0 = 0;
+  if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
+    alignas(64) float xf[GS][kGroupBlock];
+    k0 = nb / 8 * 8;
+    for (int64_t j = 0; j < GS; ++j)
+      for (int64_t k = 0; k < k0; ++k) xf[j][k] = static_cast<float>(x[j][k]);
+    for (int64_t k = 0; k < k0; k += 8)
+      for (int64_t c = 0; c < GS; c += 8) transpose8(&xf[c][k], kGroupBlock, out + k * GS + c, GS);
+  }
+  for (int64_t k = k0; k < nb; ++k)
+    for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
+}
+
+// BNPO pass 2 for fixed layouts: A = w_g (s - p_g), constants for singletons, 0 for omitted
+// rows, lanes = groups (w_g, p_g, n_g read as vectors), the same arithmetic as bnpo()'s loop.
+template <typename T, bool OMIT, int64_t GS>
+struct BnpoOutLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const T* r;
+    T* out;
+    int64_t g0, g1;
+    double lo, inv_range, cval;
+    bool raw_singleton;
+    const double *p, *n, *wg;
+  };
+  static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
+    alignas(64) double x[GS][kGroupBlock];
+    load_tile_double<T, GS>(q.r + g * GS, nb, x);
+    const double lo = q.lo, inv_range = q.inv_range, cval = q.cval;
+    const bool raw_singleton = q.raw_singleton;
+    alignas(64) double P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
+    std::memcpy(P, q.p + g, nb * sizeof(double));
+    std::memcpy(N, q.n + g, nb * sizeof(double));
+    std::memcpy(WG, q.wg + g, nb * sizeof(double));
+    for (int64_t k = 0; k < nb; ++k) {
+      const double pg = P[k], wg = WG[k];
+      const bool to_const = (N[k] == 1.0) & !raw_singleton;
+      for (int64_t j = 0; j < GS; ++j) {
+        const double s = std::min(std::max((x[j][k] - lo) * inv_range, 0.0), 1.0);  // NaN stays NaN
+        double a = to_const ? cval : wg * (s - pg);
+        if constexpr (OMIT) a = s == s ? a : 0.0;
+        x[j][k] = a;
+      }
+    }
+    store_tile_double<T, GS>(q.out + g * GS, nb, x);
+  }
+  static ICRM_LANE void run(const Args& q) {
+    for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
+  }
+};
+
+template <typename T, int64_t GS>
+void bnpo_pass2_fixed(const T* r, T* out, int64_t num_groups, const Options& o, double lo, double inv_range,
+                      double cval, const double* p, const double* n, const double* wg) {
+  auto go = [&](auto omit_tag) {
+    using K = BnpoOutLanes<T, decltype(omit_tag)::value, GS>;
+    const LaneFn<K> lanes = pick_lanes<K>();
+    at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
+      lanes(typename K::Args{r, out, g0, g1, lo, inv_range, cval, o.singleton == kRaw, p, n, wg});
+    });
+  };
+  if (o.omit) go(std::true_type{});
+  else go(std::false_type{});
+}
+
 // BNPO pass 1 for fixed layouts (G = 4, 8, 16, no order): per group the largest valid scaled
 // value (pivot), the count and S1 = sum (s - pivot) in row order, in double, branch-free with
 // lanes = groups, so that it vectorizes across groups; the same arithmetic and order as the
@@ -520,17 +604,7 @@ struct BnpoLanes {
   };
   static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
     alignas(64) double x[GS][kGroupBlock];  // double lanes only: the loop below vectorizes
-    const T* r = q.r + g * GS;
-    int64_t k0 = 0;
-    if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
-      alignas(64) float xf[GS][kGroupBlock];
-      for (; k0 + 8 <= nb; k0 += 8)
-        for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &xf[c][k0], kGroupBlock);
-      for (int64_t j = 0; j < GS; ++j)
-        for (int64_t k = 0; k < k0; ++k) x[j][k] = static_cast<double>(xf[j][k]);
-    }
-    for (int64_t k = k0; k < nb; ++k)
-      for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+    load_tile_double<T, GS>(q.r + g * GS, nb, x);
     const double lo = q.lo, inv_range = q.inv_range, ninf = -std::numeric_limits<double>::infinity();
     const bool raw_singleton = q.raw_singleton;
     alignas(64) double P[kGroupBlock], N[kGroupBlock], W[kGroupBlock];  // local: no aliasing with q
@@ -649,6 +723,8 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
     const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
     return std::min(std::exp(lnB - xa - xb), 1e6);
   };
+  const bool fixed_lanes = !order && (group_size == 4 || group_size == 8 || group_size == 16);
+  std::vector<double> wgs(fixed_lanes ? num_groups : 0);
   at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
     // w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
     // rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
@@ -670,6 +746,10 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
         used[h] = true;
       }
       const double wg = vals[h];
+      if (fixed_lanes) {
+        wgs[g] = wg;
+        continue;
+      }
       const bool single = n[g] == 1.0;
       // branch-free (binary rewards mispredict every branch on s): a singleton under zero / nan
       // takes that constant, an omitted NaN row 0
@@ -691,6 +771,10 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
       }
     }
   });
+  const double cval = o.singleton == kZero ? 0.0 : nan;
+  if (fixed_lanes && group_size == 4) bnpo_pass2_fixed<T, 4>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
+  if (fixed_lanes && group_size == 8) bnpo_pass2_fixed<T, 8>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
+  if (fixed_lanes && group_size == 16) bnpo_pass2_fixed<T, 16>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
 }
 
 template <typename T>
