@@ -806,7 +806,7 @@ template <typename T>
 void normalize_gathered(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t num_groups,
                         const Options& o, double bm, double bs) {
   auto row = [&](int64_t j) { return std::min(std::max<int64_t>(order[j], 0), n - 1); };
-  std::unique_ptr<T[]> rs(new T[n]), as(new T[n]);
+  std::unique_ptr<T[]> rs(new T[n]), as_ragged;
   at::parallel_for(0, n, kGrain, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) rs[j] = r[row(j)];
   });
@@ -814,8 +814,14 @@ void normalize_gathered(const T* r, T* out, const int64_t* cu, const int64_t* or
   for (int64_t g = 1; G > 0 && g <= num_groups; ++g)
     if (cu[g] != g * G) G = 0;
   // rows at positions outside every group (malformed cu, unchecked paths) read 0, as before
-  if (G == 0) std::fill(as.get(), as.get() + n, T(0));
-  normalize_groups(rs.get(), as.get(), G > 0 ? nullptr : cu, nullptr, n, G, num_groups, o, bm, bs);
+  // fixed: in place (each block reads its tile before writing it); ragged: into a zeroed copy,
+  // so that positions outside every group (malformed cu, unchecked paths) read 0, as before
+  T* as = rs.get();
+  if (G == 0) {
+    as_ragged.reset(new T[n]());
+    as = as_ragged.get();
+  }
+  normalize_groups(rs.get(), as, G > 0 ? nullptr : cu, nullptr, n, G, num_groups, o, bm, bs);
   at::parallel_for(0, n, kGrain, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) out[row(j)] = as[j];
   });
@@ -917,12 +923,20 @@ std::tuple<at::Tensor, at::Tensor> group_order_cpu(const at::Tensor& ids_in) {
   if (span < static_cast<uint64_t>(4) * static_cast<uint64_t>(n)) {
     const int64_t range = static_cast<int64_t>(span) + 1;
     auto slot = [&](int64_t i) { return static_cast<int64_t>(static_cast<uint64_t>(id[i]) - static_cast<uint64_t>(lo)); };
-    at::Tensor cu = at::zeros({range + 1}, ids.options());
+    at::Tensor cu = at::empty({range + 1}, ids.options());
     int64_t* c = cu.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) ++c[slot(i) + 1];
-    for (int64_t g = 0; g < range; ++g) c[g + 1] += c[g];
-    std::vector<int64_t> next(c, c + range);
-    for (int64_t i = 0; i < n; ++i) ord[next[slot(i)]++] = i;
+    // the histogram and the running positions in 32 bits when n fits: half the cache footprint
+    // of the two randomly updated arrays (N / G slots for dense ids)
+    auto sort = [&](auto zero) {
+      using C = decltype(zero);
+      std::vector<C> cnt(range + 1, C(0));
+      for (int64_t i = 0; i < n; ++i) ++cnt[slot(i) + 1];
+      for (int64_t g = 0; g < range; ++g) cnt[g + 1] += cnt[g];
+      for (int64_t g = 0; g <= range; ++g) c[g] = static_cast<int64_t>(cnt[g]);
+      for (int64_t i = 0; i < n; ++i) ord[cnt[slot(i)]++] = i;
+    };
+    if (n < (int64_t(1) << 31)) sort(uint32_t(0));
+    else sort(int64_t(0));
     return {cu, order};
   }
   for (int64_t i = 0; i < n; ++i) ord[i] = i;
