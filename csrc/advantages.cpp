@@ -110,6 +110,77 @@ struct MomentLanes {
 };
 #endif
 
+typedef float MomF8 __attribute__((vector_size(32)));
+typedef float MomF8u __attribute__((vector_size(32), aligned(4), may_alias));  // unaligned access
+
+constexpr int64_t kFloatSub = 256;  // float32 moments: rows per float sub-block (32 per lane)
+
+// Float32 moments without weights over x[lo:hi) ((hi - lo) % kFloatSub == 0), element
+// lo + 8m + k to lane k (of W, A, B: [8] doubles each, in and out). Per sub-block of kFloatSub
+// rows the count, S1 and S2 of d = x - pivot accumulate in float (fp32 statistics for fp32
+// inputs; two vectors in turn, so that the adds overlap), then are added into the double lanes,
+// so the float sums never run long. A sub-block whose float S2 is not finite (|d| above ~1e18,
+// a NaN or inf without omit) or underflows (|d| below ~1e-16) is summed again in double, as
+// before. Generic vectors, no FMA: both ISA copies round alike.
+template <bool OMIT>
+struct FloatMomentLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const float* x;
+    int64_t lo, hi;
+    float pivot;
+    double *W, *A, *B;
+  };
+  static ICRM_LANE void run(const Args& p) {
+    double W[8], A[8], B[8];
+    std::memcpy(W, p.W, sizeof W);
+    std::memcpy(A, p.A, sizeof A);
+    std::memcpy(B, p.B, sizeof B);
+    const MomF8 zero{}, one = zero + 1.0f, pv = zero + p.pivot;
+    for (int64_t s = p.lo; s < p.hi; s += kFloatSub) {
+      MomF8 w0{}, a0{}, b0{}, w1{}, a1{}, b1{};
+      for (int64_t i = s; i < s + kFloatSub; i += 16) {
+        const MomF8 v0 = *reinterpret_cast<const MomF8u*>(p.x + i);
+        const MomF8 v1 = *reinterpret_cast<const MomF8u*>(p.x + i + 8);
+        MomF8 d0 = v0 - pv, d1 = v1 - pv;
+        if constexpr (OMIT) {
+          const auto ok0 = v0 == v0, ok1 = v1 == v1;
+          w0 += ok0 ? one : zero;
+          w1 += ok1 ? one : zero;
+          d0 = ok0 ? d0 : zero;
+          d1 = ok1 ? d1 : zero;
+        } else {
+          w0 += one;
+          w1 += one;
+        }
+        a0 += d0;
+        a1 += d1;
+        b0 += d0 * d0;
+        b1 += d1 * d1;
+      }
+      const MomF8 wf = w0 + w1, af = a0 + a1, bf = b0 + b1;
+      bool fine = true;
+      for (int k = 0; k < 8; ++k) fine &= (bf[k] <= 3e38f) & !((bf[k] < 1e-30f) & (af[k] != 0.0f));
+      if (fine) {
+        for (int k = 0; k < 8; ++k) {
+          W[k] += static_cast<double>(wf[k]);
+          A[k] += static_cast<double>(af[k]);
+          B[k] += static_cast<double>(bf[k]);
+        }
+      } else {
+        const double pivot = static_cast<double>(p.pivot);
+        for (int64_t i = s; i < s + kFloatSub; ++i) {
+          const int k = static_cast<int>((i - s) & 7);
+          moment_step<OMIT, false>(static_cast<double>(p.x[i]), 1.0, pivot, W[k], A[k], B[k]);
+        }
+      }
+    }
+    std::memcpy(p.W, W, sizeof W);
+    std::memcpy(p.A, A, sizeof A);
+    std::memcpy(p.B, B, sizeof B);
+  }
+};
+
 // Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
 // shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
 // for identical values), four independent accumulators (fixed order: deterministic).
@@ -120,6 +191,23 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
   while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
   if (first == hi) return m;
   const double pivot = static_cast<double>(x[first]);
+  if constexpr (std::is_same_v<T, float> && !HAS_W) {
+    double W[8] = {}, A[8] = {}, B[8] = {};
+    const int64_t body = first + (hi - first) / kFloatSub * kFloatSub;
+    using K = FloatMomentLanes<OMIT>;
+    static const LaneFn<K> lanes = pick_lanes<K>();
+    lanes(typename K::Args{x, first, body, x[first], W, A, B});
+    for (int64_t i = body; i < hi; ++i) moment_step<OMIT, false>(static_cast<double>(x[i]), 1.0, pivot, W[0], A[0], B[0]);
+    const double Wt = ((W[0] + W[1]) + (W[2] + W[3])) + ((W[4] + W[5]) + (W[6] + W[7]));
+    const double St = ((A[0] + A[1]) + (A[2] + A[3])) + ((A[4] + A[5]) + (A[6] + A[7]));
+    const double S2t = ((B[0] + B[1]) + (B[2] + B[3])) + ((B[4] + B[5]) + (B[6] + B[7]));
+    if (Wt == 0.0) return m;
+    m.W = Wt;
+    m.mean = pivot + St / Wt;
+    m.M2 = std::max(S2t - St * St / Wt, 0.0);
+    if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
+    return m;
+  }
   double W[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, B[4] = {0, 0, 0, 0};
   auto term = [&](int64_t i, int k) {
     moment_step<OMIT, HAS_W>(static_cast<double>(x[i]), HAS_W ? w[i] : 1.0, pivot, W[k], A[k], B[k]);
@@ -202,11 +290,10 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
   if constexpr (!group_level) return {Acc(0), Acc(0), Acc(1), SCALE == kBatchStd ? o.batch_inv : Acc(1) / (Acc(1) + o.eps), false};
   Acc pivot = 0, n = 0, S1 = 0;  // all NaN (OMIT): pivot 0
-  if constexpr (OMIT) {
-    for (int64_t j = len - 1; j >= 0; --j) pivot = val(j) == val(j) ? val(j) : pivot;
-  } else {
-    pivot = val(0);
-  }
+  // OMIT: the pivot is taken inside the summing loop (every row while n is still 0: the first
+  // valid row is the last taken); rows before it are NaN and add 0, so S1 is the same as with
+  // the pivot found first. An all-NaN group keeps a NaN pivot: its rows are all omitted (A = 0).
+  if constexpr (!OMIT) pivot = val(0);
   // float: the largest |v - pivot| too, whose power of two scales the deviations before they are
   // squared (exact, so the same bits as unscaled where nothing overflows): fp32 rewards of 1e30
   // or 1e-30 would square to inf or 0
@@ -217,6 +304,7 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     Acc dv;
     if constexpr (OMIT) {
       const bool ok = v == v;
+      pivot = n == Acc(0) ? v : pivot;  // a NaN row before the first valid is replaced later
       n += ok ? Acc(1) : Acc(0);
       dv = ok ? v - pivot : Acc(0);
     } else {
@@ -780,6 +868,22 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   if (fixed_lanes && group_size == 16) bnpo_pass2_fixed<T, 16>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
 }
 
+// The whitening pass without weights: a = (a - mean) * mul in double, no FMA (both ISAs alike).
+template <typename T>
+struct WhitenLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    T* a;
+    int64_t i0, i1;
+    double mean, mul;
+  };
+  static ICRM_LANE void run(const Args& p) {
+    T* __restrict a = p.a;
+    const double mean = p.mean, mul = p.mul;
+    for (int64_t i = p.i0; i < p.i1; ++i) a[i] = static_cast<T>((static_cast<double>(a[i]) - mean) * mul);
+  }
+};
+
 template <typename T>
 void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
   const Moments m = batch_moments(a, w, n, o.omit);
@@ -789,6 +893,12 @@ void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
   else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
   else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
   const double mean = m.mean;
+  if (!w) {  // weight 1 everywhere: (v - mean) * mul, vectorized (the same bits)
+    using K = WhitenLanes<T>;
+    const LaneFn<K> lanes = pick_lanes<K>();
+    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) { lanes(typename K::Args{a, i0, i1, mean, mul}); });
+    return;
+  }
   at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double v = static_cast<double>(a[i]);
