@@ -595,40 +595,61 @@ inline bool bnpo_degenerate(double v, double mean) { return v <= 1e-12 * (mean *
 // BNPO (scale code 3): s = clamp((r - lo) / (hi - lo), 0, 1); p_g = group mean of s (0 for a
 // singleton under the original rules); alpha, beta from the mean and unbiased variance of p over
 // the groups; A_i = clamp(1 / BetaPDF(p_g; alpha, beta), 0, 1e6) * (s_i - p_g).
-// Groups g..g+nb of a fixed layout (r points at group g) as a double tile x[row][group], and
+// The per-group statistics (s, pivot, S1, p_g) and A = w_g (s - p_g) are computed in Acc: float
+// for float32 groups of at most kFloatGroupMax rows when the bounds fit a float (fp32 statistics
+// for fp32 inputs, 8 groups per AVX2 vector), else double; the fixed lanes and the scalar loop
+// use the same Acc and the same order, so fixed and ragged layouts give the same bits. The
+// moments of p over the groups and the Beta weights stay in double.
+// Groups g..g+nb of a fixed layout (r points at group g) as a tile x[row][group] in Acc, and
 // back: float G = 8 / 16 through in-register 8x8 transposes, the rest element by element.
-template <typename T, int64_t GS>
-ICRM_LANE void load_tile_double(const T* r, int64_t nb, double (&x)[GS][kGroupBlock]) {
+template <typename Acc, typename T, int64_t GS>
+ICRM_LANE void load_tile(const T* r, int64_t nb, Acc (&x)[GS][kGroupBlock]) {
   int64_t k0 = 0;
   if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
-    alignas(64) float xf[GS][kGroupBlock];
-    for (; k0 + 8 <= nb; k0 += 8)
-      for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &xf[c][k0], kGroupBlock);
-    for (int64_t j = 0; j < GS; ++j)
-      for (int64_t k = 0; k < k0; ++k) x[j][k] = static_cast<double>(xf[j][k]);
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (; k0 + 8 <= nb; k0 += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &x[c][k0], kGroupBlock);
+    } else {
+      alignas(64) float xf[GS][kGroupBlock];
+      for (; k0 + 8 <= nb; k0 += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &xf[c][k0], kGroupBlock);
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = 0; k < k0; ++k) x[j][k] = static_cast<Acc>(xf[j][k]);
+    }
   }
   for (int64_t k = k0; k < nb; ++k)
-    for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+    for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<Acc>(r[k * GS + j]);
 }
 
-template <typename T, int64_t GS>
-ICRM_LANE void store_tile_double(T* out, int64_t nb, const double (&x)[GS][kGroupBlock]) {
+template <typename Acc, typename T, int64_t GS>
+ICRM_LANE void store_tile(T* out, int64_t nb, const Acc (&x)[GS][kGroupBlock]) {
   int64_t k0 = 0;
   if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
-    alignas(64) float xf[GS][kGroupBlock];
     k0 = nb / 8 * 8;
-    for (int64_t j = 0; j < GS; ++j)
-      for (int64_t k = 0; k < k0; ++k) xf[j][k] = static_cast<float>(x[j][k]);
-    for (int64_t k = 0; k < k0; k += 8)
-      for (int64_t c = 0; c < GS; c += 8) transpose8(&xf[c][k], kGroupBlock, out + k * GS + c, GS);
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (int64_t k = 0; k < k0; k += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(&x[c][k], kGroupBlock, out + k * GS + c, GS);
+    } else {
+      alignas(64) float xf[GS][kGroupBlock];
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = 0; k < k0; ++k) xf[j][k] = static_cast<float>(x[j][k]);
+      for (int64_t k = 0; k < k0; k += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(&xf[c][k], kGroupBlock, out + k * GS + c, GS);
+    }
   }
   for (int64_t k = k0; k < nb; ++k)
     for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
 }
 
+// s of one reward in Acc (NaN stays NaN: std::max/min return their first argument on NaN)
+template <typename Acc>
+ICRM_LANE Acc bnpo_scaled(Acc v, Acc lo, Acc inv_range) {
+  return std::min(std::max((v - lo) * inv_range, Acc(0)), Acc(1));
+}
+
 // BNPO pass 2 for fixed layouts: A = w_g (s - p_g), constants for singletons, 0 for omitted
 // rows, lanes = groups (w_g, p_g, n_g read as vectors), the same arithmetic as bnpo()'s loop.
-template <typename T, bool OMIT, int64_t GS>
+template <typename Acc, typename T, bool OMIT, int64_t GS>
 struct BnpoOutLanes {
   static constexpr bool kFma = false;
   struct Args {
@@ -640,36 +661,38 @@ struct BnpoOutLanes {
     const double *p, *n, *wg;
   };
   static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
-    alignas(64) double x[GS][kGroupBlock];
-    load_tile_double<T, GS>(q.r + g * GS, nb, x);
-    const double lo = q.lo, inv_range = q.inv_range, cval = q.cval;
+    alignas(64) Acc x[GS][kGroupBlock];
+    load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
+    const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range), cval = static_cast<Acc>(q.cval);
     const bool raw_singleton = q.raw_singleton;
-    alignas(64) double P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
-    std::memcpy(P, q.p + g, nb * sizeof(double));
-    std::memcpy(N, q.n + g, nb * sizeof(double));
-    std::memcpy(WG, q.wg + g, nb * sizeof(double));
+    alignas(64) Acc P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
     for (int64_t k = 0; k < nb; ++k) {
-      const double pg = P[k], wg = WG[k];
-      const bool to_const = (N[k] == 1.0) & !raw_singleton;
+      P[k] = static_cast<Acc>(q.p[g + k]);
+      N[k] = static_cast<Acc>(q.n[g + k]);
+      WG[k] = static_cast<Acc>(q.wg[g + k]);
+    }
+    for (int64_t k = 0; k < nb; ++k) {
+      const Acc pg = P[k], wg = WG[k];
+      const bool to_const = (N[k] == Acc(1)) & !raw_singleton;
       for (int64_t j = 0; j < GS; ++j) {
-        const double s = std::min(std::max((x[j][k] - lo) * inv_range, 0.0), 1.0);  // NaN stays NaN
-        double a = to_const ? cval : wg * (s - pg);
-        if constexpr (OMIT) a = s == s ? a : 0.0;
+        const Acc s = bnpo_scaled(x[j][k], lo, inv_range);
+        Acc a = to_const ? cval : wg * (s - pg);
+        if constexpr (OMIT) a = s == s ? a : Acc(0);
         x[j][k] = a;
       }
     }
-    store_tile_double<T, GS>(q.out + g * GS, nb, x);
+    store_tile<Acc, T, GS>(q.out + g * GS, nb, x);
   }
   static ICRM_LANE void run(const Args& q) {
     for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
   }
 };
 
-template <typename T, int64_t GS>
+template <typename Acc, typename T, int64_t GS>
 void bnpo_pass2_fixed(const T* r, T* out, int64_t num_groups, const Options& o, double lo, double inv_range,
                       double cval, const double* p, const double* n, const double* wg) {
   auto go = [&](auto omit_tag) {
-    using K = BnpoOutLanes<T, decltype(omit_tag)::value, GS>;
+    using K = BnpoOutLanes<Acc, T, decltype(omit_tag)::value, GS>;
     const LaneFn<K> lanes = pick_lanes<K>();
     at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
       lanes(typename K::Args{r, out, g0, g1, lo, inv_range, cval, o.singleton == kRaw, p, n, wg});
@@ -680,10 +703,10 @@ void bnpo_pass2_fixed(const T* r, T* out, int64_t num_groups, const Options& o, 
 }
 
 // BNPO pass 1 for fixed layouts (G = 4, 8, 16, no order): per group the largest valid scaled
-// value (pivot), the count and S1 = sum (s - pivot) in row order, in double, branch-free with
+// value (pivot), the count and S1 = sum (s - pivot) in row order, in Acc, branch-free with
 // lanes = groups, so that it vectorizes across groups; the same arithmetic and order as the
 // scalar loop in bnpo() (so the same bits).
-template <typename T, bool OMIT, int64_t GS>
+template <typename Acc, typename T, bool OMIT, int64_t GS>
 struct BnpoLanes {
   static constexpr bool kFma = false;
   struct Args {
@@ -694,111 +717,134 @@ struct BnpoLanes {
     double *p, *n, *w;
   };
   static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
-    alignas(64) double x[GS][kGroupBlock];  // double lanes only: the loop below vectorizes
-    load_tile_double<T, GS>(q.r + g * GS, nb, x);
-    const double lo = q.lo, inv_range = q.inv_range, ninf = -std::numeric_limits<double>::infinity();
+    alignas(64) Acc x[GS][kGroupBlock];  // one arithmetic only: the loop below vectorizes
+    load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
+    const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range);
+    const Acc ninf = -std::numeric_limits<Acc>::infinity();
     const bool raw_singleton = q.raw_singleton;
-    alignas(64) double P[kGroupBlock], N[kGroupBlock], W[kGroupBlock];  // local: no aliasing with q
+    alignas(64) Acc P[kGroupBlock], N[kGroupBlock], W[kGroupBlock];  // local: no aliasing with q
     for (int64_t k = 0; k < nb; ++k) {
-      auto sc = [&](int64_t j) {
-        return std::min(std::max((x[j][k] - lo) * inv_range, 0.0), 1.0);
-      };
-      double pivot = ninf;
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = bnpo_scaled(x[j][k], lo, inv_range);
+      Acc pivot = ninf;
       for (int64_t j = 0; j < GS; ++j) {
-        const double s = sc(j);
+        const Acc s = x[j][k];
         pivot = pivot < s ? s : pivot;  // false for a NaN s
       }
-      pivot = pivot == ninf ? 0.0 : pivot;
-      double cnt = 0.0, S1 = 0.0;
+      pivot = pivot == ninf ? Acc(0) : pivot;
+      Acc cnt = 0, S1 = 0;
       for (int64_t j = 0; j < GS; ++j) {
-        const double s = sc(j);
+        const Acc s = x[j][k];
         if constexpr (OMIT) {
           const bool ok = s == s;
-          cnt += ok ? 1.0 : 0.0;
-          S1 += ok ? s - pivot : 0.0;
+          cnt += ok ? Acc(1) : Acc(0);
+          S1 += ok ? s - pivot : Acc(0);
         } else {
-          cnt += 1.0;
+          cnt += Acc(1);
           S1 += s - pivot;
         }
       }
-      const bool any = cnt > 0, single = cnt == 1.0;
-      double pg = pivot + S1 / cnt;
-      pg = any ? pg : 0.0;
+      const bool any = cnt > 0, single = cnt == Acc(1);
+      Acc pg = pivot + S1 / cnt;
+      pg = any ? pg : Acc(0);
       const bool in_stats = any & (raw_singleton | !single);
-      pg = (single & raw_singleton) ? 0.0 : pg;
-      P[k] = in_stats ? pg : 0.0;
+      pg = (single & raw_singleton) ? Acc(0) : pg;
+      P[k] = in_stats ? pg : Acc(0);
       N[k] = cnt;
-      W[k] = in_stats ? 1.0 : 0.0;
+      W[k] = in_stats ? Acc(1) : Acc(0);
     }
-    std::memcpy(q.p + g, P, nb * sizeof(double));
-    std::memcpy(q.n + g, N, nb * sizeof(double));
-    std::memcpy(q.w + g, W, nb * sizeof(double));
+    for (int64_t k = 0; k < nb; ++k) {
+      q.p[g + k] = static_cast<double>(P[k]);
+      q.n[g + k] = static_cast<double>(N[k]);
+      q.w[g + k] = static_cast<double>(W[k]);
+    }
   }
   static ICRM_LANE void run(const Args& q) {
     for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
   }
 };
 
-template <typename T, bool OMIT, int64_t GS>
+template <typename Acc, typename T, bool OMIT, int64_t GS>
 void bnpo_pass1_lanes(const T* r, int64_t num_groups, const Options& o, double lo, double inv_range, double* p,
                       double* n, double* w) {
-  using K = BnpoLanes<T, OMIT, GS>;
+  using K = BnpoLanes<Acc, T, OMIT, GS>;
   const LaneFn<K> lanes = pick_lanes<K>();
   at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
     lanes(typename K::Args{r, g0, g1, lo, inv_range, o.singleton == kRaw, p, n, w});
   });
 }
 
-template <typename T, int64_t GS>
+template <typename Acc, typename T, int64_t GS>
 bool bnpo_pass1_fixed(const T* r, int64_t num_groups, const Options& o, double lo, double inv_range, double* p,
                       double* n, double* w) {
-  if (o.omit) bnpo_pass1_lanes<T, true, GS>(r, num_groups, o, lo, inv_range, p, n, w);
-  else bnpo_pass1_lanes<T, false, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+  if (o.omit) bnpo_pass1_lanes<Acc, T, true, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+  else bnpo_pass1_lanes<Acc, T, false, GS>(r, num_groups, o, lo, inv_range, p, n, w);
   return true;
 }
 
+// bnpo() in arithmetic Acc for the groups of at most kFloatGroupMax rows (see above), double
+// for longer ones.
 template <typename T>
 void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n_rows, int64_t group_size,
           int64_t num_groups, const Options& o, double lo, double hi) {
   const double inv_range = 1.0 / (hi - lo);
-  auto scaled = [&](double v) { return std::isnan(v) ? v : std::min(std::max((v - lo) * inv_range, 0.0), 1.0); };
-  std::vector<double> p(num_groups), n(num_groups), w(num_groups);
+  // float statistics: float32 rewards and bounds whose float images keep s meaningful
+  const bool fbounds = std::is_same_v<T, float> && std::abs(lo) <= 1e30 && std::abs(hi) <= 1e30 &&
+                       inv_range <= 1e30 && inv_range >= 1e-30;
+  auto use_float = [&](int64_t len) { return fbounds && len <= kFloatGroupMax; };
+  // every entry is written by pass 1 (the lanes or the loop): no zeroing
+  std::unique_ptr<double[]> p_buf(new double[num_groups]), n_buf(new double[num_groups]),
+      w_buf(new double[num_groups]);
+  double *p = p_buf.get(), *n = n_buf.get(), *w = w_buf.get();
   auto bounds = [&](int64_t g, int64_t& a, int64_t& b) { group_bounds(cu, group_size, n_rows, g, a, b); };
   auto row = [&](int64_t j) { return order ? std::min(std::max<int64_t>(order[j], 0), n_rows - 1) : j; };
   bool done = false;
-  if (!order && group_size == 4) done = bnpo_pass1_fixed<T, 4>(r, num_groups, o, lo, inv_range, p.data(), n.data(), w.data());
-  if (!order && group_size == 8) done = bnpo_pass1_fixed<T, 8>(r, num_groups, o, lo, inv_range, p.data(), n.data(), w.data());
-  if (!order && group_size == 16) done = bnpo_pass1_fixed<T, 16>(r, num_groups, o, lo, inv_range, p.data(), n.data(), w.data());
+  auto pass1 = [&](auto gs_tag) {
+    constexpr int64_t GS = decltype(gs_tag)::value;
+    if constexpr (std::is_same_v<T, float>) {
+      if (use_float(GS)) return bnpo_pass1_fixed<float, T, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+    }
+    return bnpo_pass1_fixed<double, T, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+  };
+  if (!order && group_size == 4) done = pass1(std::integral_constant<int64_t, 4>{});
+  if (!order && group_size == 8) done = pass1(std::integral_constant<int64_t, 8>{});
+  if (!order && group_size == 16) done = pass1(std::integral_constant<int64_t, 16>{});
+  // one group of the scalar loop in Acc: the same arithmetic and order as BnpoLanes
+  auto stats1 = [&](auto acc_tag, int64_t g, int64_t a, int64_t b) {
+    using Acc = decltype(acc_tag);
+    const Acc lo_a = static_cast<Acc>(lo), inv_a = static_cast<Acc>(inv_range);
+    // pivot: the group's largest valid value, as in the reference and the Triton kernel, so
+    // that groups holding the same values get bitwise the same p_g whatever their row order
+    // (a first-row pivot made equal success rates differ by an ulp, and the v = 0 guard miss)
+    Acc cnt = 0, pivot = -std::numeric_limits<Acc>::infinity(), S1 = 0;
+    for (int64_t j = a; j < b; ++j) {
+      const Acc s = bnpo_scaled(static_cast<Acc>(r[row(j)]), lo_a, inv_a);
+      if (std::isnan(s)) continue;
+      pivot = std::max(pivot, s);
+    }
+    if (pivot == -std::numeric_limits<Acc>::infinity()) pivot = 0;
+    for (int64_t j = a; j < b; ++j) {
+      const Acc s = bnpo_scaled(static_cast<Acc>(r[row(j)]), lo_a, inv_a);
+      if (o.omit && std::isnan(s)) continue;
+      cnt += Acc(1);
+      S1 += s - pivot;
+    }
+    Acc pg = cnt > 0 ? pivot + S1 / cnt : Acc(0);
+    const bool single = cnt == Acc(1);
+    bool in_stats = cnt > 0 && (o.singleton == kRaw || !single);
+    if (single && o.singleton == kRaw) pg = 0;  // the original code: p = 0 for a singleton
+    p[g] = in_stats ? static_cast<double>(pg) : 0.0;
+    n[g] = static_cast<double>(cnt);
+    w[g] = in_stats ? 1.0 : 0.0;
+  };
   if (!done) at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       int64_t a, b;
       bounds(g, a, b);
-      // pivot: the group's largest valid value, as in the reference and the Triton kernel, so
-      // that groups holding the same values get bitwise the same p_g whatever their row order
-      // (a first-row pivot made equal success rates differ by an ulp, and the v = 0 guard miss)
-      double cnt = 0.0, pivot = -std::numeric_limits<double>::infinity(), S1 = 0.0;
-      for (int64_t j = a; j < b; ++j) {
-        const double s = scaled(static_cast<double>(r[row(j)]));
-        if (std::isnan(s)) continue;
-        pivot = std::max(pivot, s);
-      }
-      if (pivot == -std::numeric_limits<double>::infinity()) pivot = 0.0;
-      for (int64_t j = a; j < b; ++j) {
-        const double s = scaled(static_cast<double>(r[row(j)]));
-        if (o.omit && std::isnan(s)) continue;
-        cnt += 1.0;
-        S1 += s - pivot;
-      }
-      double pg = cnt > 0 ? pivot + S1 / cnt : 0.0;
-      const bool single = cnt == 1.0;
-      bool in_stats = cnt > 0 && (o.singleton == kRaw || !single);
-      if (single && o.singleton == kRaw) pg = 0.0;  // the original code: p = 0 for a singleton
-      p[g] = in_stats ? pg : 0.0;
-      n[g] = cnt;
-      w[g] = in_stats ? 1.0 : 0.0;
+      if (use_float(b - a)) stats1(float(0), g, a, b);
+      else stats1(double(0), g, a, b);
     }
   });
-  const Moments m = chunk_moments(p.data(), w.data(), 0, num_groups, false);
+  const Moments m = chunk_moments(p, w, 0, num_groups, false);
   const bool one = m.W <= 1.0;
   const double mean = one ? 0.0 : m.mean;
   const double v = one ? 1.0 : m.M2 / (m.W - 1.0);
@@ -815,7 +861,31 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
     return std::min(std::exp(lnB - xa - xb), 1e6);
   };
   const bool fixed_lanes = !order && (group_size == 4 || group_size == 8 || group_size == 16);
-  std::vector<double> wgs(fixed_lanes ? num_groups : 0);
+  std::unique_ptr<double[]> wgs(new double[fixed_lanes ? num_groups : 0]);
+  // A of one row of the scalar loop in Acc (the same arithmetic as BnpoOutLanes), branch-free
+  // (binary rewards mispredict every branch on s): a singleton under zero / nan takes that
+  // constant, an omitted NaN row 0
+  auto out_rows = [&](auto acc_tag, int64_t g, int64_t a, int64_t b, double wg_d) {
+    using Acc = decltype(acc_tag);
+    const Acc lo_a = static_cast<Acc>(lo), inv_a = static_cast<Acc>(inv_range);
+    const Acc pg = static_cast<Acc>(p[g]), wg = static_cast<Acc>(wg_d);
+    const bool to_const = n[g] == 1.0 && o.singleton != kRaw;
+    const Acc cval = o.singleton == kZero ? Acc(0) : std::numeric_limits<Acc>::quiet_NaN();
+    const bool omit = o.omit;
+    auto one = [&](Acc v) {
+      const Acc s = bnpo_scaled(v, lo_a, inv_a);
+      const Acc x = to_const ? cval : wg * (s - pg);
+      return omit && s != s ? Acc(0) : x;
+    };
+    if (!order && group_size > 0) {
+      for (int64_t j = a; j < b; ++j) out[j] = static_cast<T>(one(static_cast<Acc>(r[j])));
+    } else {
+      for (int64_t j = a; j < b; ++j) {
+        const int64_t i = row(j);
+        out[i] = static_cast<T>(one(static_cast<Acc>(r[i])));
+      }
+    }
+  };
   at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
     // w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
     // rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
@@ -841,31 +911,21 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
         wgs[g] = wg;
         continue;
       }
-      const bool single = n[g] == 1.0;
-      // branch-free (binary rewards mispredict every branch on s): a singleton under zero / nan
-      // takes that constant, an omitted NaN row 0
-      const bool to_const = single && o.singleton != kRaw;
-      const double cval = o.singleton == kZero ? 0.0 : nan;
-      const bool omit = o.omit;
-      auto one = [&](double v) {
-        const double s = std::min(std::max((v - lo) * inv_range, 0.0), 1.0);  // NaN stays NaN
-        const double a = to_const ? cval : wg * (s - pg);
-        return omit && s != s ? 0.0 : a;
-      };
-      if (!order && group_size > 0) {
-        for (int64_t j = a; j < b; ++j) out[j] = static_cast<T>(one(static_cast<double>(r[j])));
-      } else {
-        for (int64_t j = a; j < b; ++j) {
-          const int64_t i = row(j);
-          out[i] = static_cast<T>(one(static_cast<double>(r[i])));
-        }
-      }
+      if (use_float(b - a)) out_rows(float(0), g, a, b, wg);
+      else out_rows(double(0), g, a, b, wg);
     }
   });
   const double cval = o.singleton == kZero ? 0.0 : nan;
-  if (fixed_lanes && group_size == 4) bnpo_pass2_fixed<T, 4>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
-  if (fixed_lanes && group_size == 8) bnpo_pass2_fixed<T, 8>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
-  if (fixed_lanes && group_size == 16) bnpo_pass2_fixed<T, 16>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
+  auto pass2 = [&](auto gs_tag) {
+    constexpr int64_t GS = decltype(gs_tag)::value;
+    if constexpr (std::is_same_v<T, float>) {
+      if (use_float(GS)) return bnpo_pass2_fixed<float, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, wgs.get());
+    }
+    bnpo_pass2_fixed<double, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, wgs.get());
+  };
+  if (fixed_lanes && group_size == 4) pass2(std::integral_constant<int64_t, 4>{});
+  if (fixed_lanes && group_size == 8) pass2(std::integral_constant<int64_t, 8>{});
+  if (fixed_lanes && group_size == 16) pass2(std::integral_constant<int64_t, 16>{});
 }
 
 // The whitening pass without weights: a = (a - mean) * mul in double, no FMA (both ISAs alike).
