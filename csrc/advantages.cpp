@@ -285,7 +285,9 @@ struct GroupRule {
 // order, shift = S1 / n, M2 in row order, s = sqrt(M2 / (n - ddof)). Branch-free (NaN rows are
 // masked, the pivot is found by selects), so that a loop over groups vectorizes; a raw singleton
 // takes pivot = shift = 0, loo = 1 and s = sqrt(1), which give A = v / (1 + eps) exactly.
-template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, class Val>
+// DIV: var = M2 / (n - ddof) even without omitted rows (the OMIT rule), so that a block without
+// NaN rows under nan_policy omit can take the loops without masks and keep the same bits.
+template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool DIV = OMIT, class Val>
 ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Acc>& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
   if constexpr (!group_level) return {Acc(0), Acc(0), Acc(1), SCALE == kBatchStd ? o.batch_inv : Acc(1) / (Acc(1) + o.eps), false};
@@ -337,7 +339,7 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     }
     // float without omitted rows: n is the group length, 1 / (n - ddof) a loop invariant (one
     // division per call instead of one per group; within an ulp of the quotient)
-    if constexpr (kScaled && !OMIT) var = M2 * (Acc(1) / (n - o.ddof));
+    if constexpr (kScaled && !OMIT && !DIV) var = M2 * (Acc(1) / (n - o.ddof));
     else var = M2 / (n - o.ddof);
   }
   Acc loo = n / (n - Acc(1));
@@ -517,10 +519,40 @@ struct FixedGroupLanes {
     }
     for (int64_t k = k0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<Acc>(r[k * GS + j]);
-    for (int64_t k = 0; k < nb; ++k) {
-      auto val = [&](int64_t j) { return x[j][k]; };
-      const GroupParams<Acc> gp = group_params<Acc, OMIT, BASE, SCALE>(val, GS, rule);
-      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
+    // nan_policy omit: a block without NaN rows takes the loops without masks (the same values:
+    // every row counts, and the division rule of OMIT is kept, so the same bits as the masked loop)
+    bool masked = OMIT;
+    if constexpr (OMIT) {  // explicit vectors: a bool reduction compiled to scalar compares
+      typedef Acc Vec __attribute__((vector_size(32)));
+      typedef std::conditional_t<std::is_same_v<Acc, float>, int32_t, int64_t> Int;
+      typedef Int IVec __attribute__((vector_size(32)));
+      constexpr int64_t L = 32 / sizeof(Acc);
+      const int64_t kv = nb / L * L;
+      IVec m{};
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = 0; k < kv; k += L) {
+          Vec v;
+          std::memcpy(&v, &x[j][k], sizeof v);
+          m |= v != v;
+        }
+      bool any_nan = false;
+      for (int64_t l = 0; l < L; ++l) any_nan |= m[l] != 0;
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = kv; k < nb; ++k) any_nan |= x[j][k] != x[j][k];
+      masked = any_nan;
+    }
+    if (masked) {
+      for (int64_t k = 0; k < nb; ++k) {
+        auto val = [&](int64_t j) { return x[j][k]; };
+        const GroupParams<Acc> gp = group_params<Acc, OMIT, BASE, SCALE>(val, GS, rule);
+        for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
+      }
+    } else {
+      for (int64_t k = 0; k < nb; ++k) {
+        auto val = [&](int64_t j) { return x[j][k]; };
+        const GroupParams<Acc> gp = group_params<Acc, false, BASE, SCALE, OMIT>(val, GS, rule);
+        for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, false, BASE>(x[j][k], gp, const_value, batch_mean);
+      }
     }
     T* out = p.out + g * GS;
     k0 = 0;
@@ -647,8 +679,38 @@ ICRM_LANE Acc bnpo_scaled(Acc v, Acc lo, Acc inv_range) {
   return std::min(std::max((v - lo) * inv_range, Acc(0)), Acc(1));
 }
 
+// The BNPO weight clamp(1 / BetaPDF(p; alpha, beta), 0, 1e6), lnB = log Beta(alpha, beta).
+inline double bnpo_weight(double pg, double alpha, double beta, double lnB) {
+  const double xa = alpha == 1.0 ? 0.0 : (alpha - 1.0) * std::log(pg);
+  const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
+  return std::min(std::exp(lnB - xa - xb), 1e6);
+}
+
+// w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
+// rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
+// group (~60 ns) when p_g repeats; same values, whatever hits. One per thread's range.
+struct BnpoWeightCache {
+  static constexpr int kSlots = 256;
+  uint64_t keys[kSlots];
+  double vals[kSlots];
+  bool used[kSlots] = {};
+  double alpha, beta, lnB;
+  BnpoWeightCache(double a, double b, double l) : alpha(a), beta(b), lnB(l) {}
+  double get(double pg) {
+    const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
+    const int h = static_cast<int>((bits * 0x9E3779B97F4A7C15ull) >> 56);
+    if (!used[h] || keys[h] != bits) {
+      keys[h] = bits;
+      vals[h] = bnpo_weight(pg, alpha, beta, lnB);
+      used[h] = true;
+    }
+    return vals[h];
+  }
+};
+
 // BNPO pass 2 for fixed layouts: A = w_g (s - p_g), constants for singletons, 0 for omitted
-// rows, lanes = groups (w_g, p_g, n_g read as vectors), the same arithmetic as bnpo()'s loop.
+// rows, lanes = groups (w_g, p_g, n_g read as vectors), the same arithmetic as bnpo()'s loop;
+// w_g looked up per block in the thread's weight cache (no separate pass over the groups).
 template <typename Acc, typename T, bool OMIT, int64_t GS>
 struct BnpoOutLanes {
   static constexpr bool kFma = false;
@@ -658,9 +720,10 @@ struct BnpoOutLanes {
     int64_t g0, g1;
     double lo, inv_range, cval;
     bool raw_singleton;
-    const double *p, *n, *wg;
+    const double *p, *n;
+    double alpha, beta, lnB;
   };
-  static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
+  static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb, BnpoWeightCache& cache) {
     alignas(64) Acc x[GS][kGroupBlock];
     load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
     const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range), cval = static_cast<Acc>(q.cval);
@@ -669,7 +732,7 @@ struct BnpoOutLanes {
     for (int64_t k = 0; k < nb; ++k) {
       P[k] = static_cast<Acc>(q.p[g + k]);
       N[k] = static_cast<Acc>(q.n[g + k]);
-      WG[k] = static_cast<Acc>(q.wg[g + k]);
+      WG[k] = static_cast<Acc>(cache.get(q.p[g + k]));
     }
     for (int64_t k = 0; k < nb; ++k) {
       const Acc pg = P[k], wg = WG[k];
@@ -684,18 +747,19 @@ struct BnpoOutLanes {
     store_tile<Acc, T, GS>(q.out + g * GS, nb, x);
   }
   static ICRM_LANE void run(const Args& q) {
-    for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
+    BnpoWeightCache cache(q.alpha, q.beta, q.lnB);
+    for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g), cache);
   }
 };
 
 template <typename Acc, typename T, int64_t GS>
 void bnpo_pass2_fixed(const T* r, T* out, int64_t num_groups, const Options& o, double lo, double inv_range,
-                      double cval, const double* p, const double* n, const double* wg) {
+                      double cval, const double* p, const double* n, double alpha, double beta, double lnB) {
   auto go = [&](auto omit_tag) {
     using K = BnpoOutLanes<Acc, T, decltype(omit_tag)::value, GS>;
     const LaneFn<K> lanes = pick_lanes<K>();
     at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
-      lanes(typename K::Args{r, out, g0, g1, lo, inv_range, cval, o.singleton == kRaw, p, n, wg});
+      lanes(typename K::Args{r, out, g0, g1, lo, inv_range, cval, o.singleton == kRaw, p, n, alpha, beta, lnB});
     });
   };
   if (o.omit) go(std::true_type{});
@@ -855,13 +919,7 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   if (bnpo_degenerate(v, mean)) alpha = beta = 1.0;  // guard v = 0: uniform weights instead of NaN
   const double lnB = std::lgamma(alpha) + std::lgamma(beta) - std::lgamma(alpha + beta);
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  auto weight = [&](double pg) {
-    const double xa = alpha == 1.0 ? 0.0 : (alpha - 1.0) * std::log(pg);
-    const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
-    return std::min(std::exp(lnB - xa - xb), 1e6);
-  };
   const bool fixed_lanes = !order && (group_size == 4 || group_size == 8 || group_size == 16);
-  std::unique_ptr<double[]> wgs(new double[fixed_lanes ? num_groups : 0]);
   // A of one row of the scalar loop in Acc (the same arithmetic as BnpoOutLanes), branch-free
   // (binary rewards mispredict every branch on s): a singleton under zero / nan takes that
   // constant, an omitted NaN row 0
@@ -886,31 +944,13 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
       }
     }
   };
-  at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
-    // w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
-    // rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
-    // group (~60 ns) when p_g repeats; same values, whatever hits
-    constexpr int kSlots = 256;
-    uint64_t keys[kSlots];
-    double vals[kSlots];
-    bool used[kSlots] = {};
+  if (!fixed_lanes) at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
+    BnpoWeightCache cache(alpha, beta, lnB);
     for (int64_t g = g0; g < g1; ++g) {
       int64_t a, b;
       bounds(g, a, b);
       if (b <= a) continue;
-      const double pg = p[g];
-      const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
-      const int h = static_cast<int>((bits * 0x9E3779B97F4A7C15ull) >> 56);
-      if (!used[h] || keys[h] != bits) {
-        keys[h] = bits;
-        vals[h] = weight(pg);
-        used[h] = true;
-      }
-      const double wg = vals[h];
-      if (fixed_lanes) {
-        wgs[g] = wg;
-        continue;
-      }
+      const double wg = cache.get(p[g]);
       if (use_float(b - a)) out_rows(float(0), g, a, b, wg);
       else out_rows(double(0), g, a, b, wg);
     }
@@ -919,9 +959,9 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   auto pass2 = [&](auto gs_tag) {
     constexpr int64_t GS = decltype(gs_tag)::value;
     if constexpr (std::is_same_v<T, float>) {
-      if (use_float(GS)) return bnpo_pass2_fixed<float, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, wgs.get());
+      if (use_float(GS)) return bnpo_pass2_fixed<float, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, alpha, beta, lnB);
     }
-    bnpo_pass2_fixed<double, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, wgs.get());
+    bnpo_pass2_fixed<double, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, alpha, beta, lnB);
   };
   if (fixed_lanes && group_size == 4) pass2(std::integral_constant<int64_t, 4>{});
   if (fixed_lanes && group_size == 8) pass2(std::integral_constant<int64_t, 8>{});
