@@ -120,8 +120,8 @@ constexpr int64_t kFloatSub = 256;  // float32 moments: rows per float sub-block
 // rows the count, S1 and S2 of d = x - pivot accumulate in float (fp32 statistics for fp32
 // inputs; two vectors in turn, so that the adds overlap), then are added into the double lanes,
 // so the float sums never run long. A sub-block whose float S2 is not finite (|d| above ~1e18,
-// a NaN or inf without omit) or underflows (|d| below ~1e-16) is summed again in double, as
-// before. Generic vectors, no FMA: both ISA copies round alike.
+// a NaN or inf without omit) or underflows (below 1e-30 with any d nonzero: S1 != 0 or
+// S2 != 0) is summed again in double, as before. Generic vectors, no FMA: both ISA copies round alike.
 template <bool OMIT>
 struct FloatMomentLanes {
   static constexpr bool kFma = false;
@@ -160,7 +160,7 @@ struct FloatMomentLanes {
       }
       const MomF8 wf = w0 + w1, af = a0 + a1, bf = b0 + b1;
       bool fine = true;
-      for (int k = 0; k < 8; ++k) fine &= (bf[k] <= 3e38f) & !((bf[k] < 1e-30f) & (af[k] != 0.0f));
+      for (int k = 0; k < 8; ++k) fine &= (bf[k] <= 3e38f) & !((bf[k] < 1e-30f) & ((af[k] != 0.0f) | (bf[k] != 0.0f)));
       if (fine) {
         for (int k = 0; k < 8; ++k) {
           W[k] += static_cast<double>(wf[k]);
