@@ -110,6 +110,77 @@ struct MomentLanes {
 };
 #endif
 
+typedef float MomF8 __attribute__((vector_size(32)));
+typedef float MomF8u __attribute__((vector_size(32), aligned(4), may_alias));  // unaligned access
+
+constexpr int64_t kFloatSub = 256;  // float32 moments: rows per float sub-block (32 per lane)
+
+// Float32 moments without weights over x[lo:hi) ((hi - lo) % kFloatSub == 0), element
+// lo + 8m + k to lane k (of W, A, B: [8] doubles each, in and out). Per sub-block of kFloatSub
+// rows the count, S1 and S2 of d = x - pivot accumulate in float (fp32 statistics for fp32
+// inputs; two vectors in turn, so that the adds overlap), then are added into the double lanes,
+// so the float sums never run long. A sub-block whose float S2 is not finite (|d| above ~1e18,
+// a NaN or inf without omit) or underflows (below 1e-30 with any d nonzero: S1 != 0 or
+// S2 != 0) is summed again in double, as before. Generic vectors, no FMA: both ISA copies round alike.
+template <bool OMIT>
+struct FloatMomentLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const float* x;
+    int64_t lo, hi;
+    float pivot;
+    double *W, *A, *B;
+  };
+  static ICRM_LANE void run(const Args& p) {
+    double W[8], A[8], B[8];
+    std::memcpy(W, p.W, sizeof W);
+    std::memcpy(A, p.A, sizeof A);
+    std::memcpy(B, p.B, sizeof B);
+    const MomF8 zero{}, one = zero + 1.0f, pv = zero + p.pivot;
+    for (int64_t s = p.lo; s < p.hi; s += kFloatSub) {
+      MomF8 w0{}, a0{}, b0{}, w1{}, a1{}, b1{};
+      for (int64_t i = s; i < s + kFloatSub; i += 16) {
+        const MomF8 v0 = *reinterpret_cast<const MomF8u*>(p.x + i);
+        const MomF8 v1 = *reinterpret_cast<const MomF8u*>(p.x + i + 8);
+        MomF8 d0 = v0 - pv, d1 = v1 - pv;
+        if constexpr (OMIT) {
+          const auto ok0 = v0 == v0, ok1 = v1 == v1;
+          w0 += ok0 ? one : zero;
+          w1 += ok1 ? one : zero;
+          d0 = ok0 ? d0 : zero;
+          d1 = ok1 ? d1 : zero;
+        } else {
+          w0 += one;
+          w1 += one;
+        }
+        a0 += d0;
+        a1 += d1;
+        b0 += d0 * d0;
+        b1 += d1 * d1;
+      }
+      const MomF8 wf = w0 + w1, af = a0 + a1, bf = b0 + b1;
+      bool fine = true;
+      for (int k = 0; k < 8; ++k) fine &= (bf[k] <= 3e38f) & !((bf[k] < 1e-30f) & ((af[k] != 0.0f) | (bf[k] != 0.0f)));
+      if (fine) {
+        for (int k = 0; k < 8; ++k) {
+          W[k] += static_cast<double>(wf[k]);
+          A[k] += static_cast<double>(af[k]);
+          B[k] += static_cast<double>(bf[k]);
+        }
+      } else {
+        const double pivot = static_cast<double>(p.pivot);
+        for (int64_t i = s; i < s + kFloatSub; ++i) {
+          const int k = static_cast<int>((i - s) & 7);
+          moment_step<OMIT, false>(static_cast<double>(p.x[i]), 1.0, pivot, W[k], A[k], B[k]);
+        }
+      }
+    }
+    std::memcpy(p.W, W, sizeof W);
+    std::memcpy(p.A, A, sizeof A);
+    std::memcpy(p.B, B, sizeof B);
+  }
+};
+
 // Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
 // shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
 // for identical values), four independent accumulators (fixed order: deterministic).
@@ -120,6 +191,23 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
   while (first < hi && ((OMIT && std::isnan(static_cast<double>(x[first]))) || (HAS_W && w[first] == 0.0))) ++first;
   if (first == hi) return m;
   const double pivot = static_cast<double>(x[first]);
+  if constexpr (std::is_same_v<T, float> && !HAS_W) {
+    double W[8] = {}, A[8] = {}, B[8] = {};
+    const int64_t body = first + (hi - first) / kFloatSub * kFloatSub;
+    using K = FloatMomentLanes<OMIT>;
+    static const LaneFn<K> lanes = pick_lanes<K>();
+    lanes(typename K::Args{x, first, body, x[first], W, A, B});
+    for (int64_t i = body; i < hi; ++i) moment_step<OMIT, false>(static_cast<double>(x[i]), 1.0, pivot, W[0], A[0], B[0]);
+    const double Wt = ((W[0] + W[1]) + (W[2] + W[3])) + ((W[4] + W[5]) + (W[6] + W[7]));
+    const double St = ((A[0] + A[1]) + (A[2] + A[3])) + ((A[4] + A[5]) + (A[6] + A[7]));
+    const double S2t = ((B[0] + B[1]) + (B[2] + B[3])) + ((B[4] + B[5]) + (B[6] + B[7]));
+    if (Wt == 0.0) return m;
+    m.W = Wt;
+    m.mean = pivot + St / Wt;
+    m.M2 = std::max(S2t - St * St / Wt, 0.0);
+    if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
+    return m;
+  }
   double W[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, B[4] = {0, 0, 0, 0};
   auto term = [&](int64_t i, int k) {
     moment_step<OMIT, HAS_W>(static_cast<double>(x[i]), HAS_W ? w[i] : 1.0, pivot, W[k], A[k], B[k]);
@@ -197,16 +285,17 @@ struct GroupRule {
 // order, shift = S1 / n, M2 in row order, s = sqrt(M2 / (n - ddof)). Branch-free (NaN rows are
 // masked, the pivot is found by selects), so that a loop over groups vectorizes; a raw singleton
 // takes pivot = shift = 0, loo = 1 and s = sqrt(1), which give A = v / (1 + eps) exactly.
-template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, class Val>
+// DIV: var = M2 / (n - ddof) even without omitted rows (the OMIT rule), so that a block without
+// NaN rows under nan_policy omit can take the loops without masks and keep the same bits.
+template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool DIV = OMIT, class Val>
 ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Acc>& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
   if constexpr (!group_level) return {Acc(0), Acc(0), Acc(1), SCALE == kBatchStd ? o.batch_inv : Acc(1) / (Acc(1) + o.eps), false};
   Acc pivot = 0, n = 0, S1 = 0;  // all NaN (OMIT): pivot 0
-  if constexpr (OMIT) {
-    for (int64_t j = len - 1; j >= 0; --j) pivot = val(j) == val(j) ? val(j) : pivot;
-  } else {
-    pivot = val(0);
-  }
+  // OMIT: the pivot is taken inside the summing loop (every row while n is still 0: the first
+  // valid row is the last taken); rows before it are NaN and add 0, so S1 is the same as with
+  // the pivot found first. An all-NaN group keeps a NaN pivot: its rows are all omitted (A = 0).
+  if constexpr (!OMIT) pivot = val(0);
   // float: the largest |v - pivot| too, whose power of two scales the deviations before they are
   // squared (exact, so the same bits as unscaled where nothing overflows): fp32 rewards of 1e30
   // or 1e-30 would square to inf or 0
@@ -217,6 +306,7 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     Acc dv;
     if constexpr (OMIT) {
       const bool ok = v == v;
+      pivot = n == Acc(0) ? v : pivot;  // a NaN row before the first valid is replaced later
       n += ok ? Acc(1) : Acc(0);
       dv = ok ? v - pivot : Acc(0);
     } else {
@@ -249,7 +339,7 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     }
     // float without omitted rows: n is the group length, 1 / (n - ddof) a loop invariant (one
     // division per call instead of one per group; within an ulp of the quotient)
-    if constexpr (kScaled && !OMIT) var = M2 * (Acc(1) / (n - o.ddof));
+    if constexpr (kScaled && !OMIT && !DIV) var = M2 * (Acc(1) / (n - o.ddof));
     else var = M2 / (n - o.ddof);
   }
   Acc loo = n / (n - Acc(1));
@@ -429,10 +519,40 @@ struct FixedGroupLanes {
     }
     for (int64_t k = k0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<Acc>(r[k * GS + j]);
-    for (int64_t k = 0; k < nb; ++k) {
-      auto val = [&](int64_t j) { return x[j][k]; };
-      const GroupParams<Acc> gp = group_params<Acc, OMIT, BASE, SCALE>(val, GS, rule);
-      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
+    // nan_policy omit: a block without NaN rows takes the loops without masks (the same values:
+    // every row counts, and the division rule of OMIT is kept, so the same bits as the masked loop)
+    bool masked = OMIT;
+    if constexpr (OMIT) {  // explicit vectors: a bool reduction compiled to scalar compares
+      typedef Acc Vec __attribute__((vector_size(32)));
+      typedef std::conditional_t<std::is_same_v<Acc, float>, int32_t, int64_t> Int;
+      typedef Int IVec __attribute__((vector_size(32)));
+      constexpr int64_t L = 32 / sizeof(Acc);
+      const int64_t kv = nb / L * L;
+      IVec m{};
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = 0; k < kv; k += L) {
+          Vec v;
+          std::memcpy(&v, &x[j][k], sizeof v);
+          m |= v != v;
+        }
+      bool any_nan = false;
+      for (int64_t l = 0; l < L; ++l) any_nan |= m[l] != 0;
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = kv; k < nb; ++k) any_nan |= x[j][k] != x[j][k];
+      masked = any_nan;
+    }
+    if (masked) {
+      for (int64_t k = 0; k < nb; ++k) {
+        auto val = [&](int64_t j) { return x[j][k]; };
+        const GroupParams<Acc> gp = group_params<Acc, OMIT, BASE, SCALE>(val, GS, rule);
+        for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
+      }
+    } else {
+      for (int64_t k = 0; k < nb; ++k) {
+        auto val = [&](int64_t j) { return x[j][k]; };
+        const GroupParams<Acc> gp = group_params<Acc, false, BASE, SCALE, OMIT>(val, GS, rule);
+        for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, false, BASE>(x[j][k], gp, const_value, batch_mean);
+      }
     }
     T* out = p.out + g * GS;
     k0 = 0;
@@ -507,40 +627,91 @@ inline bool bnpo_degenerate(double v, double mean) { return v <= 1e-12 * (mean *
 // BNPO (scale code 3): s = clamp((r - lo) / (hi - lo), 0, 1); p_g = group mean of s (0 for a
 // singleton under the original rules); alpha, beta from the mean and unbiased variance of p over
 // the groups; A_i = clamp(1 / BetaPDF(p_g; alpha, beta), 0, 1e6) * (s_i - p_g).
-// Groups g..g+nb of a fixed layout (r points at group g) as a double tile x[row][group], and
+// The per-group statistics (s, pivot, S1, p_g) and A = w_g (s - p_g) are computed in Acc: float
+// for float32 groups of at most kFloatGroupMax rows when the bounds fit a float (fp32 statistics
+// for fp32 inputs, 8 groups per AVX2 vector), else double; the fixed lanes and the scalar loop
+// use the same Acc and the same order, so fixed and ragged layouts give the same bits. The
+// moments of p over the groups and the Beta weights stay in double.
+// Groups g..g+nb of a fixed layout (r points at group g) as a tile x[row][group] in Acc, and
 // back: float G = 8 / 16 through in-register 8x8 transposes, the rest element by element.
-template <typename T, int64_t GS>
-ICRM_LANE void load_tile_double(const T* r, int64_t nb, double (&x)[GS][kGroupBlock]) {
+template <typename Acc, typename T, int64_t GS>
+ICRM_LANE void load_tile(const T* r, int64_t nb, Acc (&x)[GS][kGroupBlock]) {
   int64_t k0 = 0;
   if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
-    alignas(64) float xf[GS][kGroupBlock];
-    for (; k0 + 8 <= nb; k0 += 8)
-      for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &xf[c][k0], kGroupBlock);
-    for (int64_t j = 0; j < GS; ++j)
-      for (int64_t k = 0; k < k0; ++k) x[j][k] = static_cast<double>(xf[j][k]);
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (; k0 + 8 <= nb; k0 += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &x[c][k0], kGroupBlock);
+    } else {
+      alignas(64) float xf[GS][kGroupBlock];
+      for (; k0 + 8 <= nb; k0 += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(r + k0 * GS + c, GS, &xf[c][k0], kGroupBlock);
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = 0; k < k0; ++k) x[j][k] = static_cast<Acc>(xf[j][k]);
+    }
   }
   for (int64_t k = k0; k < nb; ++k)
-    for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<double>(r[k * GS + j]);
+    for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<Acc>(r[k * GS + j]);
 }
 
-template <typename T, int64_t GS>
-ICRM_LANE void store_tile_double(T* out, int64_t nb, const double (&x)[GS][kGroupBlock]) {
+template <typename Acc, typename T, int64_t GS>
+ICRM_LANE void store_tile(T* out, int64_t nb, const Acc (&x)[GS][kGroupBlock]) {
   int64_t k0 = 0;
   if constexpr (std::is_same_v<T, float> && GS % 8 == 0) {
-    alignas(64) float xf[GS][kGroupBlock];
     k0 = nb / 8 * 8;
-    for (int64_t j = 0; j < GS; ++j)
-      for (int64_t k = 0; k < k0; ++k) xf[j][k] = static_cast<float>(x[j][k]);
-    for (int64_t k = 0; k < k0; k += 8)
-      for (int64_t c = 0; c < GS; c += 8) transpose8(&xf[c][k], kGroupBlock, out + k * GS + c, GS);
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (int64_t k = 0; k < k0; k += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(&x[c][k], kGroupBlock, out + k * GS + c, GS);
+    } else {
+      alignas(64) float xf[GS][kGroupBlock];
+      for (int64_t j = 0; j < GS; ++j)
+        for (int64_t k = 0; k < k0; ++k) xf[j][k] = static_cast<float>(x[j][k]);
+      for (int64_t k = 0; k < k0; k += 8)
+        for (int64_t c = 0; c < GS; c += 8) transpose8(&xf[c][k], kGroupBlock, out + k * GS + c, GS);
+    }
   }
   for (int64_t k = k0; k < nb; ++k)
     for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
 }
 
+// s of one reward in Acc (NaN stays NaN: std::max/min return their first argument on NaN)
+template <typename Acc>
+ICRM_LANE Acc bnpo_scaled(Acc v, Acc lo, Acc inv_range) {
+  return std::min(std::max((v - lo) * inv_range, Acc(0)), Acc(1));
+}
+
+// The BNPO weight clamp(1 / BetaPDF(p; alpha, beta), 0, 1e6), lnB = log Beta(alpha, beta).
+inline double bnpo_weight(double pg, double alpha, double beta, double lnB) {
+  const double xa = alpha == 1.0 ? 0.0 : (alpha - 1.0) * std::log(pg);
+  const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
+  return std::min(std::exp(lnB - xa - xb), 1e6);
+}
+
+// w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
+// rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
+// group (~60 ns) when p_g repeats; same values, whatever hits. One per thread's range.
+struct BnpoWeightCache {
+  static constexpr int kSlots = 256;
+  uint64_t keys[kSlots];
+  double vals[kSlots];
+  bool used[kSlots] = {};
+  double alpha, beta, lnB;
+  BnpoWeightCache(double a, double b, double l) : alpha(a), beta(b), lnB(l) {}
+  double get(double pg) {
+    const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
+    const int h = static_cast<int>((bits * 0x9E3779B97F4A7C15ull) >> 56);
+    if (!used[h] || keys[h] != bits) {
+      keys[h] = bits;
+      vals[h] = bnpo_weight(pg, alpha, beta, lnB);
+      used[h] = true;
+    }
+    return vals[h];
+  }
+};
+
 // BNPO pass 2 for fixed layouts: A = w_g (s - p_g), constants for singletons, 0 for omitted
-// rows, lanes = groups (w_g, p_g, n_g read as vectors), the same arithmetic as bnpo()'s loop.
-template <typename T, bool OMIT, int64_t GS>
+// rows, lanes = groups (w_g, p_g, n_g read as vectors), the same arithmetic as bnpo()'s loop;
+// w_g looked up per block in the thread's weight cache (no separate pass over the groups).
+template <typename Acc, typename T, bool OMIT, int64_t GS>
 struct BnpoOutLanes {
   static constexpr bool kFma = false;
   struct Args {
@@ -549,42 +720,46 @@ struct BnpoOutLanes {
     int64_t g0, g1;
     double lo, inv_range, cval;
     bool raw_singleton;
-    const double *p, *n, *wg;
+    const double *p, *n;
+    double alpha, beta, lnB;
   };
-  static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
-    alignas(64) double x[GS][kGroupBlock];
-    load_tile_double<T, GS>(q.r + g * GS, nb, x);
-    const double lo = q.lo, inv_range = q.inv_range, cval = q.cval;
+  static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb, BnpoWeightCache& cache) {
+    alignas(64) Acc x[GS][kGroupBlock];
+    load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
+    const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range), cval = static_cast<Acc>(q.cval);
     const bool raw_singleton = q.raw_singleton;
-    alignas(64) double P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
-    std::memcpy(P, q.p + g, nb * sizeof(double));
-    std::memcpy(N, q.n + g, nb * sizeof(double));
-    std::memcpy(WG, q.wg + g, nb * sizeof(double));
+    alignas(64) Acc P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
     for (int64_t k = 0; k < nb; ++k) {
-      const double pg = P[k], wg = WG[k];
-      const bool to_const = (N[k] == 1.0) & !raw_singleton;
+      P[k] = static_cast<Acc>(q.p[g + k]);
+      N[k] = static_cast<Acc>(q.n[g + k]);
+      WG[k] = static_cast<Acc>(cache.get(q.p[g + k]));
+    }
+    for (int64_t k = 0; k < nb; ++k) {
+      const Acc pg = P[k], wg = WG[k];
+      const bool to_const = (N[k] == Acc(1)) & !raw_singleton;
       for (int64_t j = 0; j < GS; ++j) {
-        const double s = std::min(std::max((x[j][k] - lo) * inv_range, 0.0), 1.0);  // NaN stays NaN
-        double a = to_const ? cval : wg * (s - pg);
-        if constexpr (OMIT) a = s == s ? a : 0.0;
+        const Acc s = bnpo_scaled(x[j][k], lo, inv_range);
+        Acc a = to_const ? cval : wg * (s - pg);
+        if constexpr (OMIT) a = s == s ? a : Acc(0);
         x[j][k] = a;
       }
     }
-    store_tile_double<T, GS>(q.out + g * GS, nb, x);
+    store_tile<Acc, T, GS>(q.out + g * GS, nb, x);
   }
   static ICRM_LANE void run(const Args& q) {
-    for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
+    BnpoWeightCache cache(q.alpha, q.beta, q.lnB);
+    for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g), cache);
   }
 };
 
-template <typename T, int64_t GS>
+template <typename Acc, typename T, int64_t GS>
 void bnpo_pass2_fixed(const T* r, T* out, int64_t num_groups, const Options& o, double lo, double inv_range,
-                      double cval, const double* p, const double* n, const double* wg) {
+                      double cval, const double* p, const double* n, double alpha, double beta, double lnB) {
   auto go = [&](auto omit_tag) {
-    using K = BnpoOutLanes<T, decltype(omit_tag)::value, GS>;
+    using K = BnpoOutLanes<Acc, T, decltype(omit_tag)::value, GS>;
     const LaneFn<K> lanes = pick_lanes<K>();
     at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
-      lanes(typename K::Args{r, out, g0, g1, lo, inv_range, cval, o.singleton == kRaw, p, n, wg});
+      lanes(typename K::Args{r, out, g0, g1, lo, inv_range, cval, o.singleton == kRaw, p, n, alpha, beta, lnB});
     });
   };
   if (o.omit) go(std::true_type{});
@@ -592,10 +767,10 @@ void bnpo_pass2_fixed(const T* r, T* out, int64_t num_groups, const Options& o, 
 }
 
 // BNPO pass 1 for fixed layouts (G = 4, 8, 16, no order): per group the largest valid scaled
-// value (pivot), the count and S1 = sum (s - pivot) in row order, in double, branch-free with
+// value (pivot), the count and S1 = sum (s - pivot) in row order, in Acc, branch-free with
 // lanes = groups, so that it vectorizes across groups; the same arithmetic and order as the
 // scalar loop in bnpo() (so the same bits).
-template <typename T, bool OMIT, int64_t GS>
+template <typename Acc, typename T, bool OMIT, int64_t GS>
 struct BnpoLanes {
   static constexpr bool kFma = false;
   struct Args {
@@ -606,111 +781,134 @@ struct BnpoLanes {
     double *p, *n, *w;
   };
   static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb) {
-    alignas(64) double x[GS][kGroupBlock];  // double lanes only: the loop below vectorizes
-    load_tile_double<T, GS>(q.r + g * GS, nb, x);
-    const double lo = q.lo, inv_range = q.inv_range, ninf = -std::numeric_limits<double>::infinity();
+    alignas(64) Acc x[GS][kGroupBlock];  // one arithmetic only: the loop below vectorizes
+    load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
+    const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range);
+    const Acc ninf = -std::numeric_limits<Acc>::infinity();
     const bool raw_singleton = q.raw_singleton;
-    alignas(64) double P[kGroupBlock], N[kGroupBlock], W[kGroupBlock];  // local: no aliasing with q
+    alignas(64) Acc P[kGroupBlock], N[kGroupBlock], W[kGroupBlock];  // local: no aliasing with q
     for (int64_t k = 0; k < nb; ++k) {
-      auto sc = [&](int64_t j) {
-        return std::min(std::max((x[j][k] - lo) * inv_range, 0.0), 1.0);
-      };
-      double pivot = ninf;
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = bnpo_scaled(x[j][k], lo, inv_range);
+      Acc pivot = ninf;
       for (int64_t j = 0; j < GS; ++j) {
-        const double s = sc(j);
+        const Acc s = x[j][k];
         pivot = pivot < s ? s : pivot;  // false for a NaN s
       }
-      pivot = pivot == ninf ? 0.0 : pivot;
-      double cnt = 0.0, S1 = 0.0;
+      pivot = pivot == ninf ? Acc(0) : pivot;
+      Acc cnt = 0, S1 = 0;
       for (int64_t j = 0; j < GS; ++j) {
-        const double s = sc(j);
+        const Acc s = x[j][k];
         if constexpr (OMIT) {
           const bool ok = s == s;
-          cnt += ok ? 1.0 : 0.0;
-          S1 += ok ? s - pivot : 0.0;
+          cnt += ok ? Acc(1) : Acc(0);
+          S1 += ok ? s - pivot : Acc(0);
         } else {
-          cnt += 1.0;
+          cnt += Acc(1);
           S1 += s - pivot;
         }
       }
-      const bool any = cnt > 0, single = cnt == 1.0;
-      double pg = pivot + S1 / cnt;
-      pg = any ? pg : 0.0;
+      const bool any = cnt > 0, single = cnt == Acc(1);
+      Acc pg = pivot + S1 / cnt;
+      pg = any ? pg : Acc(0);
       const bool in_stats = any & (raw_singleton | !single);
-      pg = (single & raw_singleton) ? 0.0 : pg;
-      P[k] = in_stats ? pg : 0.0;
+      pg = (single & raw_singleton) ? Acc(0) : pg;
+      P[k] = in_stats ? pg : Acc(0);
       N[k] = cnt;
-      W[k] = in_stats ? 1.0 : 0.0;
+      W[k] = in_stats ? Acc(1) : Acc(0);
     }
-    std::memcpy(q.p + g, P, nb * sizeof(double));
-    std::memcpy(q.n + g, N, nb * sizeof(double));
-    std::memcpy(q.w + g, W, nb * sizeof(double));
+    for (int64_t k = 0; k < nb; ++k) {
+      q.p[g + k] = static_cast<double>(P[k]);
+      q.n[g + k] = static_cast<double>(N[k]);
+      q.w[g + k] = static_cast<double>(W[k]);
+    }
   }
   static ICRM_LANE void run(const Args& q) {
     for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
   }
 };
 
-template <typename T, bool OMIT, int64_t GS>
+template <typename Acc, typename T, bool OMIT, int64_t GS>
 void bnpo_pass1_lanes(const T* r, int64_t num_groups, const Options& o, double lo, double inv_range, double* p,
                       double* n, double* w) {
-  using K = BnpoLanes<T, OMIT, GS>;
+  using K = BnpoLanes<Acc, T, OMIT, GS>;
   const LaneFn<K> lanes = pick_lanes<K>();
   at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
     lanes(typename K::Args{r, g0, g1, lo, inv_range, o.singleton == kRaw, p, n, w});
   });
 }
 
-template <typename T, int64_t GS>
+template <typename Acc, typename T, int64_t GS>
 bool bnpo_pass1_fixed(const T* r, int64_t num_groups, const Options& o, double lo, double inv_range, double* p,
                       double* n, double* w) {
-  if (o.omit) bnpo_pass1_lanes<T, true, GS>(r, num_groups, o, lo, inv_range, p, n, w);
-  else bnpo_pass1_lanes<T, false, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+  if (o.omit) bnpo_pass1_lanes<Acc, T, true, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+  else bnpo_pass1_lanes<Acc, T, false, GS>(r, num_groups, o, lo, inv_range, p, n, w);
   return true;
 }
 
+// bnpo() in arithmetic Acc for the groups of at most kFloatGroupMax rows (see above), double
+// for longer ones.
 template <typename T>
 void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n_rows, int64_t group_size,
           int64_t num_groups, const Options& o, double lo, double hi) {
   const double inv_range = 1.0 / (hi - lo);
-  auto scaled = [&](double v) { return std::isnan(v) ? v : std::min(std::max((v - lo) * inv_range, 0.0), 1.0); };
-  std::vector<double> p(num_groups), n(num_groups), w(num_groups);
+  // float statistics: float32 rewards and bounds whose float images keep s meaningful
+  const bool fbounds = std::is_same_v<T, float> && std::abs(lo) <= 1e30 && std::abs(hi) <= 1e30 &&
+                       inv_range <= 1e30 && inv_range >= 1e-30;
+  auto use_float = [&](int64_t len) { return fbounds && len <= kFloatGroupMax; };
+  // every entry is written by pass 1 (the lanes or the loop): no zeroing
+  std::unique_ptr<double[]> p_buf(new double[num_groups]), n_buf(new double[num_groups]),
+      w_buf(new double[num_groups]);
+  double *p = p_buf.get(), *n = n_buf.get(), *w = w_buf.get();
   auto bounds = [&](int64_t g, int64_t& a, int64_t& b) { group_bounds(cu, group_size, n_rows, g, a, b); };
   auto row = [&](int64_t j) { return order ? std::min(std::max<int64_t>(order[j], 0), n_rows - 1) : j; };
   bool done = false;
-  if (!order && group_size == 4) done = bnpo_pass1_fixed<T, 4>(r, num_groups, o, lo, inv_range, p.data(), n.data(), w.data());
-  if (!order && group_size == 8) done = bnpo_pass1_fixed<T, 8>(r, num_groups, o, lo, inv_range, p.data(), n.data(), w.data());
-  if (!order && group_size == 16) done = bnpo_pass1_fixed<T, 16>(r, num_groups, o, lo, inv_range, p.data(), n.data(), w.data());
+  auto pass1 = [&](auto gs_tag) {
+    constexpr int64_t GS = decltype(gs_tag)::value;
+    if constexpr (std::is_same_v<T, float>) {
+      if (use_float(GS)) return bnpo_pass1_fixed<float, T, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+    }
+    return bnpo_pass1_fixed<double, T, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+  };
+  if (!order && group_size == 4) done = pass1(std::integral_constant<int64_t, 4>{});
+  if (!order && group_size == 8) done = pass1(std::integral_constant<int64_t, 8>{});
+  if (!order && group_size == 16) done = pass1(std::integral_constant<int64_t, 16>{});
+  // one group of the scalar loop in Acc: the same arithmetic and order as BnpoLanes
+  auto stats1 = [&](auto acc_tag, int64_t g, int64_t a, int64_t b) {
+    using Acc = decltype(acc_tag);
+    const Acc lo_a = static_cast<Acc>(lo), inv_a = static_cast<Acc>(inv_range);
+    // pivot: the group's largest valid value, as in the reference and the Triton kernel, so
+    // that groups holding the same values get bitwise the same p_g whatever their row order
+    // (a first-row pivot made equal success rates differ by an ulp, and the v = 0 guard miss)
+    Acc cnt = 0, pivot = -std::numeric_limits<Acc>::infinity(), S1 = 0;
+    for (int64_t j = a; j < b; ++j) {
+      const Acc s = bnpo_scaled(static_cast<Acc>(r[row(j)]), lo_a, inv_a);
+      if (std::isnan(s)) continue;
+      pivot = std::max(pivot, s);
+    }
+    if (pivot == -std::numeric_limits<Acc>::infinity()) pivot = 0;
+    for (int64_t j = a; j < b; ++j) {
+      const Acc s = bnpo_scaled(static_cast<Acc>(r[row(j)]), lo_a, inv_a);
+      if (o.omit && std::isnan(s)) continue;
+      cnt += Acc(1);
+      S1 += s - pivot;
+    }
+    Acc pg = cnt > 0 ? pivot + S1 / cnt : Acc(0);
+    const bool single = cnt == Acc(1);
+    bool in_stats = cnt > 0 && (o.singleton == kRaw || !single);
+    if (single && o.singleton == kRaw) pg = 0;  // the original code: p = 0 for a singleton
+    p[g] = in_stats ? static_cast<double>(pg) : 0.0;
+    n[g] = static_cast<double>(cnt);
+    w[g] = in_stats ? 1.0 : 0.0;
+  };
   if (!done) at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       int64_t a, b;
       bounds(g, a, b);
-      // pivot: the group's largest valid value, as in the reference and the Triton kernel, so
-      // that groups holding the same values get bitwise the same p_g whatever their row order
-      // (a first-row pivot made equal success rates differ by an ulp, and the v = 0 guard miss)
-      double cnt = 0.0, pivot = -std::numeric_limits<double>::infinity(), S1 = 0.0;
-      for (int64_t j = a; j < b; ++j) {
-        const double s = scaled(static_cast<double>(r[row(j)]));
-        if (std::isnan(s)) continue;
-        pivot = std::max(pivot, s);
-      }
-      if (pivot == -std::numeric_limits<double>::infinity()) pivot = 0.0;
-      for (int64_t j = a; j < b; ++j) {
-        const double s = scaled(static_cast<double>(r[row(j)]));
-        if (o.omit && std::isnan(s)) continue;
-        cnt += 1.0;
-        S1 += s - pivot;
-      }
-      double pg = cnt > 0 ? pivot + S1 / cnt : 0.0;
-      const bool single = cnt == 1.0;
-      bool in_stats = cnt > 0 && (o.singleton == kRaw || !single);
-      if (single && o.singleton == kRaw) pg = 0.0;  // the original code: p = 0 for a singleton
-      p[g] = in_stats ? pg : 0.0;
-      n[g] = cnt;
-      w[g] = in_stats ? 1.0 : 0.0;
+      if (use_float(b - a)) stats1(float(0), g, a, b);
+      else stats1(double(0), g, a, b);
     }
   });
-  const Moments m = chunk_moments(p.data(), w.data(), 0, num_groups, false);
+  const Moments m = chunk_moments(p, w, 0, num_groups, false);
   const bool one = m.W <= 1.0;
   const double mean = one ? 0.0 : m.mean;
   const double v = one ? 1.0 : m.M2 / (m.W - 1.0);
@@ -721,64 +919,70 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   if (bnpo_degenerate(v, mean)) alpha = beta = 1.0;  // guard v = 0: uniform weights instead of NaN
   const double lnB = std::lgamma(alpha) + std::lgamma(beta) - std::lgamma(alpha + beta);
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  auto weight = [&](double pg) {
-    const double xa = alpha == 1.0 ? 0.0 : (alpha - 1.0) * std::log(pg);
-    const double xb = beta == 1.0 ? 0.0 : (beta - 1.0) * std::log(1.0 - pg);
-    return std::min(std::exp(lnB - xa - xb), 1e6);
-  };
   const bool fixed_lanes = !order && (group_size == 4 || group_size == 8 || group_size == 16);
-  std::vector<double> wgs(fixed_lanes ? num_groups : 0);
-  at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
-    // w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
-    // rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
-    // group (~60 ns) when p_g repeats; same values, whatever hits
-    constexpr int kSlots = 256;
-    uint64_t keys[kSlots];
-    double vals[kSlots];
-    bool used[kSlots] = {};
+  // A of one row of the scalar loop in Acc (the same arithmetic as BnpoOutLanes), branch-free
+  // (binary rewards mispredict every branch on s): a singleton under zero / nan takes that
+  // constant, an omitted NaN row 0
+  auto out_rows = [&](auto acc_tag, int64_t g, int64_t a, int64_t b, double wg_d) {
+    using Acc = decltype(acc_tag);
+    const Acc lo_a = static_cast<Acc>(lo), inv_a = static_cast<Acc>(inv_range);
+    const Acc pg = static_cast<Acc>(p[g]), wg = static_cast<Acc>(wg_d);
+    const bool to_const = n[g] == 1.0 && o.singleton != kRaw;
+    const Acc cval = o.singleton == kZero ? Acc(0) : std::numeric_limits<Acc>::quiet_NaN();
+    const bool omit = o.omit;
+    auto one = [&](Acc v) {
+      const Acc s = bnpo_scaled(v, lo_a, inv_a);
+      const Acc x = to_const ? cval : wg * (s - pg);
+      return omit && s != s ? Acc(0) : x;
+    };
+    if (!order && group_size > 0) {
+      for (int64_t j = a; j < b; ++j) out[j] = static_cast<T>(one(static_cast<Acc>(r[j])));
+    } else {
+      for (int64_t j = a; j < b; ++j) {
+        const int64_t i = row(j);
+        out[i] = static_cast<T>(one(static_cast<Acc>(r[i])));
+      }
+    }
+  };
+  if (!fixed_lanes) at::parallel_for(0, num_groups, 1024, [&](int64_t g0, int64_t g1) {
+    BnpoWeightCache cache(alpha, beta, lnB);
     for (int64_t g = g0; g < g1; ++g) {
       int64_t a, b;
       bounds(g, a, b);
       if (b <= a) continue;
-      const double pg = p[g];
-      const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
-      const int h = static_cast<int>((bits * 0x9E3779B97F4A7C15ull) >> 56);
-      if (!used[h] || keys[h] != bits) {
-        keys[h] = bits;
-        vals[h] = weight(pg);
-        used[h] = true;
-      }
-      const double wg = vals[h];
-      if (fixed_lanes) {
-        wgs[g] = wg;
-        continue;
-      }
-      const bool single = n[g] == 1.0;
-      // branch-free (binary rewards mispredict every branch on s): a singleton under zero / nan
-      // takes that constant, an omitted NaN row 0
-      const bool to_const = single && o.singleton != kRaw;
-      const double cval = o.singleton == kZero ? 0.0 : nan;
-      const bool omit = o.omit;
-      auto one = [&](double v) {
-        const double s = std::min(std::max((v - lo) * inv_range, 0.0), 1.0);  // NaN stays NaN
-        const double a = to_const ? cval : wg * (s - pg);
-        return omit && s != s ? 0.0 : a;
-      };
-      if (!order && group_size > 0) {
-        for (int64_t j = a; j < b; ++j) out[j] = static_cast<T>(one(static_cast<double>(r[j])));
-      } else {
-        for (int64_t j = a; j < b; ++j) {
-          const int64_t i = row(j);
-          out[i] = static_cast<T>(one(static_cast<double>(r[i])));
-        }
-      }
+      const double wg = cache.get(p[g]);
+      if (use_float(b - a)) out_rows(float(0), g, a, b, wg);
+      else out_rows(double(0), g, a, b, wg);
     }
   });
   const double cval = o.singleton == kZero ? 0.0 : nan;
-  if (fixed_lanes && group_size == 4) bnpo_pass2_fixed<T, 4>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
-  if (fixed_lanes && group_size == 8) bnpo_pass2_fixed<T, 8>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
-  if (fixed_lanes && group_size == 16) bnpo_pass2_fixed<T, 16>(r, out, num_groups, o, lo, inv_range, cval, p.data(), n.data(), wgs.data());
+  auto pass2 = [&](auto gs_tag) {
+    constexpr int64_t GS = decltype(gs_tag)::value;
+    if constexpr (std::is_same_v<T, float>) {
+      if (use_float(GS)) return bnpo_pass2_fixed<float, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, alpha, beta, lnB);
+    }
+    bnpo_pass2_fixed<double, T, GS>(r, out, num_groups, o, lo, inv_range, cval, p, n, alpha, beta, lnB);
+  };
+  if (fixed_lanes && group_size == 4) pass2(std::integral_constant<int64_t, 4>{});
+  if (fixed_lanes && group_size == 8) pass2(std::integral_constant<int64_t, 8>{});
+  if (fixed_lanes && group_size == 16) pass2(std::integral_constant<int64_t, 16>{});
 }
+
+// The whitening pass without weights: a = (a - mean) * mul in double, no FMA (both ISAs alike).
+template <typename T>
+struct WhitenLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    T* a;
+    int64_t i0, i1;
+    double mean, mul;
+  };
+  static ICRM_LANE void run(const Args& p) {
+    T* __restrict a = p.a;
+    const double mean = p.mean, mul = p.mul;
+    for (int64_t i = p.i0; i < p.i1; ++i) a[i] = static_cast<T>((static_cast<double>(a[i]) - mean) * mul);
+  }
+};
 
 template <typename T>
 void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
@@ -789,6 +993,12 @@ void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
   else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
   else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
   const double mean = m.mean;
+  if (!w) {  // weight 1 everywhere: (v - mean) * mul, vectorized (the same bits)
+    using K = WhitenLanes<T>;
+    const LaneFn<K> lanes = pick_lanes<K>();
+    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) { lanes(typename K::Args{a, i0, i1, mean, mul}); });
+    return;
+  }
   at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double v = static_cast<double>(a[i]);
