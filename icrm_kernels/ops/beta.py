@@ -211,6 +211,67 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
 _backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup, eager_outputs=1)
 
 
+class _ElboEager(torch.autograd.Function):
+    """The eager twin of ``icrm::beta_elbo`` + ``_elbo_backward`` for the common training call:
+    x1 and/or x2 need a gradient, labels and weights do not. Only x1 and x2 are arguments (each
+    argument of ``apply`` costs host time); everything else rides in ``spec``. On the Triton
+    path the kernel scales the mean's partial sums and the gradients by 1/N itself, so the
+    forward is the launch and one ``sum`` and the backward two multiplies. Same formula and
+    results as the op path (which torch.compile, export and tracing use)."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, spec):
+        labels, weights, pa, pb, kw, tmin, from_logits, red = spec
+        n = x1.numel()
+        scale = None
+        if _select(x1, "beta_elbo") == "triton":
+            from icrm_kernels.triton import beta as tri
+
+            loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tmin, from_logits,
+                                    red != 0, True, 1.0 / max(n, 1) if red == 2 else 1.0)
+            if red:
+                loss = loss.sum()
+                if loss.dtype != x1.dtype:
+                    loss = loss.to(x1.dtype)
+            elif loss.shape != x1.shape:
+                loss = loss.reshape(x1.shape)
+            if x1.dim() != 1:  # for reduction="none" the incoming gradient has x1's shape
+                g1, g2 = g1.reshape(x1.shape), g2.reshape(x1.shape)
+        else:  # C++ kernels and the reference: unscaled gradients
+            loss, g1, g2 = _beta_elbo_impl(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
+            if red == 2:
+                scale = 1.0 / max(n, 1)
+        ctx.g = (g1, g2, scale, x1.dtype)  # x1, x2: one dtype (checked)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        g1, g2, scale, dt = ctx.g
+        if scale is not None:
+            grad_loss = grad_loss * scale
+        d1, d2 = g1 * grad_loss, g2 * grad_loss
+        if d1.dtype != dt:  # (a no-op .to costs ~1 µs)
+            d1, d2 = d1.to(dt), d2.to(dt)
+        return d1, d2, None
+
+
+_elbo_apply = _ElboEager.apply
+_eager_mode = _backend._eager_mode
+
+
+def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
+    """The ELBO op: :class:`_ElboEager` for an eager call where only x1/x2 need a gradient, else
+    ``call_op`` (no gradient: the implementation directly; compile/tracing: the op)."""
+    if (torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad)
+            and not (labels is not None and labels.requires_grad)
+            and not (weights is not None and weights.requires_grad)
+            and _eager_mode((x1, x2, labels, weights))):
+        return _elbo_apply(x1, x2, (labels, weights, pa, pb, kw, tmin, from_logits, red))
+    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, x1, x2, labels, weights, pa, pb, kw, tmin,
+                                  from_logits, red, _needs_grad(x1, x2))
+    return loss
+
+
 # ---------------------------------------------------------------- validation helpers
 def _check_pair(x: Tensor, y: Tensor, nx: str, ny: str) -> None:
     check_tensor(x, nx, floating=True)
@@ -347,9 +408,7 @@ def beta_elbo_loss(
                                                         kl_weight, reduction)
     _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"), (labels, "labels", "unit"),
                   (weights, "weights", "weights"))
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, labels, weights, pa, pb, kw, 0.0, False,
-                                  red, _needs_grad(alpha, beta))
-    return loss
+    return _elbo_call(alpha, beta, labels, weights, pa, pb, kw, 0.0, False, red)
 
 
 def beta_elbo_loss_from_logits(
@@ -373,9 +432,7 @@ def beta_elbo_loss_from_logits(
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
     _check_values((mean_logit, "mean_logit", "finite"), (conc_logit, "conc_logit", "finite"),
                   (labels, "labels", "unit"), (weights, "weights", "weights"))
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, mean_logit, conc_logit, labels, weights, pa, pb, kw,
-                                  tmin, True, red, _needs_grad(mean_logit, conc_logit))
-    return loss
+    return _elbo_call(mean_logit, conc_logit, labels, weights, pa, pb, kw, tmin, True, red)
 
 
 def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0,
@@ -402,9 +459,7 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
         f64 = lambda t: t.to(torch.float64) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return ref.beta_kl(f64(alpha), f64(beta), f64(prior_alpha), f64(prior_beta)).to(alpha.dtype)
     pa, pb = _check_prior(prior_alpha, prior_beta)
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0,
-                                  _needs_grad(alpha, beta))
-    return loss
+    return _elbo_call(alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0)
 
 
 @torch.library.custom_op("icrm::beta_from_logits", mutates_args=())
