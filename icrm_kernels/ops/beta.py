@@ -211,13 +211,15 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
 _backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup, eager_outputs=1)
 
 
-class _ElboEager(torch.autograd.Function):
+class EagerElbo(torch.autograd.Function):
     """The eager twin of ``icrm::beta_elbo`` + ``_elbo_backward`` for the common training call:
     x1 and/or x2 need a gradient, labels and weights do not. Only x1 and x2 are arguments (each
-    argument of ``apply`` costs host time); everything else rides in ``spec``. On the Triton
-    path the kernel scales the mean's partial sums and the gradients by 1/N itself, so the
-    forward is the launch and one ``sum`` and the backward two multiplies. Same formula and
-    results as the op path (which torch.compile, export and tracing use)."""
+    argument of ``apply`` costs host time); everything else rides in ``spec``, and the
+    gradients ride on the ctx (no internal outputs). On the Triton path the kernel multiplies
+    the gradients by the mean's 1/N (the same fp32 factor the op path's backward multiplies by:
+    bitwise the same results for a unit incoming gradient), so the backward is two multiplies.
+    Same formula as the op path, which torch.compile, export and tracing use. Disabled, like
+    every eager twin, when the op has no entry in ``_backend._EAGER_AUTOGRAD``."""
 
     @staticmethod
     def forward(ctx, x1, x2, spec):
@@ -231,6 +233,8 @@ class _ElboEager(torch.autograd.Function):
                                     red != 0, True, 1.0 / max(n, 1) if red == 2 else 1.0)
             if red:
                 loss = loss.sum()
+                if red == 2:
+                    loss.div_(max(n, 1))  # as the op path does
                 if loss.dtype != x1.dtype:
                     loss = loss.to(x1.dtype)
             elif loss.shape != x1.shape:
@@ -240,29 +244,31 @@ class _ElboEager(torch.autograd.Function):
         else:  # C++ kernels and the reference: unscaled gradients
             loss, g1, g2 = _beta_elbo_impl(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
             if red == 2:
-                scale = 1.0 / max(n, 1)
+                scale = max(n, 1)
         ctx.g = (g1, g2, scale, x1.dtype)  # x1, x2: one dtype (checked)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         g1, g2, scale, dt = ctx.g
-        if scale is not None:
-            grad_loss = grad_loss * scale
+        if scale is not None:  # the mean's 1/N, as in _elbo_backward
+            if grad_loss.dtype != g1.dtype:
+                grad_loss = grad_loss.to(g1.dtype)
+            grad_loss = grad_loss / scale
         d1, d2 = g1 * grad_loss, g2 * grad_loss
         if d1.dtype != dt:  # (a no-op .to costs ~1 µs)
             d1, d2 = d1.to(dt), d2.to(dt)
         return d1, d2, None
 
 
-_elbo_apply = _ElboEager.apply
+_elbo_apply = EagerElbo.apply
 _eager_mode = _backend._eager_mode
 
 
 def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
-    """The ELBO op: :class:`_ElboEager` for an eager call where only x1/x2 need a gradient, else
+    """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
     ``call_op`` (no gradient: the implementation directly; compile/tracing: the op)."""
-    if (torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad)
+    if (torch.is_grad_enabled() and _beta_elbo_op in _backend._EAGER_AUTOGRAD and (x1.requires_grad or x2.requires_grad)
             and not (labels is not None and labels.requires_grad)
             and not (weights is not None and weights.requires_grad)
             and _eager_mode((x1, x2, labels, weights))):
@@ -373,10 +379,22 @@ def _check_elbo_args(x, x_name, labels, weights, prior_alpha, prior_beta, kl_wei
     if labels is None:
         raise TypeError("labels must be a torch.Tensor, got None")
     weights = _check_like(weights, "weights", x, x_name)
+    key = (prior_alpha, prior_beta, kl_weight, reduction, type(prior_alpha), type(prior_beta), type(kl_weight))
+    try:
+        return (labels, weights) + _ELBO_SCALARS[key]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (then the checks below raise)
+        pass
     pa, pb = _check_prior(prior_alpha, prior_beta)
     kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
     red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
+    if kw != 0.0 and len(_ELBO_SCALARS) < 256:  # (0.0 == -0.0: a zero kl_weight is not cached)
+        _ELBO_SCALARS[key] = (pa, pb, kw, red)
     return labels, weights, pa, pb, kw, red
+
+
+# validated (prior_alpha, prior_beta, kl_weight, reduction) by the values and types passed: the
+# four checks cost ~2 µs a call and a training loop passes the same numbers every step
+_ELBO_SCALARS = {}
 
 def beta_elbo_loss(
     alpha: Tensor,

@@ -28,9 +28,8 @@ def _elbo_kernel(
 ):
     """Per element: L = -[y(psi(a)-psi(s)) + (1-y)(psi(b)-psi(s))] + kl_weight KL(Beta(a,b) || Beta(a0,b0)),
     times the weight; writes L (or one partial sum per program) and dL/dx1, dL/dx2 (fp32).
-    ``scale`` multiplies the partial sums and the gradients (1/N: the mean's division done here,
-    so the host runs one torch op fewer in forward and backward); the per-element loss of
-    REDUCE=False is never scaled."""
+    ``scale`` multiplies the gradients (the mean's 1/N done here: one torch op fewer in the
+    backward); the loss is never scaled."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -61,7 +60,7 @@ def _elbo_kernel(
         w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         loss = loss * w
     if REDUCE:
-        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0) * scale)
+        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
     else:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=mask)
     if GRAD:
@@ -176,7 +175,7 @@ def _from_logits_kernel(m_ptr, c_ptr, a_ptr, b_ptr, n, tau_min, BLOCK: tl.conste
 # ------------------------------------------------------------------ launchers
 def elbo(x1, x2, labels, weights, prior_a, prior_b, lnb0, kl_weight, tau_min, from_logits, reduce, grad, scale=1.0):
     """Returns (loss [n] in x1's dtype, or partial sums [programs] fp32; g1, g2 fp32 [n] or empty).
-    ``scale`` (reduce only) multiplies the partial sums and the gradients (the mean's 1/n)."""
+    ``scale`` multiplies the gradients (the mean's 1/n), not the loss."""
     x1, x2 = x1.contiguous(), x2.contiguous()
     n = x1.numel()
     grid = max(1, cdiv(n, BLOCK))
