@@ -110,12 +110,12 @@ def _beta_elbo_impl(
     if backend == "triton":
         from icrm_kernels.triton import beta as tri
 
+        # the mean's 1/n multiplies the kernel's partial sums: one torch op fewer than sum / n
         loss, g1, g2 = tri.elbo(x1, x2, labels, weights, prior_alpha, prior_beta, _lnbeta(prior_alpha, prior_beta),
-                                kl_weight, tau_min, from_logits, reduction != 0, compute_grad)
+                                kl_weight, tau_min, from_logits, reduction != 0, compute_grad,
+                                loss_scale=1.0 / max(n, 1) if reduction == 2 else 1.0)
         if reduction != 0:
             loss = loss.sum()
-            if reduction == 2:
-                loss.div_(max(n, 1))  # in place on the fresh sum: the same division, one tensor fewer
     elif backend == "cpp":
         loss, g1, g2 = torch.ops.icrm_cpu.beta_elbo(
             x1.contiguous(), x2.contiguous(), None if labels is None else labels.contiguous(),
@@ -216,8 +216,9 @@ class EagerElbo(torch.autograd.Function):
     x1 and/or x2 need a gradient, labels and weights do not. Only x1 and x2 are arguments (each
     argument of ``apply`` costs host time); everything else rides in ``spec``, and the
     gradients ride on the ctx (no internal outputs). On the Triton path the kernel multiplies
-    the gradients by the mean's 1/N (the same fp32 factor the op path's backward multiplies by:
-    bitwise the same results for a unit incoming gradient), so the backward is two multiplies.
+    the gradients by the mean's 1/N too (the same fp32 factor the op path's backward multiplies
+    by: bitwise the same results for a unit incoming gradient), so the backward is two
+    multiplies.
     Same formula as the op path, which torch.compile, export and tracing use. Disabled, like
     every eager twin, when the op has no entry in ``_backend._EAGER_AUTOGRAD``."""
 
@@ -229,12 +230,11 @@ class EagerElbo(torch.autograd.Function):
         if _select(x1, "beta_elbo") == "triton":
             from icrm_kernels.triton import beta as tri
 
+            s = 1.0 / max(n, 1) if red == 2 else 1.0
             loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tmin, from_logits,
-                                    red != 0, True, 1.0 / max(n, 1) if red == 2 else 1.0)
+                                    red != 0, True, s, s)  # the op path's loss_scale too: the same loss
             if red:
                 loss = loss.sum()
-                if red == 2:
-                    loss.div_(max(n, 1))  # as the op path does
                 if loss.dtype != x1.dtype:
                     loss = loss.to(x1.dtype)
             elif loss.shape != x1.shape:
