@@ -250,21 +250,23 @@ class EagerGrebt(torch.autograd.Function):
     entry in ``_backend._EAGER_AUTOGRAD``."""
 
     @staticmethod
-    def forward(ctx, rewards, select, group_size, alpha, eps, mean):
+    def forward(ctx, rewards, spec):
+        select, group_size, alpha, eps, mean = spec
         groups = rewards.numel() // group_size
         scale = 0  # 0: drow already carries the mean's 1/groups (or the reduction is a sum)
         if rewards.dtype != torch.float64 and _backend.select(rewards.device, cpp_op="pairwise_grebt") == "triton":
             from icrm_kernels.triton import pairwise as tri
 
-            # the kernel scales the row gradients by 1/groups: one torch op less in backward
-            losses, drow = tri.grebt_forward(rewards, select, None, None, group_size, alpha, eps,
-                                             1.0 / groups if mean else 1.0)
+            # the kernel scales the losses and the row gradients by the mean's 1/groups: one
+            # torch op less in forward and in backward
+            s = 1.0 / groups if mean else 1.0
+            total = tri.grebt_forward(rewards, select, None, None, group_size, alpha, eps, s, s)
+            drow = total[1]
+            total = total[0].sum()
         else:
             losses, drow = _grebt_impl(rewards, select, None, None, group_size, alpha, eps)
             scale = groups if mean else 0
-        total = losses.sum()
-        if mean:
-            total.div_(groups)  # what losses.mean() computes, one op cheaper on the host
+            total = losses.mean() if mean else losses.sum()
         ctx.g = (drow, scale, rewards.dtype)
         return total
 
@@ -278,7 +280,7 @@ class EagerGrebt(torch.autograd.Function):
         grad = (drow * g).masked_fill_(g == 0, 0)
         if grad.dtype != dtype:
             grad = grad.to(dtype)
-        return grad, None, None, None, None, None
+        return grad, None
 
 
 _grebt_apply = EagerGrebt.apply
@@ -337,7 +339,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     if (cu is None and g >= 2 and reduction != "none" and rewards.numel() >= g and rewards.requires_grad
             and torch.is_grad_enabled() and _grebt_op in _backend._EAGER_AUTOGRAD
             and _backend._eager_mode((rewards, select))):
-        return _grebt_apply(rewards, select, g, alpha, eps, reduction == "mean")
+        return _grebt_apply(rewards, (select, g, alpha, eps, reduction == "mean"))
     losses, _ = _backend.call_op(_grebt_op, _grebt_impl, rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":
         if layout.kind == "index":
