@@ -215,7 +215,7 @@ class EagerElbo(torch.autograd.Function):
     """The eager twin of ``icrm::beta_elbo`` + ``_elbo_backward`` for the common training call:
     x1 and/or x2 need a gradient, labels and weights do not. Only x1 and x2 are arguments (each
     argument of ``apply`` costs host time); everything else rides in ``spec``, and the
-    gradients ride on the ctx (no internal outputs). On the Triton path the kernel multiplies
+    gradients are saved tensors, not outputs (no internal outputs). On the Triton path the kernel multiplies
     the gradients by the mean's 1/N too (the same fp32 factor the op path's backward multiplies
     by: bitwise the same results for a unit incoming gradient), so the backward is two
     multiplies.
@@ -245,12 +245,14 @@ class EagerElbo(torch.autograd.Function):
             loss, g1, g2 = _beta_elbo_impl(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
             if red == 2:
                 scale = max(n, 1)
-        ctx.g = (g1, g2, scale, x1.dtype)  # x1, x2: one dtype (checked)
+        ctx.save_for_backward(g1, g2)  # (not attributes: a second backward raises, as on the op path)
+        ctx.g = (scale, x1.dtype)  # x1, x2: one dtype (checked)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        g1, g2, scale, dt = ctx.g
+        g1, g2 = ctx.saved_tensors
+        scale, dt = ctx.g
         if scale is not None:  # the mean's 1/N, as in _elbo_backward
             if grad_loss.dtype != g1.dtype:
                 grad_loss = grad_loss.to(g1.dtype)

@@ -267,12 +267,14 @@ class EagerGrebt(torch.autograd.Function):
             losses, drow = _grebt_impl(rewards, select, None, None, group_size, alpha, eps)
             scale = groups if mean else 0
             total = losses.mean() if mean else losses.sum()
-        ctx.g = (drow, scale, rewards.dtype)
+        ctx.save_for_backward(drow)  # (saved, not an attribute: a second backward raises, as on the op path)
+        ctx.g = (scale, rewards.dtype)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        drow, groups, dtype = ctx.g
+        (drow,) = ctx.saved_tensors
+        groups, dtype = ctx.g
         g = grad_total if grad_total.dtype == drow.dtype else grad_total.to(drow.dtype)
         if groups:
             g = g / groups  # each group's loss gets grad_total / groups, as from MeanBackward
