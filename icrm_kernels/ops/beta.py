@@ -110,12 +110,12 @@ def _beta_elbo_impl(
     if backend == "triton":
         from icrm_kernels.triton import beta as tri
 
+        # the mean's 1/n multiplies the kernel's partial sums: one torch op fewer than sum / n
         loss, g1, g2 = tri.elbo(x1, x2, labels, weights, prior_alpha, prior_beta, _lnbeta(prior_alpha, prior_beta),
-                                kl_weight, tau_min, from_logits, reduction != 0, compute_grad)
+                                kl_weight, tau_min, from_logits, reduction != 0, compute_grad,
+                                loss_scale=1.0 / max(n, 1) if reduction == 2 else 1.0)
         if reduction != 0:
             loss = loss.sum()
-            if reduction == 2:
-                loss.div_(max(n, 1))  # in place on the fresh sum: the same division, one tensor fewer
     elif backend == "cpp":
         loss, g1, g2 = torch.ops.icrm_cpu.beta_elbo(
             x1.contiguous(), x2.contiguous(), None if labels is None else labels.contiguous(),
@@ -209,6 +209,75 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
 
 
 _backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup, eager_outputs=1)
+
+
+class EagerElbo(torch.autograd.Function):
+    """The eager twin of ``icrm::beta_elbo`` + ``_elbo_backward`` for the common training call:
+    x1 and/or x2 need a gradient, labels and weights do not. Only x1 and x2 are arguments (each
+    argument of ``apply`` costs host time); everything else rides in ``spec``, and the
+    gradients are saved tensors, not outputs (no internal outputs). On the Triton path the kernel multiplies
+    the gradients by the mean's 1/N too (the same fp32 factor the op path's backward multiplies
+    by: bitwise the same results for a unit incoming gradient), so the backward is two
+    multiplies.
+    Same formula as the op path, which torch.compile, export and tracing use. Disabled, like
+    every eager twin, when the op has no entry in ``_backend._EAGER_AUTOGRAD``."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, spec):
+        labels, weights, pa, pb, kw, tmin, from_logits, red = spec
+        n = x1.numel()
+        scale = None
+        if _select(x1, "beta_elbo") == "triton":
+            from icrm_kernels.triton import beta as tri
+
+            s = 1.0 / max(n, 1) if red == 2 else 1.0
+            loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tmin, from_logits,
+                                    red != 0, True, s, s)  # the op path's loss_scale too: the same loss
+            if red:
+                loss = loss.sum()
+                if loss.dtype != x1.dtype:
+                    loss = loss.to(x1.dtype)
+            elif loss.shape != x1.shape:
+                loss = loss.reshape(x1.shape)
+            if x1.dim() != 1:  # for reduction="none" the incoming gradient has x1's shape
+                g1, g2 = g1.reshape(x1.shape), g2.reshape(x1.shape)
+        else:  # C++ kernels and the reference: unscaled gradients
+            loss, g1, g2 = _beta_elbo_impl(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
+            if red == 2:
+                scale = max(n, 1)
+        ctx.save_for_backward(g1, g2)  # (not attributes: a second backward raises, as on the op path)
+        ctx.g = (scale, x1.dtype)  # x1, x2: one dtype (checked)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        g1, g2 = ctx.saved_tensors
+        scale, dt = ctx.g
+        if scale is not None:  # the mean's 1/N, as in _elbo_backward
+            if grad_loss.dtype != g1.dtype:
+                grad_loss = grad_loss.to(g1.dtype)
+            grad_loss = grad_loss / scale
+        d1, d2 = g1 * grad_loss, g2 * grad_loss
+        if d1.dtype != dt:  # (a no-op .to costs ~1 µs)
+            d1, d2 = d1.to(dt), d2.to(dt)
+        return d1, d2, None
+
+
+_elbo_apply = EagerElbo.apply
+_eager_mode = _backend._eager_mode
+
+
+def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
+    """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
+    ``call_op`` (no gradient: the implementation directly; compile/tracing: the op)."""
+    if (torch.is_grad_enabled() and _beta_elbo_op in _backend._EAGER_AUTOGRAD and (x1.requires_grad or x2.requires_grad)
+            and not (labels is not None and labels.requires_grad)
+            and not (weights is not None and weights.requires_grad)
+            and _eager_mode((x1, x2, labels, weights))):
+        return _elbo_apply(x1, x2, (labels, weights, pa, pb, kw, tmin, from_logits, red))
+    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, x1, x2, labels, weights, pa, pb, kw, tmin,
+                                  from_logits, red, _needs_grad(x1, x2))
+    return loss
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -312,10 +381,22 @@ def _check_elbo_args(x, x_name, labels, weights, prior_alpha, prior_beta, kl_wei
     if labels is None:
         raise TypeError("labels must be a torch.Tensor, got None")
     weights = _check_like(weights, "weights", x, x_name)
+    key = (prior_alpha, prior_beta, kl_weight, reduction, type(prior_alpha), type(prior_beta), type(kl_weight))
+    try:
+        return (labels, weights) + _ELBO_SCALARS[key]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (then the checks below raise)
+        pass
     pa, pb = _check_prior(prior_alpha, prior_beta)
     kw = check_finite_float(kl_weight, "kl_weight", low=0.0)
     red = _REDUCTIONS[check_choice(reduction, "reduction", tuple(_REDUCTIONS))]
+    if kw != 0.0 and len(_ELBO_SCALARS) < 256:  # (0.0 == -0.0: a zero kl_weight is not cached)
+        _ELBO_SCALARS[key] = (pa, pb, kw, red)
     return labels, weights, pa, pb, kw, red
+
+
+# validated (prior_alpha, prior_beta, kl_weight, reduction) by the values and types passed: the
+# four checks cost ~2 µs a call and a training loop passes the same numbers every step
+_ELBO_SCALARS = {}
 
 def beta_elbo_loss(
     alpha: Tensor,
@@ -347,9 +428,7 @@ def beta_elbo_loss(
                                                         kl_weight, reduction)
     _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"), (labels, "labels", "unit"),
                   (weights, "weights", "weights"))
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, labels, weights, pa, pb, kw, 0.0, False,
-                                  red, _needs_grad(alpha, beta))
-    return loss
+    return _elbo_call(alpha, beta, labels, weights, pa, pb, kw, 0.0, False, red)
 
 
 def beta_elbo_loss_from_logits(
@@ -373,9 +452,7 @@ def beta_elbo_loss_from_logits(
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
     _check_values((mean_logit, "mean_logit", "finite"), (conc_logit, "conc_logit", "finite"),
                   (labels, "labels", "unit"), (weights, "weights", "weights"))
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, mean_logit, conc_logit, labels, weights, pa, pb, kw,
-                                  tmin, True, red, _needs_grad(mean_logit, conc_logit))
-    return loss
+    return _elbo_call(mean_logit, conc_logit, labels, weights, pa, pb, kw, tmin, True, red)
 
 
 def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0,
@@ -402,9 +479,7 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
         f64 = lambda t: t.to(torch.float64) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return ref.beta_kl(f64(alpha), f64(beta), f64(prior_alpha), f64(prior_beta)).to(alpha.dtype)
     pa, pb = _check_prior(prior_alpha, prior_beta)
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0,
-                                  _needs_grad(alpha, beta))
-    return loss
+    return _elbo_call(alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0)
 
 
 @torch.library.custom_op("icrm::beta_from_logits", mutates_args=())

@@ -240,6 +240,58 @@ def _grebt_backward(ctx, grad_losses, grad_drow):
 _backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup, eager_outputs=1)
 
 
+class EagerGrebt(torch.autograd.Function):
+    """Eager ``grebt_loss`` with fixed groups of >= 2 rows and a "mean"/"sum" reduction, when the
+    rewards need a gradient: the op's implementation, the reduction and the backward formula of
+    ``_grebt_backward`` (with the mean's 1/groups) in one graph node instead of the op's node and
+    a ``MeanBackward``/``SumBackward``; the rewards are the only tensor argument (each argument
+    of ``apply`` costs host time). Same values and gradients as the op path, which
+    torch.compile, export and tracing use. Disabled, like every eager twin, when the op has no
+    entry in ``_backend._EAGER_AUTOGRAD``."""
+
+    @staticmethod
+    def forward(ctx, rewards, spec):
+        select, group_size, alpha, eps, mean = spec
+        groups = rewards.numel() // group_size
+        scale = 0  # 0: drow already carries the mean's 1/groups (or the reduction is a sum)
+        if rewards.dtype != torch.float64 and _backend.select(rewards.device, cpp_op="pairwise_grebt") == "triton":
+            from icrm_kernels.triton import pairwise as tri
+
+            # the kernel scales the losses and the row gradients by the mean's 1/groups: one
+            # torch op less in forward and in backward
+            s = 1.0 / groups if mean else 1.0
+            total = tri.grebt_forward(rewards, select, None, None, group_size, alpha, eps, s, s)
+            drow = total[1]
+            total = total[0].sum()
+        else:
+            losses, drow = _grebt_impl(rewards, select, None, None, group_size, alpha, eps)
+            scale = groups if mean else 0
+            total = losses.mean() if mean else losses.sum()
+        ctx.save_for_backward(drow)  # (saved, not an attribute: a second backward raises, as on the op path)
+        ctx.g = (scale, rewards.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (drow,) = ctx.saved_tensors
+        groups, dtype = ctx.g
+        g = grad_total if grad_total.dtype == drow.dtype else grad_total.to(drow.dtype)
+        if groups:
+            g = g / groups  # each group's loss gets grad_total / groups, as from MeanBackward
+        # a group whose loss gets no gradient passes none back, even when its loss is NaN
+        grad = (drow * g).masked_fill_(g == 0, 0)
+        if grad.dtype != dtype:
+            grad = grad.to(dtype)
+        return grad, None
+
+
+_grebt_apply = EagerGrebt.apply
+
+
+# validated (alpha, eps, reduction) by the values and types passed (~1 µs of checks a call)
+_GREBT_SCALARS = {}
+
+
 def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
                group_index: Optional[Tensor] = None, alpha: float = 0.3, eps: float = 1e-6,
                select: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
@@ -280,9 +332,15 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     """
     layout = _prepare(rewards, "rewards", group_size, cu_groups, group_index)
     rewards = rewards.contiguous()  # the kernels index rows directly
-    alpha = check_finite_float(alpha, "alpha", low=0.0, high=1.0)
-    eps = check_finite_float(eps, "eps", low=0.0)
-    check_choice(reduction, "reduction", ("mean", "sum", "none"))
+    key = (alpha, eps, reduction, type(alpha), type(eps))
+    try:
+        alpha, eps = _GREBT_SCALARS[key]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (then the checks raise)
+        alpha = check_finite_float(alpha, "alpha", low=0.0, high=1.0)
+        eps = check_finite_float(eps, "eps", low=0.0)
+        check_choice(reduction, "reduction", ("mean", "sum", "none"))
+        if alpha != 0.0 and eps != 0.0 and len(_GREBT_SCALARS) < 256:  # (0.0 == -0.0: zeros not cached)
+            _GREBT_SCALARS[key] = (alpha, eps)
     if select is not None:
         check_tensor(select, "select", ndim=1, floating=True)
         check_same_device(rewards=rewards, select=select)
@@ -290,6 +348,10 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
             raise ValueError(f"select must have one value per reward ({rewards.numel()}), got {select.numel()}")
         select = select.detach().contiguous()
     cu, order, g = _layout_tensors(layout)
+    if (cu is None and g >= 2 and reduction != "none" and rewards.numel() >= g and rewards.requires_grad
+            and torch.is_grad_enabled() and _grebt_op in _backend._EAGER_AUTOGRAD
+            and _backend._eager_mode((rewards, select))):
+        return _grebt_apply(rewards, (select, g, alpha, eps, reduction == "mean"))
     losses, _ = _backend.call_op(_grebt_op, _grebt_impl, rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":
         if layout.kind == "index":

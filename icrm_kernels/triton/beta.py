@@ -24,10 +24,12 @@ def _elbo_kernel(
     x1_ptr, x2_ptr, y_ptr, w_ptr, loss_ptr, g1_ptr, g2_ptr, n,
     prior_a, prior_b, lnb0, kl_weight, tau_min,
     FROM_LOGITS: tl.constexpr, HAS_Y: tl.constexpr, HAS_W: tl.constexpr,
-    REDUCE: tl.constexpr, GRAD: tl.constexpr, BLOCK: tl.constexpr,
+    REDUCE: tl.constexpr, GRAD: tl.constexpr, BLOCK: tl.constexpr, scale=1.0, loss_scale=1.0,
 ):
     """Per element: L = -[y(psi(a)-psi(s)) + (1-y)(psi(b)-psi(s))] + kl_weight KL(Beta(a,b) || Beta(a0,b0)),
-    times the weight; writes L (or one partial sum per program) and dL/dx1, dL/dx2 (fp32)."""
+    times the weight; writes L (or one partial sum per program) and dL/dx1, dL/dx2 (fp32).
+    ``scale`` multiplies the gradients, ``loss_scale`` the partial sums (the mean's 1/N done
+    here: one torch op fewer on the host); the per-element loss (REDUCE=False) is never scaled."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -58,7 +60,7 @@ def _elbo_kernel(
         w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         loss = loss * w
     if REDUCE:
-        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+        tl.store(loss_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0) * loss_scale)
     else:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=mask)
     if GRAD:
@@ -81,8 +83,8 @@ def _elbo_kernel(
         else:
             g1 = gra
             g2 = grb
-        tl.store(g1_ptr + offs, g1, mask=mask)
-        tl.store(g2_ptr + offs, g2, mask=mask)
+        tl.store(g1_ptr + offs, g1 * scale, mask=mask)
+        tl.store(g2_ptr + offs, g2 * scale, mask=mask)
 
 
 @triton.jit
@@ -171,8 +173,10 @@ def _from_logits_kernel(m_ptr, c_ptr, a_ptr, b_ptr, n, tau_min, BLOCK: tl.conste
 
 
 # ------------------------------------------------------------------ launchers
-def elbo(x1, x2, labels, weights, prior_a, prior_b, lnb0, kl_weight, tau_min, from_logits, reduce, grad):
-    """Returns (loss [n] in x1's dtype, or partial sums [programs] fp32; g1, g2 fp32 [n] or empty)."""
+def elbo(x1, x2, labels, weights, prior_a, prior_b, lnb0, kl_weight, tau_min, from_logits, reduce, grad, scale=1.0,
+         loss_scale=1.0):
+    """Returns (loss [n] in x1's dtype, or partial sums [programs] fp32; g1, g2 fp32 [n] or empty).
+    ``scale`` multiplies the gradients, ``loss_scale`` the partial sums (for the mean: 1/n)."""
     x1, x2 = x1.contiguous(), x2.contiguous()
     n = x1.numel()
     grid = max(1, cdiv(n, BLOCK))
@@ -189,7 +193,8 @@ def elbo(x1, x2, labels, weights, prior_a, prior_b, lnb0, kl_weight, tau_min, fr
         x1, x2, y, w, loss, g1 if grad else loss, g2 if grad else loss, n,
         float(prior_a), float(prior_b), float(lnb0), float(kl_weight), float(tau_min),
         FROM_LOGITS=bool(from_logits), HAS_Y=labels is not None, HAS_W=weights is not None,
-        REDUCE=bool(reduce), GRAD=bool(grad), BLOCK=BLOCK, num_warps=4,
+        REDUCE=bool(reduce), GRAD=bool(grad), BLOCK=BLOCK, scale=float(scale),
+        loss_scale=float(loss_scale), num_warps=4,
     )
     return loss, g1, g2
 
@@ -242,7 +247,8 @@ def from_logits(m, c, tau_min):
 def _elbo_spec(t, from_logits, has_w, reduce, label):
     sig = {"x1_ptr": f"*{t}", "x2_ptr": f"*{t}", "y_ptr": f"*{t}", "w_ptr": f"*{t}",
            "loss_ptr": "*fp32" if reduce else f"*{t}", "g1_ptr": "*fp32", "g2_ptr": "*fp32", "n": "i64",
-           "prior_a": "fp32", "prior_b": "fp32", "lnb0": "fp32", "kl_weight": "fp32", "tau_min": "fp32"}
+           "prior_a": "fp32", "prior_b": "fp32", "lnb0": "fp32", "kl_weight": "fp32", "tau_min": "fp32",
+           "scale": "fp32", "loss_scale": "fp32"}
     return AotSpec(_elbo_kernel, sig, {"FROM_LOGITS": from_logits, "HAS_Y": True, "HAS_W": has_w, "REDUCE": reduce,
                                        "GRAD": True, "BLOCK": BLOCK}, num_warps=4, label=label)
 

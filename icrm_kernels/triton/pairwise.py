@@ -130,7 +130,8 @@ def _load_tile(r_ptr, sel_ptr, order_ptr, start, pos, n, r0, n_rows, HAS_SELECT:
 @triton.jit
 def _grebt_kernel(
     r_ptr, sel_ptr, loss_ptr, drow_ptr, cu_ptr, order_ptr, group_size, n_rows, alpha, eps,
-    HAS_SELECT: tl.constexpr, HAS_CU: tl.constexpr, HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SELECT: tl.constexpr, HAS_CU: tl.constexpr, HAS_ORDER: tl.constexpr, BLOCK: tl.constexpr, scale=1.0,
+    loss_scale=1.0,
 ):
     g = tl.program_id(0).to(tl.int64)
     start, end = _group_bounds(g, cu_ptr, group_size, n_rows, HAS_CU)
@@ -214,7 +215,7 @@ def _grebt_kernel(
     loss_bt = tl.maximum(x, 0.0) + log1p_t
     valid = n >= 2
     loss = (1.0 - alpha) * loss_bt + alpha * loss_gre
-    tl.store(loss_ptr + g, tl.where(valid, loss, float("nan")).to(loss_ptr.dtype.element_ty))
+    tl.store(loss_ptr + g, tl.where(valid, loss * loss_scale, float("nan")).to(loss_ptr.dtype.element_ty))
 
     # pass 4: dL/dr_i = alpha * [inv_s * g_i + var_p * inv_s / (n sigma) * c_i] + BT terms,
     # with g_i = dH/dz_i = -p_i (z_i - z_bar) (its sum over the group is 0)
@@ -229,7 +230,7 @@ def _grebt_kernel(
         p = tl.exp(z - z_max) * inv_big_s
         d = alpha * (inv_s * (-p * (z - z_bar)) + coef * c)
         d += tl.where(pos == w_pos, -d_bt, 0.0) + tl.where(pos == l_pos, d_bt, 0.0)
-        d = tl.where(valid, d, 0.0)
+        d = tl.where(valid, d, 0.0) * scale  # scale: see grebt_forward
         tl.store(drow_ptr + row, d.to(drow_ptr.dtype.element_ty), mask=mask)
 
 
@@ -283,7 +284,7 @@ def _win_rate_fixed_bwd_kernel(
 @triton.jit
 def _grebt_fixed_kernel(
     r_ptr, sel_ptr, loss_ptr, drow_ptr, n_groups, group_size, alpha, eps,
-    HAS_SELECT: tl.constexpr, BG: tl.constexpr, R: tl.constexpr,
+    HAS_SELECT: tl.constexpr, BG: tl.constexpr, R: tl.constexpr, scale=1.0, loss_scale=1.0,
 ):
     gi = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     gmask = gi < n_groups
@@ -328,14 +329,14 @@ def _grebt_fixed_kernel(
     loss_bt = tl.maximum(x, 0.0) + tl.where(t < 1e-4, t * (1.0 - 0.5 * t), tl.log(1.0 + t))
     valid = group_size >= 2
     loss = (1.0 - alpha) * loss_bt + alpha * loss_gre
-    tl.store(loss_ptr + gi, tl.where(valid, loss, float("nan")).to(loss_ptr.dtype.element_ty), mask=gmask)
+    tl.store(loss_ptr + gi, tl.where(valid, loss * loss_scale, float("nan")).to(loss_ptr.dtype.element_ty), mask=gmask)
 
     d_bt = (1.0 - alpha) / (1.0 + tl.exp(-x))
     coef = tl.where(sigma > 0, var_p * inv_s / (nf * sigma), 0.0)
     p = e / big_s[:, None]
     d = alpha * (inv_s[:, None] * (-p * (z - z_bar[:, None])) + coef[:, None] * c)
     d += tl.where(is_w, -d_bt[:, None], 0.0) + tl.where(is_l, d_bt[:, None], 0.0)
-    d = tl.where(valid, d, 0.0)
+    d = tl.where(valid, d, 0.0) * scale  # scale: see grebt_forward
     tl.store(drow_ptr + offs, d.to(drow_ptr.dtype.element_ty), mask=mask)
 
 
@@ -417,8 +418,11 @@ def win_rate_backward(grad_w, scores, cu, order, group_size: int, temperature: f
     return out
 
 
-def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps: float):
-    """(losses[groups] fp32, NaN for groups of < 2 rows; dloss_g/dr_i [N] fp32), one launch."""
+def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps: float, scale: float = 1.0,
+                  loss_scale: float = 1.0):
+    """(losses[groups] fp32, NaN for groups of < 2 rows; dloss_g/dr_i [N] fp32), one launch.
+    ``scale`` multiplies the row gradients, ``loss_scale`` the valid groups' losses (a mean's
+    1/groups, applied in the kernel instead of by one more torch op on the host each)."""
     rewards, select, cu, order = _contig(rewards, select, cu, order)
     n = rewards.numel()
     groups, cu_arg, order_arg, has_cu, has_order = _layout_args(rewards, cu, order, group_size)
@@ -433,14 +437,16 @@ def grebt_forward(rewards, select, cu, order, group_size: int, alpha: float, eps
         r = max(1, 1024 // bg)
         _grebt_fixed_kernel[(cdiv(groups, r),)](
             rewards, rewards if select is None else select, losses, drow, groups, group_size, float(alpha), float(eps),
-            HAS_SELECT=select is not None, BG=bg, R=r, num_warps=8,
+            HAS_SELECT=select is not None, BG=bg, R=r, scale=float(scale),
+            loss_scale=float(loss_scale), num_warps=8,
         )
         return losses, drow
     block = min(max(next_power_of_2(group_size), 16), 1024) if cu is None else 128
     _grebt_kernel[(groups,)](
         rewards, rewards if select is None else select, losses, drow, cu_arg, order_arg, group_size, n,
         float(alpha), float(eps),
-        HAS_SELECT=select is not None, HAS_CU=has_cu, HAS_ORDER=has_order, BLOCK=block,
+        HAS_SELECT=select is not None, HAS_CU=has_cu, HAS_ORDER=has_order, BLOCK=block, scale=float(scale),
+        loss_scale=float(loss_scale),
         num_warps=1 if block <= 256 else (2 if block <= 512 else 4),
     )
     return losses, drow
@@ -485,7 +491,8 @@ def _aot_specs():
         specs.append(AotSpec(
             _grebt_kernel,
             signature={"r_ptr": f"*{dt}", "sel_ptr": f"*{dt}", "loss_ptr": "*fp32", "drow_ptr": "*fp32",
-                       "cu_ptr": "*i64", "order_ptr": "*i64", "group_size": "i32", "n_rows": "i64", "alpha": "fp32", "eps": "fp32"},
+                       "cu_ptr": "*i64", "order_ptr": "*i64", "group_size": "i32", "n_rows": "i64", "alpha": "fp32", "eps": "fp32",
+                       "scale": "fp32", "loss_scale": "fp32"},
             constexprs={"HAS_SELECT": sel, "HAS_CU": cu, "HAS_ORDER": cu, "BLOCK": blk},
             num_warps=1 if blk <= 256 else 4,
             label=f"{dt},{'index' if cu else 'fixed'},{'select,' if sel else ''}B={blk}",
@@ -509,7 +516,8 @@ def _aot_specs():
         specs.append(AotSpec(
             _grebt_fixed_kernel,
             signature={"r_ptr": f"*{dt}", "sel_ptr": f"*{dt}", "loss_ptr": "*fp32", "drow_ptr": "*fp32",
-                       "n_groups": "i32", "group_size": "i32", "alpha": "fp32", "eps": "fp32"},
+                       "n_groups": "i32", "group_size": "i32", "alpha": "fp32", "eps": "fp32",
+                       "scale": "fp32", "loss_scale": "fp32"},
             constexprs={"HAS_SELECT": sel, "BG": bg, "R": max(1, 1024 // bg)}, num_warps=8,
             label=f"{dt},{'select,' if sel else ''}BG={bg},R={max(1, 1024 // bg)}",
         ))
