@@ -138,6 +138,18 @@ def _note_interpreting() -> bool:
     return _interpreting_seen
 
 
+_WARNED_NO_TRITON = []
+
+
+def _warn_no_triton() -> None:
+    """Once per process: CUDA tensors without Triton run the (slow) torch reference."""
+    if not _WARNED_NO_TRITON:
+        _WARNED_NO_TRITON.append(True)
+        warnings.warn("icrm_kernels: triton is not installed, so ops on CUDA tensors run the float64 torch "
+                      "reference (correct, but slow). The CUDA builds of torch install triton; otherwise "
+                      "`pip install \"icrm-kernels[triton]\"` (or `pip install triton`).", RuntimeWarning, stacklevel=3)
+
+
 def select(device: torch.device, cpp_op: str | None = None) -> str:
     """Resolve the backend for tensors on ``device``: ``"triton"``, ``"cpp"`` or ``"reference"``.
 
@@ -149,6 +161,7 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
         return "reference"
     if device.type == "cuda":
         if not HAS_TRITON:
+            _warn_no_triton()
             return "reference"
         return "triton"
     if forced == "triton":

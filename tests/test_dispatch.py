@@ -304,3 +304,20 @@ def test_low_precision_rule():
         assert_close_to_reference(torch.tensor([1.0, -64.0, 5.0]), ref64, low.bfloat16())
     with pytest.raises(AssertionError, match="NaN"):  # the kernel must stay finite there
         assert_close_to_reference(torch.tensor([1.0, float("nan"), 3.0]), ref64, low.bfloat16())
+
+
+def test_cuda_without_triton_warns_once_and_names_the_extra(monkeypatch):
+    """Triton is an optional extra: CUDA tensors without it run the reference, with one warning
+    that says how to install it."""
+    import warnings
+
+    from icrm_kernels import _backend
+
+    monkeypatch.setattr(_backend, "HAS_TRITON", False)
+    monkeypatch.setattr(_backend, "_WARNED_NO_TRITON", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _backend.select(torch.device("cuda")) == "reference"
+        assert _backend.select(torch.device("cuda")) == "reference"
+    msgs = [str(w.message) for w in caught if "triton is not installed" in str(w.message)]
+    assert len(msgs) == 1 and "icrm-kernels[triton]" in msgs[0]

@@ -54,12 +54,18 @@ def _train(cls, tmp_path, scale_rewards="group", reward_funcs=(reward_len,), **k
 
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
 def test_auto_preset_trains_like_trl(tmp_path, scale_rewards):
+    """Same seed, same losses over two steps. batch and none: bit for bit. group: TRL's float32
+    nanstd and the package's shifted two-pass std round differently, so a loss may differ in its
+    last bits (measured: 6e-8 on one of the two steps)."""
     _, want = _train(GRPOTrainer, tmp_path / "trl", scale_rewards, reward_funcs=(reward_len, reward_red))
     trainer, got = _train(IcrmGRPOTrainer, tmp_path / "icrm", scale_rewards, reward_funcs=(reward_len, reward_red))
     assert trainer.advantage_preset == trl_preset(scale_rewards)
     assert len(got) == len(want) == 2
-    for g, w in zip(got, want):
-        assert math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-6), (got, want)
+    if scale_rewards == "group":
+        for g, w in zip(got, want):
+            assert math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-7), (got, want)
+    else:
+        assert got == want
 
 
 @pytest.mark.parametrize("preset", ["bnpo", "dler", "verl_rloo", "win_rate"])

@@ -109,6 +109,28 @@ def _trl_batch_cases(n, g, device):
         _copy_case(op, shape, r, nbytes, dev)]
 
 
+def _trl_group_cases(n, g, device):
+    """TRL's default (scale_rewards="group"): the trl_group preset against TRL's code, eager and
+    compiled, and the hand-fused view peer compiled."""
+    dev = str(device)
+    r = _rewards(n, device)
+    rpf = r.unsqueeze(1)
+    w = torch.ones(1, device=device)
+    shape = f"N={n} G={g}"
+    nbytes = 2 * n * r.element_size()
+    op = "group_advantages[trl_group]"
+    cases = [Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_group"),
+                  dev),
+             Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "group"), dev)]
+    if compiled_peers(device):
+        cases += [Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
+                       lambda: _compiled(peers.trl_grpo)(rpf, w, g, "group"), dev),
+                  Case(FAMILY, op, "view-compiled", shape, n, nbytes,
+                       lambda: _compiled(peers.grpo_view)(r, g, 1e-4), dev,
+                       note="torch.compile of r.view(-1, G): (x - mean) / (std + 1e-4)")]
+    return cases + [_copy_case(op, shape, r, nbytes, dev)]
+
+
 def _whiten_and_bnpo_cases(n, g, device):
     dev = str(device)
     r = _rewards(n, device)
@@ -184,6 +206,7 @@ def cases(device, quick=False):
         return hot_loop(out, graph_unless=("loop", "verl-vectorized", "icrm-ref"))
     n = 65536 if quick else 1 << 20
     out += _grpo_cases(n, 8, device, loop=quick)
+    out += _trl_group_cases(n, 8, device)
     out += _trl_batch_cases(n, 8, device)
     out += _grpo_cases(n, 8, device, index=True, loop=False)
     out += _whiten_and_bnpo_cases(n, 8, device)

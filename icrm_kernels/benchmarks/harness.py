@@ -215,7 +215,7 @@ def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
     return statistics.median(times), min(times), len(times)
 
 
-def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log=print) -> List[Result]:
+def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 21, log=print) -> List[Result]:
     results = []
     flush = {}
     for dev in {torch.device(c.device) for c in cases}:
@@ -237,7 +237,9 @@ def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 7, log
                         torch.cuda.synchronize()
                         log(f"    (no CUDA graph for {case.impl}: {type(exc).__name__})")
             else:
-                med, mn, n = _time_cpu(case.fn, cpu_repeats)
+                # three warm-ups: the first call compiles a compiled peer, the next ones settle
+                # caches (the C++ kernels' per-thread tables, the allocator)
+                med, mn, n = _time_cpu(case.fn, cpu_repeats, warmup=3)
                 graph_s = loop_s = None
         except Exception as exc:  # a failing baseline must not hide the others
             results.append(Result(case, float("nan"), float("nan"), 0, None, None, f"{type(exc).__name__}: {exc}"))

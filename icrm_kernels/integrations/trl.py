@@ -19,9 +19,10 @@ aggregation=args.multi_objective_aggregation, preset=advantage_preset, **advanta
 
 - ``advantage_preset="auto"`` (default): the preset that reproduces TRL's own formula for
   ``args.scale_rewards`` (``"group"`` -> ``trl_group``, ``"batch"`` -> ``trl_batch``, ``"none"`` ->
-  ``trl_none``). It matches TRL's advantages to float32 rounding (the package accumulates in
-  float64 on the CPU, TRL in float32: differences of a few 1e-7), so a run trains like TRL's
-  to that precision (tested: the same seed gives the same losses over two steps to 1e-5).
+  ``trl_none``). It matches TRL's advantages to float32 rounding, so a run trains like TRL's:
+  tested with the same seed over two steps, the losses are bit for bit TRL's for ``batch`` and
+  ``none``; for ``group`` TRL's float32 ``nanstd`` and the package's shifted two-pass std round
+  differently and a loss can differ in its last bits (6e-8 measured).
 - ``advantage_preset=None``: TRL's own code, untouched.
 - any preset of :data:`icrm_kernels.ADVANTAGE_PRESETS` (``bnpo``, ``dler``, ``verl_rloo``,
   ``openrlhf_reinforce_baseline``, ...) and ``advantage_options`` (explicit option keywords,
