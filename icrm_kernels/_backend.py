@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from icrm_kernels._checks import reset_context
+from icrm_kernels._checks import compiling, reset_context
 
 BACKENDS = ("auto", "triton", "cpp", "reference")
 
@@ -50,13 +50,17 @@ def has_cpp_op(name: str) -> bool:
     """True when the extension registered ``icrm_cpu::<name>``."""
     if not HAS_CPP:
         return False
-    if name in _CPP_OPS_SEEN:
+    # not while Dynamo traces: it would guard on the set's contents, and the first eager call
+    # after a compiled one (which fills the set) would make the compiled function recompile
+    tracing = compiling()
+    if not tracing and name in _CPP_OPS_SEEN:
         return True
     try:
         getattr(torch.ops.icrm_cpu, name)
     except (AttributeError, RuntimeError):
         return False
-    _CPP_OPS_SEEN.add(name)
+    if not tracing:
+        _CPP_OPS_SEEN.add(name)
     return True
 
 
@@ -165,7 +169,9 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
             return "reference"
         return "triton"
     if forced == "triton":
-        if not (HAS_TRITON and (_interpreting_seen or _note_interpreting())):
+        # Dynamo would guard on the remembered flag (first eager call after a compile flips it)
+        interpreting = triton_interpreting() if compiling() else (_interpreting_seen or _note_interpreting())
+        if not (HAS_TRITON and interpreting):
             raise RuntimeError(
                 "use_backend('triton') on CPU tensors needs Triton's interpreter: set "
                 "TRITON_INTERPRET=1 before triton is imported"

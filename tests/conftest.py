@@ -4,6 +4,7 @@ Without a CUDA device the Triton kernels run on CPU tensors through Triton's int
 TRITON_INTERPRET must be set before triton is first imported, hence at the top of this file.
 `import torch` does not import triton, so asking torch about CUDA first is safe.
 """
+import contextlib
 import os
 
 import torch
@@ -75,3 +76,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def counting_compile(recompile_limit: int = 2):
+    """``torch.compile`` with a backend that records each graph Dynamo hands it, under a tight
+    recompile limit (a recompile per call would hit it): yields ``(compile, graphs)``."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    old = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = recompile_limit
+    torch._dynamo.reset()
+    # as in a fresh process: nothing remembered by earlier eager calls (a compiled function must
+    # not recompile when the first eager call after it fills a cache)
+    _backend._CPP_OPS_SEEN.clear()
+    try:
+        yield (lambda fn: torch.compile(fn, backend=backend, fullgraph=True)), graphs
+    finally:
+        torch._dynamo.config.recompile_limit = old
+        torch._dynamo.reset()

@@ -1,6 +1,8 @@
 """PolicyFeedbackAttention (incl. exact nn.MultiheadAttention conversion) and R2MRewardHead."""
 import pytest
 import torch
+
+from conftest import counting_compile
 from torch import nn
 
 from icrm_kernels import r2m_omega
@@ -226,25 +228,13 @@ def test_reward_head_step_is_graph_data_under_compile():
         assert float(head.omega_tensor()) == pytest.approx(head.omega, abs=1e-12)
         assert isinstance(head.omega, float)
     hidden, states = torch.randn(3, 8), torch.randn(3, 5, 6)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    old = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = 2
-    torch._dynamo.reset()
-    try:
-        compiled = torch.compile(head, backend=backend, fullgraph=True)
+    with counting_compile() as (compile_, graphs):
+        compiled = compile_(head)
         for grad in (False, True):
             for t in range(0, 100, 5):
                 head.set_step(t)
                 with torch.set_grad_enabled(grad):
                     torch.testing.assert_close(compiled(hidden, states), head(hidden, states), atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.config.recompile_limit = old
-        torch._dynamo.reset()
     assert len(graphs) == 2
 
 

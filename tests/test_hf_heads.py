@@ -9,6 +9,8 @@ import warnings
 import pytest
 import torch
 
+from conftest import counting_compile
+
 transformers = pytest.importorskip("transformers")
 
 from icrm_kernels import beta_stats  # noqa: E402
@@ -142,17 +144,8 @@ def test_r2m_set_step_does_not_recompile():
     _rand_head(rm)
     inputs = batch()
     states, cu = policy()
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    old = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = 2
-    torch._dynamo.reset()
-    try:
-        compiled = torch.compile(rm, backend=backend, fullgraph=True)
+    with counting_compile() as (compile_, graphs):
+        compiled = compile_(rm)
         for grad in (False, True):
             for t in range(20):
                 rm.score.set_step(t)
@@ -160,9 +153,6 @@ def test_r2m_set_step_does_not_recompile():
                     got = compiled(**inputs, policy_states=states, policy_cu_seqlens=cu).logits
                     want = rm(**inputs, policy_states=states, policy_cu_seqlens=cu).logits
                 torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    finally:
-        torch._dynamo.config.recompile_limit = old
-        torch._dynamo.reset()
     assert len(graphs) == 2  # one graph per grad mode, none per step
 
 

@@ -93,41 +93,26 @@ def _grpo_cases(n, g, device, *, loop=True, ragged=False, index=False, compile_p
     return cases
 
 
-def _trl_batch_cases(n, g, device):
+def _trl_cases(n, g, device, scale):
+    """TRL's scale_rewards="group" / "batch": the trl_group / trl_batch preset against TRL's code,
+    eager and compiled (and, for "group", the hand-fused view peer compiled), and the copy."""
     dev = str(device)
     r = _rewards(n, device)
     rpf = r.unsqueeze(1)
     w = torch.ones(1, device=device)
     shape = f"N={n} G={g}"
     nbytes = 2 * n * r.element_size()
-    op = "group_advantages[trl_batch]"
-    return [
-        Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_batch"), dev),
-        Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "batch"), dev),
-    ] + ([Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
-               lambda: _compiled(peers.trl_grpo)(rpf, w, g, "batch"), dev)] if compiled_peers(device) else []) + [
-        _copy_case(op, shape, r, nbytes, dev)]
-
-
-def _trl_group_cases(n, g, device):
-    """TRL's default (scale_rewards="group"): the trl_group preset against TRL's code, eager and
-    compiled, and the hand-fused view peer compiled."""
-    dev = str(device)
-    r = _rewards(n, device)
-    rpf = r.unsqueeze(1)
-    w = torch.ones(1, device=device)
-    shape = f"N={n} G={g}"
-    nbytes = 2 * n * r.element_size()
-    op = "group_advantages[trl_group]"
-    cases = [Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset="trl_group"),
-                  dev),
-             Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, "group"), dev)]
+    preset = f"trl_{scale}"
+    op = f"group_advantages[{preset}]"
+    cases = [Case(FAMILY, op, "icrm", shape, n, nbytes, lambda: group_advantages(r, group_size=g, preset=preset), dev),
+             Case(FAMILY, op, "trl", shape, n, nbytes, lambda: peers.trl_grpo(rpf, w, g, scale), dev)]
     if compiled_peers(device):
-        cases += [Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
-                       lambda: _compiled(peers.trl_grpo)(rpf, w, g, "group"), dev),
-                  Case(FAMILY, op, "view-compiled", shape, n, nbytes,
-                       lambda: _compiled(peers.grpo_view)(r, g, 1e-4), dev,
-                       note="torch.compile of r.view(-1, G): (x - mean) / (std + 1e-4)")]
+        cases.append(Case(FAMILY, op, "trl-compiled", shape, n, nbytes,
+                          lambda: _compiled(peers.trl_grpo)(rpf, w, g, scale), dev))
+        if scale == "group":
+            cases.append(Case(FAMILY, op, "view-compiled", shape, n, nbytes,
+                              lambda: _compiled(peers.grpo_view)(r, g, 1e-4), dev,
+                              note="torch.compile of r.view(-1, G): (x - mean) / (std + 1e-4)"))
     return cases + [_copy_case(op, shape, r, nbytes, dev)]
 
 
@@ -194,7 +179,7 @@ def cases(device, quick=False):
             out += _grpo_cases(n, 8, device, compile_peers=n >= 65536)
         out += _grpo_cases(65536, 8, device, ragged=True)
         out += _grpo_cases(65536, 8, device, index=True)
-        out += _trl_batch_cases(65536, 8, device)
+        out += _trl_cases(65536, 8, device, "batch")
         if not quick:
             out += _grpo_cases(65536, 64, device, loop=False, compile_peers=False)
             out += _grpo_cases(65536, 4, device, loop=False, compile_peers=False)
@@ -206,8 +191,8 @@ def cases(device, quick=False):
         return hot_loop(out, graph_unless=("loop", "verl-vectorized", "icrm-ref"))
     n = 65536 if quick else 1 << 20
     out += _grpo_cases(n, 8, device, loop=quick)
-    out += _trl_group_cases(n, 8, device)
-    out += _trl_batch_cases(n, 8, device)
+    out += _trl_cases(n, 8, device, "group")
+    out += _trl_cases(n, 8, device, "batch")
     out += _grpo_cases(n, 8, device, index=True, loop=False)
     out += _whiten_and_bnpo_cases(n, 8, device)
     return hot_loop(out)
