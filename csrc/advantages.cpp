@@ -688,21 +688,23 @@ inline double bnpo_weight(double pg, double alpha, double beta, double lnB) {
 
 // w(p_g) is a function of p_g alone, and groups share few distinct p_g (k / G for binary
 // rewards): a small direct-mapped cache of (bits of p_g) -> w skips two logs and an exp per
-// group (~60 ns) when p_g repeats; same values, whatever hits. One per thread's range.
+// group (~60 ns) when p_g repeats; same values, whatever hits. One per thread's range. Every
+// slot starts valid (key +0.0, value w(+0.0)): no "used" flag to test per lookup.
 struct BnpoWeightCache {
   static constexpr int kSlots = 256;
   uint64_t keys[kSlots];
   double vals[kSlots];
-  bool used[kSlots] = {};
   double alpha, beta, lnB;
-  BnpoWeightCache(double a, double b, double l) : alpha(a), beta(b), lnB(l) {}
+  BnpoWeightCache(double a, double b, double l) : alpha(a), beta(b), lnB(l) {
+    const double w0 = bnpo_weight(0.0, alpha, beta, lnB);
+    for (int h = 0; h < kSlots; ++h) keys[h] = 0, vals[h] = w0;
+  }
   double get(double pg) {
     const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
     const int h = static_cast<int>((bits * 0x9E3779B97F4A7C15ull) >> 56);
-    if (!used[h] || keys[h] != bits) {
+    if (keys[h] != bits) {
       keys[h] = bits;
       vals[h] = bnpo_weight(pg, alpha, beta, lnB);
-      used[h] = true;
     }
     return vals[h];
   }
@@ -729,14 +731,15 @@ struct BnpoOutLanes {
     const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range), cval = static_cast<Acc>(q.cval);
     const bool raw_singleton = q.raw_singleton;
     alignas(64) Acc P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
-    for (int64_t k = 0; k < nb; ++k) {
-      P[k] = static_cast<Acc>(q.p[g + k]);
-      N[k] = static_cast<Acc>(q.n[g + k]);
-      WG[k] = static_cast<Acc>(cache.get(q.p[g + k]));
-    }
+    for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.get(q.p[g + k]));
+    for (int64_t k = 0; k < nb; ++k) P[k] = static_cast<Acc>(q.p[g + k]);
+    // without omit every group of a fixed layout counts GS >= 4 rows: never a singleton
+    if constexpr (OMIT)
+      for (int64_t k = 0; k < nb; ++k) N[k] = static_cast<Acc>(q.n[g + k]);
     for (int64_t k = 0; k < nb; ++k) {
       const Acc pg = P[k], wg = WG[k];
-      const bool to_const = (N[k] == Acc(1)) & !raw_singleton;
+      bool to_const = false;
+      if constexpr (OMIT) to_const = (N[k] == Acc(1)) & !raw_singleton;
       for (int64_t j = 0; j < GS; ++j) {
         const Acc s = bnpo_scaled(x[j][k], lo, inv_range);
         Acc a = to_const ? cval : wg * (s - pg);
