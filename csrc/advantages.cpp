@@ -181,6 +181,17 @@ struct FloatMomentLanes {
   }
 };
 
+// (W, mean, M2) from the weight, the sum and the sum of squares of the values shifted by pivot.
+inline Moments moments_from_sums(double pivot, double Wt, double St, double S2t) {
+  Moments m;
+  if (Wt == 0.0) return m;
+  m.W = Wt;
+  m.mean = pivot + St / Wt;
+  m.M2 = std::max(S2t - St * St / Wt, 0.0);
+  if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
+  return m;
+}
+
 // Moments of x[lo:hi) with weight w[i] (or 1), skipping NaN rows when OMIT. One pass of sums
 // shifted by the chunk's first valid value (so M2 = S2 - S1^2/W loses little, and is exactly 0
 // for identical values), four independent accumulators (fixed order: deterministic).
@@ -198,15 +209,9 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
     static const LaneFn<K> lanes = pick_lanes<K>();
     lanes(typename K::Args{x, first, body, x[first], W, A, B});
     for (int64_t i = body; i < hi; ++i) moment_step<OMIT, false>(static_cast<double>(x[i]), 1.0, pivot, W[0], A[0], B[0]);
-    const double Wt = ((W[0] + W[1]) + (W[2] + W[3])) + ((W[4] + W[5]) + (W[6] + W[7]));
-    const double St = ((A[0] + A[1]) + (A[2] + A[3])) + ((A[4] + A[5]) + (A[6] + A[7]));
-    const double S2t = ((B[0] + B[1]) + (B[2] + B[3])) + ((B[4] + B[5]) + (B[6] + B[7]));
-    if (Wt == 0.0) return m;
-    m.W = Wt;
-    m.mean = pivot + St / Wt;
-    m.M2 = std::max(S2t - St * St / Wt, 0.0);
-    if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
-    return m;
+    return moments_from_sums(pivot, ((W[0] + W[1]) + (W[2] + W[3])) + ((W[4] + W[5]) + (W[6] + W[7])),
+                             ((A[0] + A[1]) + (A[2] + A[3])) + ((A[4] + A[5]) + (A[6] + A[7])),
+                             ((B[0] + B[1]) + (B[2] + B[3])) + ((B[4] + B[5]) + (B[6] + B[7])));
   }
   double W[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, B[4] = {0, 0, 0, 0};
   auto term = [&](int64_t i, int k) {
@@ -224,15 +229,8 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
       for (int k = 0; k < 4; ++k) term(i + k, k);
   }
   for (int64_t i = body; i < hi; ++i) term(i, 0);
-  const double Wt = (W[0] + W[1]) + (W[2] + W[3]);
-  const double St = (A[0] + A[1]) + (A[2] + A[3]);
-  const double S2t = (B[0] + B[1]) + (B[2] + B[3]);
-  if (Wt == 0.0) return m;
-  m.W = Wt;
-  m.mean = pivot + St / Wt;
-  m.M2 = std::max(S2t - St * St / Wt, 0.0);
-  if (std::isnan(S2t)) m.M2 = S2t;  // propagate NaN
-  return m;
+  return moments_from_sums(pivot, (W[0] + W[1]) + (W[2] + W[3]), (A[0] + A[1]) + (A[2] + A[3]),
+                           (B[0] + B[1]) + (B[2] + B[3]));
 }
 
 template <typename T>
