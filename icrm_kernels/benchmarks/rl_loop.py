@@ -33,7 +33,6 @@ Needs ``transformers`` (a test dependency; ``pip install transformers``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,10 +41,11 @@ import time
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from icrm_kernels import profiling
+from icrm_kernels.benchmarks.baselines_advantages import trl_grpo
+from icrm_kernels.benchmarks.pairwise import grebt_vectorized
 
 STAGES = ("generate", "policy_forward", "reward", "advantages", "rm_update", "policy_update")
 # the stages whose code differs between the two runs
@@ -79,23 +79,6 @@ class _EagerR2M(nn.Module):
     def forward(self, hidden, padded, key_padding_mask, omega):
         h_hat = self.mha(hidden[:, None], padded, padded, key_padding_mask=key_padding_mask, need_weights=False)[0][:, 0]
         return self.score(omega * hidden + (1 - omega) * h_hat).squeeze(-1)
-
-
-def _grebt_torch(r, group_size, alpha=0.3, eps=1e-6):
-    g = r.view(-1, group_size)
-    rd = g.detach()
-    w = g.gather(1, rd.argmax(1, keepdim=True))
-    l = g.gather(1, rd.argmin(1, keepdim=True))
-    l_bt = F.softplus(l - w).squeeze(1)
-    z = (g - g.mean(1, keepdim=True)) / (g.std(1, unbiased=False, keepdim=True) + eps)
-    logp = torch.log_softmax(z, 1)
-    return ((1 - alpha) * l_bt + alpha * (-(logp.exp() * logp).sum(1))).mean()
-
-
-def _trl_advantages(rewards, g):
-    mean = rewards.view(-1, g).mean(1).repeat_interleave(g)
-    std = rewards.view(-1, g).std(1).repeat_interleave(g)
-    return (rewards - mean) / (std + 1e-4)
 
 
 def _backbone(rm, seq, mask):
@@ -133,6 +116,7 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
     rm_opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-4)
     pol_opt = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     gen = torch.Generator().manual_seed(seed + 2)
+    one_weight = torch.ones(1, device=device)  # TRL's reward_weights for one reward function
     n = prompts * group
     profiling.reset_stages()
     total = steps + 1 + (1 if trace_path else 0)  # a warm-up step, the timed steps, a traced step
@@ -176,7 +160,7 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
                 with unchecked():
                     adv = group_advantages(rewards.float(), group_size=group, preset="trl_group")
             else:
-                adv = _trl_advantages(rewards.float(), group)
+                adv = trl_grpo(rewards.float()[:, None], one_weight, group, "group")  # TRL's code
         with profiling.stage("rm_update"):
             rm_opt.zero_grad(set_to_none=True)
             if impl == "icrm":
@@ -185,7 +169,7 @@ def run_loop(impl: str, *, steps: int, device, prompts: int = 4, group: int = 8,
                     loss_rm = grebt_loss(r, group_size=group, alpha=0.3)
             else:
                 r = head(h, states, ~resp_mask, omega)
-                loss_rm = _grebt_torch(r, group)
+                loss_rm = grebt_vectorized(r, group)  # GREBT written in torch
             loss_rm.backward()
             rm_opt.step()
         with profiling.stage("policy_update"):
