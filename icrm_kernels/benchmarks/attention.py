@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icrm_kernels.benchmarks.harness import Case, compiled, compiled_peers, hot_loop
+from icrm_kernels.benchmarks.pairwise import grebt_vectorized
 
 FAMILY = "attention"
 
@@ -145,19 +146,6 @@ class _Problem:
         return run
 
 
-def _grebt_eager(r, group_size, alpha=0.3, eps=1e-6):
-    """R2M's GREBT loss in plain torch (the eager baseline)."""
-    g = r.view(-1, group_size)
-    rd = g.detach()
-    w = g.gather(1, rd.argmax(1, keepdim=True))
-    l = g.gather(1, rd.argmin(1, keepdim=True))
-    l_bt = -F.logsigmoid(w - l).squeeze(1)
-    z = (g - g.mean(1, keepdim=True)) / (g.std(1, unbiased=False, keepdim=True) + eps)
-    p = torch.softmax(z, 1)
-    l_gre = -(p * torch.log(p)).sum(1)
-    return ((1 - alpha) * l_bt + alpha * l_gre).mean()
-
-
 def _attention_cases(p: _Problem, device: str, flash):
     cases = []
     params_mha = [p.query] + [x for x in p.mha.parameters()]
@@ -274,7 +262,7 @@ def _update_step_cases(device, dtype, prompts, responses, lens, d, seed=1):
     def eager_loss():
         h_hat = p.mha_fwd()  # in batch chunks where one call would overflow
         r = p.score(omega * p.query + (1 - omega) * h_hat).squeeze(-1)
-        return _grebt_eager(r.float(), responses)
+        return grebt_vectorized(r, responses)  # GREBT written in torch (the pairwise benchmark's peer)
 
     def eager_step():
         return torch.autograd.grad(eager_loss(), params_eager)
