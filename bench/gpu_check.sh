@@ -11,8 +11,9 @@
 # suite is CPU-bound on the Triton compiles, the sanitizer on its instrumentation), bench, host
 # (each op's Python glue with null kernels), rlprofile (`icrm-kernels profile`: the GRPO loop's
 # stage table, traces and PNG), tune (bench/tune_gpu.py: it gets what time the benchmarks
-# leave), profile (ncu on the posterior kernel, torch.profiler on the attention ops; not in the
-# default set). BENCH_FAMILIES picks benchmark families, TEST_PATHS the tests. The device tool allows 600 s a call and 15 min
+# leave; TUNE_ARGS="--only grpo1m" picks kernels), elbo (bench/profile_elbo.py: where an ELBO
+# fwd+bwd call spends its time; not in the default set), profile (ncu on the posterior kernel,
+# torch.profiler on the attention ops; not in the default set). BENCH_FAMILIES picks benchmark families, TEST_PATHS the tests. The device tool allows 600 s a call and 15 min
 # a session: run
 #   STEPS="install test sanitize"  then  STEPS="install bench host tune"
 # as two back-to-back calls (the second finds the machine warm and the package installed).
@@ -121,8 +122,12 @@ fi
 if has tune; then
   say "launch-configuration sweeps (bench/tune_gpu.py)"
   env $([ "$DEVICE" = cpu ] && echo TRITON_INTERPRET=1) timeout "$(cap "${TUNE_TIMEOUT:-200}")" $PY bench/tune_gpu.py $QUICK \
-    --budget "${TUNE_BUDGET:-45}" 2>&1 | tee "$OUT/results/tune_gpu.log" | tee -a "$LOG"
+    --budget "${TUNE_BUDGET:-45}" ${TUNE_ARGS:-} 2>&1 | tee "$OUT/results/tune_gpu.log" | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
+if has elbo; then
+  say "beta_elbo_loss fwd+bwd: kernel vs call vs loop time, and a torch.profiler table (bench/profile_elbo.py)"
+  timeout "$(cap 90)" $PY bench/profile_elbo.py $QUICK 2>&1 | tee "$OUT/results/profile_elbo.log" | head -12 | tee -a "$LOG"
 fi
 if has profile && [ "$DEVICE" = cuda ]; then
   say "profiles: ncu on the posterior kernel, torch.profiler on the attention ops"

@@ -7,7 +7,9 @@
 Kernels, launched straight (no op glue), each at the shape of its missed target:
 
 - ``grpo``: ``_group_kernel``, verl_grpo (group mean and std), N = 65536, G = 8: 0.5 MB, so
-  the time is launch and latency; swept: groups per program, warps.
+  the time is launch and latency; swept: groups per program, warps, and the one-chunk body
+  (rewards kept in registers) against the three-pass body. ``grpo1m``: the same at N = 1M
+  (8 MB: the floor is a copy). Both also time the compiled view peer the same way.
 - ``tokens``: ``_group_kernel`` with the token broadcast A[i, t] = A_i * mask[i, t], verl_grpo,
   N = 8192, G = 8, T = 4096 (32M tokens: 32 MB of bool mask read, 128 MB of fp32 written).
   Swept: BLOCK_T, tokens per program (grid axis 1), rows per program, warps.
@@ -94,23 +96,44 @@ def tokens(device, quick):
 
 
 # ------------------------------------------------------------------ verl_grpo, one value per row
-def grpo(device, quick):
-    n, g = (65536, 8) if device.type == "cuda" else (512, 8)
+def _grpo_sweep(n, g, device, quick):
     r = torch.rand(n, device=device) * 2 - 1
     out = torch.empty(n, device=device)
 
-    def launch(groups, warps):
+    def launch(groups, warps, one):
         return lambda: TA._group_kernel[(cdiv(n // g, groups),)](
             r, out, r, r, r, r, n // g, g, n, 1, 0, 0, 1e-6,
             FIXED=True, HAS_ORDER=False, BASELINE=1, SCALE=1, SINGLETON=1, OMIT=False, UNBIASED=True,
-            TOKENS=False, F64=False, BLOCK_B=groups, BLOCK_L=g, BLOCK_T=1, BLOCK_P=1, num_warps=warps)
+            TOKENS=False, F64=False, BLOCK_B=groups, BLOCK_L=g, BLOCK_T=1, BLOCK_P=1, ONE_CHUNK=one,
+            num_warps=warps)
 
-    default = (16, 4)  # the launcher's at N = 64K: 128 rows a program (2048 before the 2026-11-26 sweep)
-    variants = [default] + ([] if quick else [(groups, w) for groups in (4, 8, 16, 32, 64, 128, 256)
-                                              for w in (1, 2, 4, 8) if (groups, w) != default
-                                              and 32 * w <= groups * g <= 64 * 32 * w])
-    return "grpo", "groups/program, warps (N=65536, G=8)", variants, launch, lambda: [out.fill_(math.nan)], \
-        lambda: [out.clone()], 8 * n
+    # the launcher's choice at this shape (TA._group_plan), then the same with the three-pass
+    # body (ONE_CHUNK=False: each pass re-loads the rewards; the kernel before 2026-11-26 evening)
+    _, block_b, _, _, _ = TA._group_plan(n, g, 0, 0, False, 0, False)
+    default = (block_b, 8 if block_b * g >= 2048 else 4, True)
+    variants = [default, default[:2] + (False,)]
+    if not quick:
+        variants += [(groups, w, True) for groups in (4, 8, 16, 32, 64, 128, 256) for w in (1, 2, 4, 8)
+                     if (groups, w, True) != default and 32 * w <= groups * g <= 64 * 32 * w]
+    # the peer a careful user would write instead: the fixed-G view code through torch.compile,
+    # timed the same way (graph replay, L2 flushed), so its line reads against the variants'
+    peer = None
+    if device.type == "cuda":
+        from icrm_kernels.benchmarks import baselines_advantages as BA
+        from icrm_kernels.benchmarks.harness import compiled
+
+        view = compiled(BA.grpo_view)
+        peer = ("view-compiled", lambda: view(r, g))
+    return f"grpo N={n}", f"groups/program, warps, one chunk (N={n}, G={g})", variants, launch, \
+        lambda: [out.fill_(math.nan)], lambda: [out.clone()], 8 * n, peer
+
+
+def grpo(device, quick):
+    return _grpo_sweep(65536, 8, device, quick) if device.type == "cuda" else _grpo_sweep(512, 8, device, quick)
+
+
+def grpo1m(device, quick):
+    return _grpo_sweep(1 << 20, 8, device, quick) if device.type == "cuda" else _grpo_sweep(4096, 8, device, quick)
 
 
 # ------------------------------------------------------------------ posterior
@@ -161,9 +184,15 @@ def elbo(device, quick):
 
 
 def sweep(make, device, quick, budget_s, log):
-    name, what, variants, launch, poison, snapshot, nbytes = make(device, quick)
+    name, what, variants, launch, poison, snapshot, nbytes, *peer = make(device, quick)
     peak = harness.measured_copy_bandwidth(device)
     log(f"[{name}] ({what}); {nbytes / 1e6:.1f} MB moved at least")
+    if peer and peer[0] is not None:
+        label, fn = peer[0]
+        fn()
+        secs = _time(fn, device)
+        frac = f"{nbytes / secs / peak * 100:5.1f}%copy" if peak else ""
+        log(f"  {'peer ' + label:28s} {secs * 1e6:10.1f} us  {frac}")
     ref = None
     best = None
     t_end = time.perf_counter() + budget_s
@@ -196,7 +225,7 @@ def sweep(make, device, quick, budget_s, log):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="defaults only, tiny shapes (smoke test)")
-    ap.add_argument("--only", action="append", choices=("grpo", "tokens", "posterior", "elbo"))
+    ap.add_argument("--only", action="append", choices=("grpo", "grpo1m", "tokens", "posterior", "elbo"))
     ap.add_argument("--budget", type=float, default=40.0, help="seconds of sweeping per kernel")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,7 +234,7 @@ def main(argv=None):
         return 2
     print(f"tune_gpu on {harness.device_name(str(device))}; {harness.library_versions()}")
     bests = {}
-    for make in (grpo, tokens, posterior, elbo):
+    for make in (grpo, grpo1m, tokens, posterior, elbo):
         if args.only and make.__name__ not in args.only:
             continue
         bests[make.__name__] = sweep(make, device, args.quick, args.budget, print)

@@ -192,13 +192,41 @@ def _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS: tl.cons
 
 
 @triton.jit
+def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr, mask_ptr,
+                 stride_mask, T, BASELINE: tl.constexpr, SCALE: tl.constexpr, SINGLETON: tl.constexpr,
+                 TOKENS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """A of one [BLOCK_B, BLOCK_L] chunk from its group statistics, stored (with the token broadcast)."""
+    d = x - pivot[:, None] - shift[:, None]
+    if BASELINE == 1:
+        cen = tl.where(raw_single[:, None], x, d)
+    elif BASELINE == 2:
+        cen = tl.where(raw_single[:, None], x, d * loo[:, None])
+    elif BASELINE == 3:
+        cen = x - bmean
+    else:
+        cen = x
+    a = cen / denom[:, None]
+    if BASELINE == 1 or BASELINE == 2 or SCALE == 1:  # a group-level statistic: singleton rule
+        if SINGLETON == 0:
+            a = tl.where(single[:, None], 0.0, a)
+        elif SINGLETON == 2:
+            a = tl.where(single[:, None], float("nan"), a)
+    a = tl.where(valid, a, 0.0)
+    _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
+
+
+@triton.jit
 def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
                   num_groups, G, n_rows, P, T, stride_mask, eps,
                   FIXED: tl.constexpr, HAS_ORDER: tl.constexpr, BASELINE: tl.constexpr, SCALE: tl.constexpr,
                   SINGLETON: tl.constexpr, OMIT: tl.constexpr, UNBIASED: tl.constexpr, TOKENS: tl.constexpr,
                   F64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
-                  BLOCK_P: tl.constexpr):
-    """One program normalizes BLOCK_B groups; rows in chunks of BLOCK_L (one chunk for fixed G)."""
+                  BLOCK_P: tl.constexpr, ONE_CHUNK: tl.constexpr = False):
+    """One program normalizes BLOCK_B groups; rows in chunks of BLOCK_L.
+
+    ONE_CHUNK (the launcher sets it for fixed G <= BLOCK_L): every group is one [BLOCK_B, BLOCK_L]
+    tile, loaded once and kept in registers for the three passes, so each reward is read from
+    memory once. Otherwise each pass re-loads its chunks (from L1/L2 for short groups)."""
     gb, gmask, start, length, maxlen = _group_block(cu_ptr, num_groups, G, n_rows, FIXED, BLOCK_B)
     cols = tl.arange(0, BLOCK_L)
 
@@ -220,11 +248,13 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
     low = tl.min(tl.where(valid, x, float("inf")), axis=1)
     n = tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
     S1 = tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
-    for c in range(BLOCK_L, maxlen, BLOCK_L):
-        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
-        low = tl.minimum(low, tl.min(tl.where(valid, x, float("inf")), axis=1))
-        n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
-        S1 += tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
+    if not ONE_CHUNK:
+        for c in range(BLOCK_L, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT,
+                                             F64)
+            low = tl.minimum(low, tl.min(tl.where(valid, x, float("inf")), axis=1))
+            n += tl.sum(tl.where(valid, 1.0, 0.0).to(x.dtype), axis=1)
+            S1 += tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
     nsafe = tl.where(n > 0, n, 1.0)
     shift = S1 / nsafe  # mean = pivot + shift
     single = n == 1.0
@@ -237,11 +267,16 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
         # where C++ and the reference give the right answer). A power of two scales exactly, so
         # results are bitwise the unscaled ones wherever those neither overflowed nor underflowed.
         sc = _pow2_floor(pivot - low, F64)
-        M2 = tl.zeros_like(S1)
-        for c in range(0, maxlen, BLOCK_L):
-            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
+        if ONE_CHUNK:
             dev = tl.where(valid, (x - pivot[:, None] - shift[:, None]) / sc[:, None], 0.0)
-            M2 += tl.sum(dev * dev, axis=1)
+            M2 = tl.sum(dev * dev, axis=1)
+        else:
+            M2 = tl.zeros_like(S1)
+            for c in range(0, maxlen, BLOCK_L):
+                rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER,
+                                                 OMIT, F64)
+                dev = tl.where(valid, (x - pivot[:, None] - shift[:, None]) / sc[:, None], 0.0)
+                M2 += tl.sum(dev * dev, axis=1)
         if UNBIASED:
             var = M2 / tl.where(n > 1, n - 1.0, 1.0)
         else:
@@ -253,25 +288,15 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
     loo = n / tl.where(n > 1, n - 1.0, 1.0)
 
     # pass 2: write A (and the token broadcast)
-    for c in range(0, maxlen, BLOCK_L):
-        rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT, F64)
-        d = x - pivot[:, None] - shift[:, None]
-        if BASELINE == 1:
-            cen = tl.where(raw_single[:, None], x, d)
-        elif BASELINE == 2:
-            cen = tl.where(raw_single[:, None], x, d * loo[:, None])
-        elif BASELINE == 3:
-            cen = x - bmean
-        else:
-            cen = x
-        a = cen / denom[:, None]
-        if BASELINE == 1 or BASELINE == 2 or SCALE == 1:  # a group-level statistic: singleton rule
-            if SINGLETON == 0:
-                a = tl.where(single[:, None], 0.0, a)
-            elif SINGLETON == 2:
-                a = tl.where(single[:, None], float("nan"), a)
-        a = tl.where(valid, a, 0.0)
-        _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
+    if ONE_CHUNK:
+        _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr, mask_ptr,
+                     stride_mask, T, BASELINE, SCALE, SINGLETON, TOKENS, BLOCK_T)
+    else:
+        for c in range(0, maxlen, BLOCK_L):
+            rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT,
+                                             F64)
+            _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr,
+                         mask_ptr, stride_mask, T, BASELINE, SCALE, SINGLETON, TOKENS, BLOCK_T)
 
 
 @triton.jit
@@ -551,7 +576,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
             FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
             OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
             BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=next_power_of_2(P),
-            num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
+            ONE_CHUNK=fixed and group_size <= block_l, num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
         )
     if wcode == 0:
         return out
@@ -580,7 +605,7 @@ def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=
                    "T": "i64", "stride_mask": "i64", "eps": "fp32"},
         constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale, "SINGLETON": 1,
                     "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": f64, "BLOCK_B": block_b,
-                    "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256},
+                    "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256, "ONE_CHUNK": fixed},
         num_warps=num_warps, label=label,
     )
 
