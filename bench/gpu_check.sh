@@ -127,7 +127,9 @@ if has tune; then
 fi
 if has elbo; then
   say "beta_elbo_loss fwd+bwd: kernel vs call vs loop time, and a torch.profiler table (bench/profile_elbo.py)"
-  timeout "$(cap 90)" $PY bench/profile_elbo.py $QUICK 2>&1 | tee "$OUT/results/profile_elbo.log" | head -12 | tee -a "$LOG"
+  # (no `head` in the pipe: it would end tee, and with it the script, at its last line)
+  timeout "$(cap 90)" $PY bench/profile_elbo.py $QUICK > "$OUT/results/profile_elbo.log" 2>&1
+  sed -n '1,22p' "$OUT/results/profile_elbo.log" | tee -a "$LOG"
 fi
 if has profile && [ "$DEVICE" = cuda ]; then
   say "profiles: ncu on the posterior kernel, torch.profiler on the attention ops"

@@ -104,6 +104,29 @@ def main(argv=None):
             loop = _loop(fn, device)
             print(f"{'logits' if logits else 'direct':12s} {n:9d} {kern * 1e6:10.1f} {call * 1e6:9.1f} "
                   f"{loop * 1e6:9.1f}", flush=True)
+    # host time per layer (wall time per call of back-to-back calls: host-bound at these sizes)
+    x1, x2, y = _inputs(sizes[0], device, False)
+    from icrm_kernels.triton import beta as tri
+
+    a, b = x1.detach(), x2.detach()
+    n = a.numel()
+    lnb = _lnbeta(1.0, 1.0)
+    layers = [
+        ("torch.empty x3", lambda: (torch.empty(n, device=device), torch.empty(n, device=device),
+                                    torch.empty(n, device=device))),
+        ("triton launcher: tri.elbo", None if not on_gpu else lambda: tri.elbo(a, b, y, None, 1.0, 1.0, lnb, 1.0, 1e-2, False, True, True,
+                                                       1.0 / n, 1.0 / n)),
+        ("op forward, no grad", lambda: beta_elbo_loss(a, b, y)),
+        ("op forward, grad", lambda: beta_elbo_loss(x1, x2, y)),
+        ("op fwd+bwd", _call(x1, x2, y, False)),
+        ("torch (x1*x2).sum() fwd+bwd", lambda: torch.autograd.grad((x1 * x2).sum(), (x1, x2))),
+    ]
+    print("\nhost time per call (loop, unchecked, N = %d)" % n)
+    for label, fn in layers:
+        if fn is None:
+            continue
+        with _checks.unchecked():
+            print(f"  {label:32s} {_loop(fn, device, reps=200) * 1e6:8.1f} us", flush=True)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
     for logits in (False, True):
         x1, x2, y = _inputs(sizes[0], device, logits)

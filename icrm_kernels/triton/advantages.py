@@ -519,6 +519,13 @@ def _group_plan(n, group_size, num_slots, n_cu, has_order, T, tokens_here):
     if tokens_here:
         block_b = max(1, 8 // block_l)
         block_t = min(max(next_power_of_2(max(T, 1)), 16), 256, max(16, 4096 // (block_b * block_l)))
+    elif group_size is not None and group_size <= block_l:
+        # one chunk (rewards kept in registers, one read each): 128-256 rows a program, the
+        # H100 sweep of 2026-11-26 (evening; NOTES §7.7): N = 64K 128 rows 4.6 µs; N = 1M 256 rows
+        # and 2 warps 8.3 µs, where 2048 rows and 8 warps took 10.8 (the three-pass body 17.9)
+        rows = max(block_l, 256 if n >= (1 << 18) else 128)
+        block_b = max(1, rows // block_l)
+        block_t = 1
     else:
         rows = min(2048, max(128, next_power_of_2(cdiv(max(num_groups, 1) * block_l, 512))))
         block_b = max(1, rows // block_l)
@@ -526,6 +533,14 @@ def _group_plan(n, group_size, num_slots, n_cu, has_order, T, tokens_here):
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
     t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
     return num_groups, block_b, block_l, block_t, (cdiv(max(num_groups, 1), block_b), t_splits)
+
+
+def _group_warps(elems, one_chunk):
+    """Warps of a group-kernel program of ``elems`` values: one per 128 rows for the one-chunk
+    body (measured best at 128 and 256 rows), else 8 from 2048 values up."""
+    if one_chunk:
+        return min(8, max(1, elems // 128))
+    return 8 if elems >= 2048 else 4
 
 
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
@@ -562,6 +577,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
     num_groups, block_b, block_l, block_t, grid = _group_plan(
         n, group_size, num_slots, cu.numel() if cu is not None and order is None else 0, order is not None, T,
         tokens_here)
+    one_chunk = fixed and group_size <= block_l
     a_buf = out if wcode == 0 else (torch.zeros if ragged else torch.empty)(
         n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     dummy = r
@@ -576,7 +592,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
             FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
             OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
             BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=next_power_of_2(P),
-            ONE_CHUNK=fixed and group_size <= block_l, num_warps=8 if block_b * block_l * block_t >= 2048 else 4,
+            ONE_CHUNK=one_chunk, num_warps=_group_warps(block_b * block_l * block_t, one_chunk),
         )
     if wcode == 0:
         return out
