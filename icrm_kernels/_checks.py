@@ -10,6 +10,7 @@ results, as each op's docstring states.
 from __future__ import annotations
 
 import contextlib
+import math
 import contextvars
 from typing import Iterable, Optional, Sequence
 
@@ -207,3 +208,16 @@ def check_finite_float(value, name: str, *, low=None, high=None, low_open=False,
     if high is not None and (value > high or (high_open and value == high)):
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
     return value
+
+
+def check_positive(x, name: str) -> None:
+    """Raise ValueError naming ``name`` if any value is <= 0 or not finite (checked path only)."""
+    if value_checks_enabled() and x.numel():
+        if x.dtype.is_floating_point:  # one aminmax and one sync; the detailed pass only to raise
+            ((lo, hi),) = value_bounds(x)
+            if lo > 0 and hi < math.inf:
+                return
+        bad = ~(torch.isfinite(x) & (x > 0))
+        if bool(bad.any()):
+            first = x[bad].flatten()[0].item()
+            raise ValueError(f"{name} must be finite and > 0, got {first} ({int(bad.sum())} bad value(s))")

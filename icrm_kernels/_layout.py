@@ -89,6 +89,18 @@ def sort_index(index: torch.Tensor, n: int):
     return order, cu, group[-1] + 1
 
 
+def segments_of_index(index: torch.Tensor, k: int):
+    """Stable order by segment id (order of appearance kept) and offsets cu[K+1]; no host sync.
+    Ids outside [0, K) go to a trailing bucket that no segment reads."""
+    idx = index.to(torch.int64)
+    idx = torch.where((idx >= 0) & (idx < k), idx, torch.full_like(idx, k))
+    order = torch.sort(idx, stable=True).indices
+    counts = torch.zeros(k + 1, dtype=torch.int64, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    cu = torch.zeros(k + 1, dtype=torch.int64, device=idx.device)
+    cu[1:] = torch.cumsum(counts[:k], 0)
+    return order, cu
+
+
 def check_groups(
     n: int,
     device: torch.device,

@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from icrm_kernels import _backend
+from icrm_kernels import _backend, _op
 from icrm_kernels._checks import (
     check_choice,
     check_finite_float,
@@ -45,8 +45,9 @@ from icrm_kernels._checks import (
     value_bounds,
     value_checks_enabled,
 )
-from icrm_kernels._layout import sanitize_offsets
-from icrm_kernels.ops.special import _trigamma_op, check_positive
+from icrm_kernels._layout import segments_of_index
+from icrm_kernels._checks import check_positive
+from icrm_kernels.ops.special import TRIGAMMA
 
 Tensor = torch.Tensor
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
@@ -66,13 +67,6 @@ class BetaStats(NamedTuple):
 STATISTICS = BetaStats._fields
 
 
-def _select(x: Tensor, cpp_op: str) -> str:
-    b = _backend.select(x.device, cpp_op=cpp_op)
-    if b == "triton" and x.dtype == torch.float64:
-        return "reference"
-    return b
-
-
 def _grad_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -88,47 +82,15 @@ def _lnbeta(a: float, b: float) -> float:
 
 
 # ==================================================================== ELBO / KL (one kernel)
-def _beta_elbo_impl(
-    x1: Tensor,
-    x2: Tensor,
-    labels: Optional[Tensor],
-    weights: Optional[Tensor],
-    prior_alpha: float,
-    prior_beta: float,
-    kl_weight: float,
-    tau_min: float,
-    from_logits: bool,
-    reduction: int,
-    compute_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """(loss, dL/dx1, dL/dx2): per-element gradients of the *unreduced* weighted loss, written by
-    the forward kernel (empty when compute_grad is False)."""
-    backend = _select(x1, "beta_elbo")
+# Each implementation takes the op's arguments (x1, x2, labels, weights, prior_alpha, prior_beta,
+# kl_weight, tau_min, from_logits, reduction code, compute_grad) and returns (loss, dL/dx1,
+# dL/dx2): the per-element gradients of the *unreduced* weighted loss, written by the forward
+# kernel (empty when compute_grad is False).
+def _elbo_finish(x1, loss, g1, g2, reduction, compute_grad):
+    """The op's output dtypes and shapes (each .to / .reshape that would be a no-op is skipped:
+    ~1 µs of host time apiece)."""
     shape = x1.shape
-    n = x1.numel()
     gdt = _grad_dtype(x1)
-    if backend == "triton":
-        from icrm_kernels.triton import beta as tri
-
-        # the mean's 1/n multiplies the kernel's partial sums: one torch op fewer than sum / n
-        loss, g1, g2 = tri.elbo(x1, x2, labels, weights, prior_alpha, prior_beta, _lnbeta(prior_alpha, prior_beta),
-                                kl_weight, tau_min, from_logits, reduction != 0, compute_grad,
-                                loss_scale=1.0 / max(n, 1) if reduction == 2 else 1.0)
-        if reduction != 0:
-            loss = loss.sum()
-    elif backend == "cpp":
-        loss, g1, g2 = torch.ops.icrm_cpu.beta_elbo(
-            x1.contiguous(), x2.contiguous(), None if labels is None else labels.contiguous(),
-            None if weights is None else weights.contiguous(), prior_alpha, prior_beta,
-            _lnbeta(prior_alpha, prior_beta), kl_weight, tau_min, from_logits, reduction, compute_grad)
-    else:
-        loss, g1, g2 = _elbo_reference(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min,
-                                       from_logits, compute_grad)
-        if reduction != 0:
-            loss = loss.sum()
-            if reduction == 2:
-                loss = loss / max(n, 1)
-    # each .to / .reshape that would be a no-op is skipped: ~1 µs of host time apiece
     if loss.dtype != x1.dtype:
         loss = loss.to(x1.dtype)
     if reduction == 0:
@@ -145,36 +107,38 @@ def _beta_elbo_impl(
     return loss, x1.new_empty((0,), dtype=gdt), x1.new_empty((0,), dtype=gdt)
 
 
-def _elbo_reference(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, compute_grad):
-    """float64 torch reference: the loss and its closed-form per-element gradients."""
+def _elbo_triton(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, reduction, compute_grad):
+    from icrm_kernels.triton import beta as tri
+
+    # the mean's 1/n multiplies the kernel's partial sums: one torch op fewer than sum / n
+    loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tau_min, from_logits,
+                            reduction != 0, compute_grad, loss_scale=1.0 / max(x1.numel(), 1) if reduction == 2 else 1.0)
+    if reduction != 0:
+        loss = loss.sum()
+    return _elbo_finish(x1, loss, g1, g2, reduction, compute_grad)
+
+
+def _elbo_cpp(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, reduction, compute_grad):
+    loss, g1, g2 = torch.ops.icrm_cpu.beta_elbo(
+        x1.contiguous(), x2.contiguous(), None if labels is None else labels.contiguous(),
+        None if weights is None else weights.contiguous(), pa, pb, _lnbeta(pa, pb), kw, tau_min, from_logits,
+        reduction, compute_grad)
+    return _elbo_finish(x1, loss, g1, g2, reduction, compute_grad)
+
+
+def _elbo_reference(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, reduction, compute_grad):
     from icrm_kernels.reference import beta as ref
 
-    v1, v2 = x1.to(torch.float64), x2.to(torch.float64)
-    a, b = ref.beta_from_logits(v1, v2, tau_min) if from_logits else (v1, v2)
-    y = None if labels is None else labels.to(torch.float64)
-    if y is None:
-        loss = kw * ref.beta_kl(a, b, pa, pb)
-    else:
-        loss = ref.beta_elbo_loss(a, b, y, prior_alpha=pa, prior_beta=pb, kl_weight=kw, reduction="none")
-    w = None if weights is None else weights.to(torch.float64)
-    if w is not None:
-        loss = loss * w
-    g1 = g2 = x1.new_empty((0,))
-    if compute_grad:
-        g1, g2 = ref.beta_elbo_grads(a, b, y, prior_alpha=pa, prior_beta=pb, kl_weight=kw)
-        if from_logits:
-            g1, g2 = ref.from_logits_grads(v1, v2, g1, g2, tau_min)
-        if w is not None:
-            g1, g2 = g1 * w, g2 * w
-    return loss.reshape(-1), g1.reshape(-1), g2.reshape(-1)
+    loss, g1, g2 = ref.elbo_with_grads(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, compute_grad)
+    if reduction != 0:
+        loss = loss.sum()
+        if reduction == 2:
+            loss = loss / max(x1.numel(), 1)
+    return _elbo_finish(x1, loss, g1, g2, reduction, compute_grad)
 
 
-# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
-_beta_elbo_op = torch.library.custom_op("icrm::beta_elbo", _beta_elbo_impl, mutates_args=())
-
-
-@_beta_elbo_op.register_fake
-def _(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min, from_logits, reduction, compute_grad):
+def _elbo_fake(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min, from_logits, reduction,
+               compute_grad):
     loss = x1.new_empty(x1.shape if reduction == 0 else ())
     gdt = _grad_dtype(x1)
     if compute_grad:
@@ -208,7 +172,13 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
     return d1, d2, None, None, None, None, None, None, None, None, None
 
 
-_backend.register_autograd(_beta_elbo_op, _beta_elbo_impl, _elbo_backward, _elbo_setup, eager_outputs=1)
+ELBO = _op.define(_op.OpRecord(
+    name="beta_elbo", family="beta",
+    schema="(Tensor x1, Tensor x2, Tensor? labels, Tensor? weights, float prior_alpha, float prior_beta, "
+           "float kl_weight, float tau_min, bool from_logits, int reduction, bool compute_grad) "
+           "-> (Tensor, Tensor, Tensor)",
+    fake=_elbo_fake, triton=_elbo_triton, cpp=_elbo_cpp, cpp_op="beta_elbo", reference=_elbo_reference,
+    backward=_elbo_backward, setup_context=_elbo_setup, eager_outputs=1))
 
 
 class EagerElbo(torch.autograd.Function):
@@ -227,7 +197,7 @@ class EagerElbo(torch.autograd.Function):
         labels, weights, pa, pb, kw, tmin, from_logits, red = spec
         n = x1.numel()
         scale = None
-        if _select(x1, "beta_elbo") == "triton":
+        if ELBO.backend(x1) == "triton":
             from icrm_kernels.triton import beta as tri
 
             s = 1.0 / max(n, 1) if red == 2 else 1.0
@@ -242,7 +212,7 @@ class EagerElbo(torch.autograd.Function):
             if x1.dim() != 1:  # for reduction="none" the incoming gradient has x1's shape
                 g1, g2 = g1.reshape(x1.shape), g2.reshape(x1.shape)
         else:  # C++ kernels and the reference: unscaled gradients
-            loss, g1, g2 = _beta_elbo_impl(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
+            loss, g1, g2 = ELBO.run(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
             if red == 2:
                 scale = max(n, 1)
         ctx.save_for_backward(g1, g2)  # (not attributes: a second backward raises, as on the op path)
@@ -270,13 +240,12 @@ _eager_mode = _backend._eager_mode
 def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
     """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
     ``call_op`` (no gradient: the implementation directly; compile/tracing: the op)."""
-    if (torch.is_grad_enabled() and _beta_elbo_op in _backend._EAGER_AUTOGRAD and (x1.requires_grad or x2.requires_grad)
+    if (torch.is_grad_enabled() and ELBO.custom_op in _backend._EAGER_AUTOGRAD and (x1.requires_grad or x2.requires_grad)
             and not (labels is not None and labels.requires_grad)
             and not (weights is not None and weights.requires_grad)
             and _eager_mode((x1, x2, labels, weights))):
         return _elbo_apply(x1, x2, (labels, weights, pa, pb, kw, tmin, from_logits, red))
-    loss, _, _ = _backend.call_op(_beta_elbo_op, _beta_elbo_impl, x1, x2, labels, weights, pa, pb, kw, tmin,
-                                  from_logits, red, _needs_grad(x1, x2))
+    loss, _, _ = ELBO(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, _needs_grad(x1, x2))
     return loss
 
 
@@ -482,24 +451,21 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
     return _elbo_call(alpha, beta, None, None, pa, pb, 1.0, 0.0, False, 0)
 
 
-@torch.library.custom_op("icrm::beta_from_logits", mutates_args=())
-def _beta_from_logits_op(mean_logit: Tensor, conc_logit: Tensor, tau_min: float) -> Tuple[Tensor, Tensor]:
-    backend = _select(mean_logit, "beta_from_logits")
-    if backend == "triton":
-        from icrm_kernels.triton import beta as tri
+def _from_logits_triton(mean_logit, conc_logit, tau_min):
+    from icrm_kernels.triton import beta as tri
 
-        return tri.from_logits(mean_logit, conc_logit, tau_min)
-    if backend == "cpp":
-        return torch.ops.icrm_cpu.beta_from_logits(mean_logit.contiguous(), conc_logit.contiguous(), tau_min)
+    return tri.from_logits(mean_logit, conc_logit, tau_min)
+
+
+def _from_logits_cpp(mean_logit, conc_logit, tau_min):
+    return torch.ops.icrm_cpu.beta_from_logits(mean_logit.contiguous(), conc_logit.contiguous(), tau_min)
+
+
+def _from_logits_reference(mean_logit, conc_logit, tau_min):
     from icrm_kernels.reference import beta as ref
 
     a, b = ref.beta_from_logits(mean_logit.to(torch.float64), conc_logit.to(torch.float64), tau_min)
     return a.to(mean_logit.dtype), b.to(mean_logit.dtype)
-
-
-@_beta_from_logits_op.register_fake
-def _(mean_logit, conc_logit, tau_min):
-    return torch.empty_like(mean_logit), torch.empty_like(mean_logit)
 
 
 def _from_logits_setup(ctx, inputs, output):
@@ -519,7 +485,12 @@ def _from_logits_backward(ctx, ga, gb):
     return ((ga - gb) * tau * mu * mu_c).to(m.dtype), ((ga * mu + gb * mu_c) * torch.sigmoid(cf)).to(c.dtype), None
 
 
-_beta_from_logits_op.register_autograd(_from_logits_backward, setup_context=_from_logits_setup)
+FROM_LOGITS = _op.define(_op.OpRecord(
+    name="beta_from_logits", family="beta",
+    schema="(Tensor mean_logit, Tensor conc_logit, float tau_min) -> (Tensor, Tensor)",
+    fake=lambda m, c, tau_min: (torch.empty_like(m), torch.empty_like(m)),
+    triton=_from_logits_triton, cpp=_from_logits_cpp, cpp_op="beta_from_logits", reference=_from_logits_reference,
+    backward=_from_logits_backward, setup_context=_from_logits_setup))
 
 
 def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e-2) -> Tuple[Tensor, Tensor]:
@@ -534,35 +505,31 @@ def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e
     """
     _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
-    return _beta_from_logits_op(mean_logit, conc_logit, tmin)
+    return FROM_LOGITS(mean_logit, conc_logit, tmin)
 
 
 # ==================================================================== statistics
-def _beta_stats_impl(alpha: Tensor, beta: Tensor) -> Tensor:
-    """[6, *alpha.shape]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy."""
-    backend = _select(alpha, "beta_stats")
-    if backend == "triton":
-        from icrm_kernels.triton import beta as tri
-
-        out = tri.stats(alpha, beta)
-    elif backend == "cpp":
-        out = torch.ops.icrm_cpu.beta_stats(alpha.contiguous(), beta.contiguous())
-    else:
-        from icrm_kernels.reference import beta as ref
-
-        st = ref.beta_stats(alpha.to(torch.float64).reshape(-1), beta.to(torch.float64).reshape(-1))
-        out = torch.stack(list(st)).to(alpha.dtype)
+# Each implementation returns [6, *alpha.shape]: mean, var, E[log t], E[log(1-t)], E[logit t], entropy.
+def _stats_shape(alpha, out):
     shape = (6,) + tuple(alpha.shape)
     return out if out.shape == shape else out.reshape(shape)
 
 
-# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
-_beta_stats_op = torch.library.custom_op("icrm::beta_stats", _beta_stats_impl, mutates_args=())
+def _stats_triton(alpha, beta):
+    from icrm_kernels.triton import beta as tri
+
+    return _stats_shape(alpha, tri.stats(alpha, beta))
 
 
-@_beta_stats_op.register_fake
-def _(alpha, beta):
-    return alpha.new_empty((6,) + tuple(alpha.shape))
+def _stats_cpp(alpha, beta):
+    return _stats_shape(alpha, torch.ops.icrm_cpu.beta_stats(alpha.contiguous(), beta.contiguous()))
+
+
+def _stats_reference(alpha, beta):
+    from icrm_kernels.reference import beta as ref
+
+    st = ref.beta_stats(alpha.to(torch.float64).reshape(-1), beta.to(torch.float64).reshape(-1))
+    return _stats_shape(alpha, torch.stack(list(st)).to(alpha.dtype))
 
 
 def _stats_setup(ctx, inputs, output):
@@ -575,7 +542,7 @@ def _stats_backward(ctx, grad):
     cdt = _grad_dtype(alpha)
     a, b, g = alpha.to(cdt), beta.to(cdt), grad.to(cdt)
     s = a + b
-    tri = _trigamma_op(torch.stack([a, b, s]))
+    tri = TRIGAMMA(torch.stack([a, b, s]))
     ta, tb, ts = tri[0], tri[1], tri[2]
     var = (a / s) * (b / s) / (s + 1.0)  # recomputed in fp32 (the saved output may be bf16)
     dvar = 2.0 / s + 1.0 / (s + 1.0)
@@ -586,7 +553,11 @@ def _stats_backward(ctx, grad):
     return ga.to(alpha.dtype), gb.to(beta.dtype)
 
 
-_backend.register_autograd(_beta_stats_op, _beta_stats_impl, _stats_backward, _stats_setup)
+STATS = _op.define(_op.OpRecord(
+    name="beta_stats", family="beta", schema="(Tensor alpha, Tensor beta) -> Tensor",
+    fake=lambda alpha, beta: alpha.new_empty((6,) + tuple(alpha.shape)),
+    triton=_stats_triton, cpp=_stats_cpp, cpp_op="beta_stats", reference=_stats_reference,
+    backward=_stats_backward, setup_context=_stats_setup))
 
 
 def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
@@ -599,7 +570,7 @@ def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
     (backward: closed forms with the trigamma op, not fused with the forward)."""
     _check_pair(alpha, beta, "alpha", "beta")
     _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
-    return BetaStats(*_backend.call_op(_beta_stats_op, _beta_stats_impl, alpha, beta).unbind(0))
+    return BetaStats(*STATS(alpha, beta).unbind(0))
 
 
 def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean") -> Tensor:
@@ -625,84 +596,42 @@ def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean")
 
 
 # ==================================================================== conjugate posterior
-def _beta_posterior_impl(
-    outcomes: Tensor,
-    weights: Optional[Tensor],
-    cu: Optional[Tensor],
-    index: Optional[Tensor],
-    num_segments: int,
-    prior_alpha: float,
-    prior_beta: float,
-    discount: float,
-) -> Tuple[Tensor, Tensor]:
-    backend = _select(outcomes, "beta_posterior")
-    if backend == "cpp":
-        a, b = torch.ops.icrm_cpu.beta_posterior(outcomes.contiguous(), weights, cu, index, num_segments,
-                                                 prior_alpha, prior_beta, discount)
-        return a.to(_grad_dtype(outcomes)), b.to(_grad_dtype(outcomes))
-    if backend == "triton":
-        from icrm_kernels.triton import beta as tri
+# Each implementation takes (outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta,
+# discount), one of cu / index given, and returns (alpha [K], beta [K]) in float32 (float64 for
+# float64 outcomes).
+def _posterior_triton(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount):
+    from icrm_kernels.triton import beta as tri
 
-        order = None
-        if index is not None:
-            order, cu = _index_to_cu(index, num_segments)
-        return tri.posterior(outcomes.contiguous(), None if weights is None else weights.contiguous(), order,
-                             cu.to(torch.int64).contiguous(), num_segments, prior_alpha, prior_beta, discount)
-    return _posterior_reference(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount)
+    order = None
+    if index is not None:
+        order, cu = segments_of_index(index, num_segments)
+    return tri.posterior(outcomes.contiguous(), None if weights is None else weights.contiguous(), order,
+                         cu.to(torch.int64).contiguous(), num_segments, prior_alpha, prior_beta, discount)
 
 
-# eager calls skip the dispatcher (_backend.call_op); compile and export go through the op
-_beta_posterior_op = torch.library.custom_op("icrm::beta_posterior", _beta_posterior_impl, mutates_args=())
+def _posterior_cpp(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount):
+    a, b = torch.ops.icrm_cpu.beta_posterior(outcomes.contiguous(), weights, cu, index, num_segments,
+                                             prior_alpha, prior_beta, discount)
+    return a.to(_grad_dtype(outcomes)), b.to(_grad_dtype(outcomes))
 
 
-def _index_to_cu(index: Tensor, k: int) -> Tuple[Tensor, Tensor]:
-    """Stable order by segment id (order of appearance kept) and offsets cu[K+1]; no host sync.
-    Ids outside [0, K) go to a trailing bucket that no segment reads."""
-    idx = index.to(torch.int64)
-    idx = torch.where((idx >= 0) & (idx < k), idx, torch.full_like(idx, k))
-    order = torch.sort(idx, stable=True).indices
-    counts = torch.zeros(k + 1, dtype=torch.int64, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-    cu = torch.zeros(k + 1, dtype=torch.int64, device=idx.device)
-    cu[1:] = torch.cumsum(counts[:k], 0)
-    return order, cu
+def _posterior_reference(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount):
+    from icrm_kernels.reference import beta as ref
+
+    return ref.posterior_of_segments(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount)
 
 
-def _posterior_reference(outcomes, weights, cu, index, k, pa, pb, discount):
-    """Vectorised torch: position i within the segment, n its size, f = w discount^(n-1-i)."""
-    dt = _grad_dtype(outcomes)
-    y = outcomes.to(dt)
-    m = y.numel()
-    dev = y.device
-    if index is None:
-        # searchsorted over clamped offsets, not repeat_interleave(output_size=m): malformed cu
-        # (value checks off) must not raise nor index out of range; rows outside [cu[0], cu[-1])
-        # get segment k, ignored like an out-of-range id
-        c = sanitize_offsets(cu, m)
-        pos = torch.arange(m, device=dev)
-        seg = torch.searchsorted(c[1:].contiguous(), pos, right=True) if k > 0 else torch.zeros_like(pos)
-        seg = torch.where((pos >= c[0]) & (pos < c[-1]), seg, torch.full_like(seg, k))
-    else:
-        seg = index.to(torch.int64)
-    valid = (seg >= 0) & (seg < k)
-    seg = torch.where(valid, seg, torch.full_like(seg, k))
-    sizes = torch.zeros(k + 1, dtype=torch.int64, device=dev).index_add_(0, seg, torch.ones_like(seg))
-    start = torch.cumsum(sizes, 0) - sizes
-    order = torch.sort(seg, stable=True).indices
-    pos = torch.empty_like(seg)
-    pos[order] = torch.arange(m, device=dev) - start[seg[order]]
-    f = torch.ones_like(y) if weights is None else weights.to(dt)
-    if discount < 1.0:
-        f = f * torch.pow(torch.tensor(discount, dtype=dt, device=dev), (sizes[seg] - 1 - pos).to(dt))
-    f = torch.where(valid, f, torch.zeros_like(f))
-    alpha = torch.zeros(k + 1, dtype=dt, device=dev).index_add_(0, seg, f * y)[:k] + pa
-    beta = torch.zeros(k + 1, dtype=dt, device=dev).index_add_(0, seg, f * (1 - y))[:k] + pb
-    return alpha, beta
-
-
-@_beta_posterior_op.register_fake
-def _(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount):
+def _posterior_fake(outcomes, weights, cu, index, num_segments, prior_alpha, prior_beta, discount):
     dt = _grad_dtype(outcomes)
     return outcomes.new_empty((num_segments,), dtype=dt), outcomes.new_empty((num_segments,), dtype=dt)
+
+
+POSTERIOR = _op.define(_op.OpRecord(
+    name="beta_posterior", family="beta",
+    schema="(Tensor outcomes, Tensor? weights, Tensor? cu, Tensor? index, int num_segments, float prior_alpha, "
+           "float prior_beta, float discount) -> (Tensor, Tensor)",
+    fake=_posterior_fake, triton=_posterior_triton, cpp=_posterior_cpp, cpp_op="beta_posterior",
+    reference=_posterior_reference))
 
 
 def beta_posterior(
@@ -814,7 +743,7 @@ def beta_posterior(
                 raise ValueError(f"segment_index must hold segment numbers in [0, {k}), got values in [{lo}, {hi}]")
         index = segment_index.to(torch.int64)
     _check_posterior_size(k, outcomes)
-    alpha, beta = _backend.call_op(_beta_posterior_op, _beta_posterior_impl, outcomes, weights, cu, index, k, pa, pb, g)
+    alpha, beta = POSTERIOR(outcomes, weights, cu, index, k, pa, pb, g)
     if tensor_priors:
         for v, n in ((prior_alpha, "prior_alpha"), (prior_beta, "prior_beta")):
             if v.dim() == 1 and v.numel() != k:
@@ -981,7 +910,7 @@ def selfcheck(device):
     rl = ref.beta_elbo_loss(ra, rb, y, kl_weight=0.5, reduction="sum")
     rl.backward()
     err = max(rel(loss, rl) / n, rel(a32.grad, ra.grad), rel(b32.grad, rb.grad))
-    be = _select(a32, "beta_elbo")
+    be = ELBO.backend(a32)
     out.append(("beta_elbo_loss (fwd+bwd)", err < 1e-4, err, be))
 
     ml = torch.randn(n, dtype=torch.float64) * 3
@@ -1000,14 +929,14 @@ def selfcheck(device):
         fa, fb = beta_from_logits(ml.float().to(device), cl.float().to(device), 0.02)
         ra_, rb_ = ref.beta_from_logits(ml, cl, 0.02)
         err = max(rel(fa, ra_), rel(fb, rb_))
-        out.append(("beta_from_logits", err < 1e-5, err, _select(fa, "beta_from_logits")))
+        out.append(("beta_from_logits", err < 1e-5, err, FROM_LOGITS.backend(fa)))
         kl = beta_kl(a32, b32, 2.0, 0.5)
         err = rel(kl, ref.beta_kl(alpha, beta, 2.0, 0.5))
         out.append(("beta_kl", err < 1e-4, err, be))
         st = beta_stats(a32, b32)
         rs = ref.beta_stats(alpha, beta)
         err = max(rel(x, r) for x, r in zip(st, rs))
-        out.append(("beta_stats", err < 1e-4, err, _select(a32, "beta_stats")))
+        out.append(("beta_stats", err < 1e-4, err, STATS.backend(a32)))
 
     m = 4000
     yy = torch.rand(m, dtype=torch.float64)
@@ -1015,7 +944,7 @@ def selfcheck(device):
     a_k, b_k = beta_posterior(yy.float().to(device), segment_index=seg.to(device), num_segments=64, discount=0.97)
     ra_k, rb_k = ref.beta_posterior(yy, segment_index=seg, num_segments=64, discount=0.97)
     err = max(rel(a_k, ra_k), rel(b_k, rb_k))
-    out.append(("beta_posterior", err < 1e-4, err, _select(yy.float().to(device), "beta_posterior")))
+    out.append(("beta_posterior", err < 1e-4, err, POSTERIOR.backend(yy.float().to(device))))
     return out
 
 

@@ -24,76 +24,62 @@ trigamma is its own series because torch.polygamma(1, x) is only ~5e-10 accurate
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from icrm_kernels import _backend
-from icrm_kernels._checks import check_tensor, value_bounds, value_checks_enabled
+from icrm_kernels import _op
+from icrm_kernels.profiling import ranged
+from icrm_kernels._checks import check_positive, check_tensor
+from icrm_kernels.reference import special as ref
 
 _WHICH = {"digamma": 0, "trigamma": 1, "lgamma": 2}
 
 
-def _backend_for(x: torch.Tensor) -> str:
-    b = _backend.select(x.device, cpp_op="special_unary")
-    if b == "triton" and x.dtype == torch.float64:
-        return "reference"  # the kernels compute in fp32
-    return b
+# -------------------------------------------------- the C++ and float64 adapters of the records
+def _unary_cpp(name):
+    def run(x):
+        return torch.ops.icrm_cpu.special_unary(x.contiguous(), _WHICH[name])
+
+    run.__name__ = f"{name}_cpp"
+    return run
 
 
-def _reference_unary(name, x):
-    from icrm_kernels.reference import special as ref
+def _unary_reference(name):
+    fn = getattr(ref, name)
 
-    return getattr(ref, name)(x.to(torch.float64)).to(x.dtype)
+    def run(x):
+        return fn(x.to(torch.float64)).to(x.dtype)
+
+    run.__name__ = f"{name}_reference"
+    return run
 
 
-def _unary_impl(name: str, x: torch.Tensor) -> torch.Tensor:
-    backend = _backend_for(x)
-    if backend == "triton":
+# (triton is imported on first use: it is an optional dependency, and slow to import)
+def _unary_triton(name):
+    def run(x):
         from icrm_kernels.triton import special as tri
 
         return tri.unary(name, x)
-    if backend == "cpp":
-        return torch.ops.icrm_cpu.special_unary(x.contiguous(), _WHICH[name])
-    return _reference_unary(name, x)
+
+    run.__name__ = f"{name}_triton"
+    return run
 
 
-@torch.library.custom_op("icrm::digamma", mutates_args=())
-def _digamma_op(x: torch.Tensor) -> torch.Tensor:
-    return _unary_impl("digamma", x)
+def _betaln_triton(a, b):
+    from icrm_kernels.triton import special as tri
+
+    return tri.betaln_launch(a, b)
 
 
-@torch.library.custom_op("icrm::trigamma", mutates_args=())
-def _trigamma_op(x: torch.Tensor) -> torch.Tensor:
-    return _unary_impl("trigamma", x)
+def _betaln_cpp(a, b):
+    return torch.ops.icrm_cpu.betaln(a.contiguous(), b.contiguous())
 
 
-@torch.library.custom_op("icrm::lgamma", mutates_args=())
-def _lgamma_op(x: torch.Tensor) -> torch.Tensor:
-    return _unary_impl("lgamma", x)
-
-
-@torch.library.custom_op("icrm::betaln", mutates_args=())
-def _betaln_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    backend = _backend_for(a)
-    if backend == "triton":
-        from icrm_kernels.triton import special as tri
-
-        return tri.betaln_launch(a, b)
-    if backend == "cpp":
-        return torch.ops.icrm_cpu.betaln(a.contiguous(), b.contiguous())
-    from icrm_kernels.reference import special as ref
-
+def _betaln_reference(a, b):
     return ref.betaln(a.to(torch.float64), b.to(torch.float64)).to(a.dtype)
 
 
-for _op in (_digamma_op, _trigamma_op, _lgamma_op):
-    _op.register_fake(lambda x: torch.empty_like(x, memory_format=torch.contiguous_format))
-
-
-@_betaln_op.register_fake
-def _(a, b):
-    return torch.empty_like(a, memory_format=torch.contiguous_format)
+def _like(x, *rest):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _save_x(ctx, inputs, output):
@@ -102,7 +88,7 @@ def _save_x(ctx, inputs, output):
 
 def _digamma_bwd(ctx, g):
     (x,) = ctx.saved_tensors
-    return g * _trigamma_op(x)
+    return g * TRIGAMMA(x)
 
 
 def _trigamma_bwd(ctx, g):
@@ -112,55 +98,57 @@ def _trigamma_bwd(ctx, g):
 
 def _lgamma_bwd(ctx, g):
     (x,) = ctx.saved_tensors
-    return g * _digamma_op(x)
+    return g * DIGAMMA(x)
 
 
 def _betaln_bwd(ctx, g):
     a, b = ctx.saved_tensors
-    psi_s = _digamma_op(a + b)
-    return g * (_digamma_op(a) - psi_s), g * (_digamma_op(b) - psi_s)
+    psi_s = DIGAMMA(a + b)
+    return g * (DIGAMMA(a) - psi_s), g * (DIGAMMA(b) - psi_s)
 
 
-_digamma_op.register_autograd(_digamma_bwd, setup_context=_save_x)
-_trigamma_op.register_autograd(_trigamma_bwd, setup_context=_save_x)
-_lgamma_op.register_autograd(_lgamma_bwd, setup_context=_save_x)
-_betaln_op.register_autograd(_betaln_bwd, setup_context=_save_x)
+def _unary_record(name, backward):
+    return _op.OpRecord(
+        name=name, family="beta", schema="(Tensor x) -> Tensor", fake=_like,
+        triton=_unary_triton(name), cpp=_unary_cpp(name), cpp_op="special_unary", reference=_unary_reference(name),
+        backward=backward, setup_context=_save_x)
 
 
-def check_positive(x: torch.Tensor, name: str) -> None:
-    """Raise ValueError naming ``name`` if any value is <= 0 or not finite (checked path only)."""
-    if value_checks_enabled() and x.numel():
-        if x.dtype.is_floating_point:  # one aminmax and one sync; the detailed pass only to raise
-            ((lo, hi),) = value_bounds(x)
-            if lo > 0 and hi < math.inf:
-                return
-        bad = ~(torch.isfinite(x) & (x > 0))
-        if bool(bad.any()):
-            first = x[bad].flatten()[0].item()
-            raise ValueError(f"{name} must be finite and > 0, got {first} ({int(bad.sum())} bad value(s))")
+# ------------------------------------------------------------------------------ the records
+DIGAMMA = _op.define(_unary_record("digamma", _digamma_bwd))
+TRIGAMMA = _op.define(_unary_record("trigamma", _trigamma_bwd))
+LGAMMA = _op.define(_unary_record("lgamma", _lgamma_bwd))
+BETALN = _op.define(_op.OpRecord(
+    name="betaln", family="beta", schema="(Tensor a, Tensor b) -> Tensor", fake=_like,
+    triton=_betaln_triton, cpp=_betaln_cpp, cpp_op="betaln", reference=_betaln_reference,
+    backward=_betaln_bwd, setup_context=_save_x))
 
 
-def _unary_public(name, op, x):
+def _unary_public(op, x):
     check_tensor(x, "x", floating=True)
     check_positive(x, "x")
     return op(x)
 
 
+@ranged("digamma")
 def digamma(x: torch.Tensor) -> torch.Tensor:
     """psi(x) = d/dx log Gamma(x), elementwise, for x > 0. Same shape and dtype as ``x``."""
-    return _unary_public("digamma", _digamma_op, x)
+    return _unary_public(DIGAMMA, x)
 
 
+@ranged("trigamma")
 def trigamma(x: torch.Tensor) -> torch.Tensor:
     """psi'(x), elementwise, for x > 0. Same shape and dtype as ``x``."""
-    return _unary_public("trigamma", _trigamma_op, x)
+    return _unary_public(TRIGAMMA, x)
 
 
+@ranged("lgamma")
 def lgamma(x: torch.Tensor) -> torch.Tensor:
     """log Gamma(x), elementwise, for x > 0. Same shape and dtype as ``x``."""
-    return _unary_public("lgamma", _lgamma_op, x)
+    return _unary_public(LGAMMA, x)
 
 
+@ranged("betaln")
 def betaln(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """log B(a, b) = lgamma(a) + lgamma(b) - lgamma(a + b) for a, b > 0; a and b broadcast
     (one float dtype). Accurate also when a or b is ~1e6 (see the module docstring)."""
@@ -174,7 +162,7 @@ def betaln(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     check_positive(b, "b")
     if a.shape != b.shape:
         a, b = torch.broadcast_tensors(a, b)
-    return _betaln_op(a.contiguous(), b.contiguous())
+    return BETALN(a.contiguous(), b.contiguous())
 
 
 def selfcheck(device):
@@ -189,20 +177,10 @@ def selfcheck(device):
         got = fn(x32).double().cpu()
         want = getattr(ref, name)(x32.double().cpu())
         err = float(((got - want).abs() / want.abs().clamp_min(1)).max())
-        out.append((name, err <= bound, err, _backend_for(x32)))
+        out.append((name, err <= bound, err, DIGAMMA.backend(x32)))
     a, b = x32[:2048], x32[2048:]
     got = betaln(a, b).double().cpu()
     want = ref.betaln(a.double().cpu(), b.double().cpu())
     err = float(((got - want).abs() / want.abs().clamp_min(1)).max())
-    out.append(("betaln", err <= 1e-5, err, _backend_for(a)))
+    out.append(("betaln", err <= 1e-5, err, BETALN.backend(a)))
     return out
-
-
-# every public op inside a profiler range named icrm::<op> (icrm_kernels/profiling.py);
-# assigned last so that selfcheck and the modules importing these names get the ranged ones
-from icrm_kernels.profiling import ranged  # noqa: E402
-
-digamma = ranged('digamma')(digamma)
-trigamma = ranged('trigamma')(trigamma)
-lgamma = ranged('lgamma')(lgamma)
-betaln = ranged('betaln')(betaln)

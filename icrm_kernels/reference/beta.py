@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-import math
-
+from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.reference.special import betaln, entropy_remainder, log_ratios, trigamma, trigamma_m_recip
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -177,3 +177,61 @@ def from_logits_grads(mean_logit, conc_logit, ga, gb, tau_min=1e-2):
     mu, mu_c = torch.sigmoid(mean_logit), torch.sigmoid(-mean_logit)
     tau = F.softplus(conc_logit) + tau_min
     return (ga - gb) * tau * mu * mu_c, (ga * mu + gb * mu_c) * torch.sigmoid(conc_logit)
+
+
+def elbo_with_grads(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, compute_grad):
+    """The ELBO op in float64 torch: the unreduced weighted loss [N] and, with ``compute_grad``, its
+    closed-form per-element gradients dL/dx1, dL/dx2 [N] (x1, x2 = alpha, beta, or the two logits).
+    Flattened; empty gradients without ``compute_grad``."""
+    v1, v2 = x1.to(torch.float64), x2.to(torch.float64)
+    a, b = beta_from_logits(v1, v2, tau_min) if from_logits else (v1, v2)
+    y = None if labels is None else labels.to(torch.float64)
+    if y is None:
+        loss = kw * beta_kl(a, b, pa, pb)
+    else:
+        loss = beta_elbo_loss(a, b, y, prior_alpha=pa, prior_beta=pb, kl_weight=kw, reduction="none")
+    w = None if weights is None else weights.to(torch.float64)
+    if w is not None:
+        loss = loss * w
+    g1 = g2 = x1.new_empty((0,))
+    if compute_grad:
+        g1, g2 = beta_elbo_grads(a, b, y, prior_alpha=pa, prior_beta=pb, kl_weight=kw)
+        if from_logits:
+            g1, g2 = from_logits_grads(v1, v2, g1, g2, tau_min)
+        if w is not None:
+            g1, g2 = g1 * w, g2 * w
+    return loss.reshape(-1), g1.reshape(-1), g2.reshape(-1)
+
+
+def posterior_of_segments(outcomes, weights, cu, index, k, pa, pb, discount):
+    """The posterior op in vectorised torch (float64 for float64 outcomes, else float32): segments
+    given by offsets ``cu`` or ids ``index`` (ids outside [0, k) ignored); position i within its
+    segment of size n gets the factor f = w discount^(n-1-i)."""
+    dt = torch.float64 if outcomes.dtype == torch.float64 else torch.float32
+    y = outcomes.to(dt)
+    m = y.numel()
+    dev = y.device
+    if index is None:
+        # searchsorted over clamped offsets, not repeat_interleave(output_size=m): malformed cu
+        # (value checks off) must not raise nor index out of range; rows outside [cu[0], cu[-1])
+        # get segment k, ignored like an out-of-range id
+        c = sanitize_offsets(cu, m)
+        pos = torch.arange(m, device=dev)
+        seg = torch.searchsorted(c[1:].contiguous(), pos, right=True) if k > 0 else torch.zeros_like(pos)
+        seg = torch.where((pos >= c[0]) & (pos < c[-1]), seg, torch.full_like(seg, k))
+    else:
+        seg = index.to(torch.int64)
+    valid = (seg >= 0) & (seg < k)
+    seg = torch.where(valid, seg, torch.full_like(seg, k))
+    sizes = torch.zeros(k + 1, dtype=torch.int64, device=dev).index_add_(0, seg, torch.ones_like(seg))
+    start = torch.cumsum(sizes, 0) - sizes
+    order = torch.sort(seg, stable=True).indices
+    pos = torch.empty_like(seg)
+    pos[order] = torch.arange(m, device=dev) - start[seg[order]]
+    f = torch.ones_like(y) if weights is None else weights.to(dt)
+    if discount < 1.0:
+        f = f * torch.pow(torch.tensor(discount, dtype=dt, device=dev), (sizes[seg] - 1 - pos).to(dt))
+    f = torch.where(valid, f, torch.zeros_like(f))
+    alpha = torch.zeros(k + 1, dtype=dt, device=dev).index_add_(0, seg, f * y)[:k] + pa
+    beta = torch.zeros(k + 1, dtype=dt, device=dev).index_add_(0, seg, f * (1 - y))[:k] + pb
+    return alpha, beta
