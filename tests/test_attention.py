@@ -158,8 +158,9 @@ def test_gradcheck_float64(layout):
 
 
 def test_core_gradcheck_float64():
-    from icrm_kernels.ops.attention import s2t_attention_core
+    from icrm_kernels.ops.attention import S2T_CORE
 
+    s2t_attention_core = S2T_CORE.custom_op
     q = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     cu = torch.tensor([0, 3, 3, 7])
@@ -327,10 +328,10 @@ def test_opcheck_custom_ops(backend, device, layout):
     inp, _ = make_inputs(device, torch.float32, layout=layout, num_heads=2, d=4)
     cu, mask, x = inp.get("cu_seqlens"), inp.get("key_padding_mask"), inp["states"]
     q = torch.randn(4, 2, x.shape[-1], device=device).transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous
-    c, lse, _ = ops.s2t_attention_core(q, x, cu, mask)
-    torch.library.opcheck(ops.s2t_attention_core, (q.requires_grad_(True), x.requires_grad_(True), cu, mask))
-    torch.library.opcheck(ops.s2t_attention_core_bwd, (torch.randn_like(c), q.detach(), x.detach(), cu, mask, c, lse, True))
-    torch.library.opcheck(ops.r2m_reward_core, (q.detach(), torch.randn(2, x.shape[-1], device=device), x.detach(), cu, mask))
+    c, lse, _ = ops.S2T_CORE.custom_op(q, x, cu, mask)
+    torch.library.opcheck(ops.S2T_CORE.custom_op, (q.requires_grad_(True), x.requires_grad_(True), cu, mask))
+    torch.library.opcheck(ops.S2T_CORE_BWD.custom_op, (torch.randn_like(c), q.detach(), x.detach(), cu, mask, c, lse, True))
+    torch.library.opcheck(ops.R2M_CORE.custom_op, (q.detach(), torch.randn(2, x.shape[-1], device=device), x.detach(), cu, mask))
 
 
 def test_triton_path_has_no_host_sync(device, monkeypatch):

@@ -99,11 +99,11 @@ def test_internal_outputs_get_no_materialized_gradient(monkeypatch):
     torch.autograd.grad(loss, (a, b))
     saved = dict(_backend._EAGER_AUTOGRAD)
     try:  # the torch.library registration takes the spy
-        _backend.register_autograd(ops_beta._beta_elbo_op, ops_beta._beta_elbo_impl, spy, ops_beta._elbo_setup)
+        _backend.register_autograd(ops_beta.ELBO.custom_op, ops_beta.ELBO.run, spy, ops_beta._elbo_setup)
         monkeypatch.setattr(_backend, "_EAGER_AUTOGRAD", {})
         torch.autograd.grad(ik.beta_elbo_loss(a, b, torch.rand(8)), (a, b))
     finally:
-        _backend.register_autograd(ops_beta._beta_elbo_op, ops_beta._beta_elbo_impl, original, ops_beta._elbo_setup)
+        _backend.register_autograd(ops_beta.ELBO.custom_op, ops_beta.ELBO.run, original, ops_beta._elbo_setup)
         _backend._EAGER_AUTOGRAD.update(saved)
     assert len(seen) == 1 and all(g1 is None and g2 is None for g1, g2 in seen)
 

@@ -39,12 +39,12 @@ Choices where SPEC is silent:
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from icrm_kernels import _backend
+from icrm_kernels import _op
 from icrm_kernels._checks import (
     check_finite_float,
     check_offsets,
@@ -59,83 +59,80 @@ from icrm_kernels.reference import attention as _ref
 __all__ = ["seq_to_token_attention", "r2m_reward", "r2m_omega", "selfcheck"]
 
 
-def _impl(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
-    """'triton' (CUDA, or forced under the interpreter), 'cpp' (CPU with the extension built), else
-    'torch' (the absorbed form in plain torch, ``reference.attention.s2t_attention_core``).
-    float64 never takes the Triton kernels: they compute in fp32 (6e-7 error, gradcheck fails),
-    so float64 means the torch form there."""
-    name = _backend.select(device, cpp_op="s2t_attention_core")
-    if name == "triton" and dtype == torch.float64:
-        return "torch"
-    return name if name in ("triton", "cpp") else "torch"
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-# ---------------------------------------------------------------- core custom ops
-def _s2t_core_impl(
-    q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """(c[B, H, D_p], lse[B, H]) in fp32 (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l, and
-    nonempty[B] bool: whether row b has an attended token, from the layout alone (never from the
-    scores); the Triton launcher has it from the offsets it already sanitized (computing it
-    again at the op level cost ~45 µs of host time a call)."""
-    impl = _impl(q_tilde.device, q_tilde.dtype)
-    if impl == "triton":
-        from icrm_kernels.triton import attention as _tri
-
-        c, lse, nonempty = _tri.s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask)
-    else:
-        if impl == "cpp":
-            c, lse = torch.ops.icrm_cpu.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
-        else:
-            c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
-        nonempty = _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0])
+# ---------------------------------------------------------------- the records
+# s2t_attention_core(q̃, states, cu_seqlens, key_padding_mask) -> (c[B, H, D_p], lse[B, H]) in fp32
+# (fp64 for fp64 q̃): c_h = Σ_l softmax(q̃_h·h_l) h_l, and nonempty[B] bool: whether row b has an
+# attended token, from the layout alone (never from the scores). The Triton kernels compute in
+# fp32 (6e-7 error, gradcheck fails), so float64 runs the reference.
+def _core_out(q_tilde, c, lse, nonempty):
     dt = _acc_dtype(q_tilde.dtype)
     if c.dtype != dt:
         c, lse = c.to(dt), lse.to(dt)
     return c.contiguous(), lse.contiguous(), nonempty.contiguous()
 
 
-# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
-s2t_attention_core = torch.library.custom_op("icrm::s2t_attention_core", _s2t_core_impl, mutates_args=())
+def _core_triton(q_tilde, states, cu_seqlens, key_padding_mask):
+    from icrm_kernels.triton import attention as tri
+
+    # nonempty from the offsets the launcher already sanitized (again at this level: ~45 µs)
+    return _core_out(q_tilde, *tri.s2t_core_fwd(q_tilde, states, cu_seqlens, key_padding_mask))
 
 
-@s2t_attention_core.register_fake
-def _(q_tilde, states, cu_seqlens, key_padding_mask):
+def _core_cpp(q_tilde, states, cu_seqlens, key_padding_mask):
+    c, lse = torch.ops.icrm_cpu.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    return _core_out(q_tilde, c, lse, _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0]))
+
+
+def _core_reference(q_tilde, states, cu_seqlens, key_padding_mask):
+    c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    return _core_out(q_tilde, c, lse, _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0]))
+
+
+def _core_fake(q_tilde, states, cu_seqlens, key_padding_mask):
     b, h, _ = q_tilde.shape
     dt = _acc_dtype(q_tilde.dtype)
     return (q_tilde.new_empty(q_tilde.shape, dtype=dt), q_tilde.new_empty((b, h), dtype=dt),
             q_tilde.new_empty((b,), dtype=torch.bool))
 
 
-def _s2t_core_bwd_impl(
-    dc: Tensor, q_tilde: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor],
-    c: Tensor, lse: Tensor, need_dstates: bool,
-) -> Tuple[Tensor, Tensor]:
-    """(dq̃ in q̃'s dtype, d states in the states' dtype, or an empty tensor if not needed)."""
-    impl = _impl(q_tilde.device, q_tilde.dtype)
-    if impl == "triton":
-        from icrm_kernels.triton import attention as _tri
-
-        dq, dx = _tri.s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates)
-    elif impl == "cpp":
-        dq, dx = torch.ops.icrm_cpu.s2t_attention_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse,
-                                                           need_dstates)
-    else:
-        dq, dx = _ref.s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens, key_padding_mask, need_dstates)
+# s2t_attention_core_bwd(dc, q̃, states, cu_seqlens, key_padding_mask, c, lse, need_dstates) ->
+# (dq̃ in q̃'s dtype, d states in the states' dtype, or an empty tensor if not needed)
+def _bwd_out(q_tilde, states, dq, dx, need_dstates):
     dx = dx.to(states.dtype).reshape(states.shape).contiguous() if need_dstates else states.new_empty(0)
     return dq.to(q_tilde.dtype).contiguous(), dx
 
 
-s2t_attention_core_bwd = torch.library.custom_op("icrm::s2t_attention_core_bwd", _s2t_core_bwd_impl, mutates_args=())
+def _bwd_triton(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
+    from icrm_kernels.triton import attention as tri
+
+    dq, dx = tri.s2t_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates)
+    return _bwd_out(q_tilde, states, dq, dx, need_dstates)
 
 
-@s2t_attention_core_bwd.register_fake
-def _(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
+def _bwd_cpp(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
+    dq, dx = torch.ops.icrm_cpu.s2t_attention_core_bwd(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse,
+                                                       need_dstates)
+    return _bwd_out(q_tilde, states, dq, dx, need_dstates)
+
+
+def _bwd_reference(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
+    dq, dx = _ref.s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens, key_padding_mask, need_dstates)
+    return _bwd_out(q_tilde, states, dq, dx, need_dstates)
+
+
+def _bwd_fake(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates):
     return q_tilde.new_empty(q_tilde.shape), (states.new_empty(states.shape) if need_dstates else states.new_empty(0))
+
+
+S2T_CORE_BWD = _op.define(_op.OpRecord(
+    name="s2t_attention_core_bwd", family="attention",
+    schema="(Tensor dc, Tensor q_tilde, Tensor states, Tensor? cu_seqlens, Tensor? key_padding_mask, Tensor c, "
+           "Tensor lse, bool need_dstates) -> (Tensor, Tensor)",
+    fake=_bwd_fake, triton=_bwd_triton, cpp=_bwd_cpp, cpp_op="s2t_attention_core_bwd", reference=_bwd_reference))
 
 
 def _core_setup_context(ctx, inputs, output):
@@ -150,44 +147,45 @@ def _core_backward(ctx, dc, dlse, dnonempty):
     need_dstates = bool(ctx.needs_input_grad[1])
     if dc is None:
         dc = torch.zeros_like(c)
-    dq, dx = _backend.call_op(s2t_attention_core_bwd, _s2t_core_bwd_impl, dc, q_tilde, states, cu_seqlens,
-                              key_padding_mask, c, lse, need_dstates)
+    dq, dx = S2T_CORE_BWD(dc, q_tilde, states, cu_seqlens, key_padding_mask, c, lse, need_dstates)
     return dq, (dx if need_dstates else None), None, None
 
 
-_backend.register_autograd(s2t_attention_core, _s2t_core_impl, _core_backward, _core_setup_context,
-                          eager_outputs=1)
+S2T_CORE = _op.define(_op.OpRecord(
+    name="s2t_attention_core", family="attention",
+    schema="(Tensor q_tilde, Tensor states, Tensor? cu_seqlens, Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)",
+    fake=_core_fake, triton=_core_triton, cpp=_core_cpp, cpp_op="s2t_attention_core", reference=_core_reference,
+    backward=_core_backward, setup_context=_core_setup_context, eager_outputs=1))
 
 
-def _r2m_reward_core_impl(
-    q_tilde: Tensor, u: Tensor, states: Tensor, cu_seqlens: Optional[Tensor], key_padding_mask: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """(y[B, H] = Σ_l softmax_l(q̃_h·h_l)(u_h·h_l), nonempty[B] bool); forward only."""
-    impl = _impl(q_tilde.device, q_tilde.dtype)
-    if impl == "triton":
-        from icrm_kernels.triton import attention as _tri
+# r2m_reward_core(q̃, u, states, cu_seqlens, key_padding_mask) -> (y[B, H] =
+# Σ_l softmax_l(q̃_h·h_l)(u_h·h_l), nonempty[B] bool); forward only
+def _r2m_triton(q_tilde, u, states, cu_seqlens, key_padding_mask):
+    from icrm_kernels.triton import attention as tri
 
-        y, nonempty = _tri.r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
-        return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty.contiguous()
-    if impl == "cpp":
-        y, nonempty = torch.ops.icrm_cpu.r2m_reward_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
-        return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty
-    c, lse = _ref.s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
-    y = (c * u.to(c.dtype).unsqueeze(0)).sum(-1)
-    nonempty = _ref.nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0])
-    # attended tokens but lse = -inf (every score -inf): softmax's NaN, as the kernels give
-    y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
-    return y.contiguous(), nonempty
+    y, nonempty = tri.r2m_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
+    return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty.contiguous()
 
 
-# eager calls skip the dispatcher (_backend.call_op); compile and export go through the op
-r2m_reward_core = torch.library.custom_op("icrm::r2m_reward_core", _r2m_reward_core_impl, mutates_args=())
+def _r2m_cpp(q_tilde, u, states, cu_seqlens, key_padding_mask):
+    y, nonempty = torch.ops.icrm_cpu.r2m_reward_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
+    return y.to(_acc_dtype(q_tilde.dtype)).contiguous(), nonempty
 
 
-@r2m_reward_core.register_fake
-def _(q_tilde, u, states, cu_seqlens, key_padding_mask):
+def _r2m_reference(q_tilde, u, states, cu_seqlens, key_padding_mask):
+    return _ref.r2m_reward_core(q_tilde, u, states, cu_seqlens, key_padding_mask)
+
+
+def _r2m_fake(q_tilde, u, states, cu_seqlens, key_padding_mask):
     b, h, _ = q_tilde.shape
     return q_tilde.new_empty((b, h), dtype=_acc_dtype(q_tilde.dtype)), q_tilde.new_empty((b,), dtype=torch.bool)
+
+
+R2M_CORE = _op.define(_op.OpRecord(
+    name="r2m_reward_core", family="attention",
+    schema="(Tensor q_tilde, Tensor u, Tensor states, Tensor? cu_seqlens, Tensor? key_padding_mask) "
+           "-> (Tensor, Tensor)",
+    fake=_r2m_fake, triton=_r2m_triton, cpp=_r2m_cpp, cpp_op="r2m_reward_core", reference=_r2m_reference))
 
 
 # ---------------------------------------------------------------- validation
@@ -260,7 +258,7 @@ def _head_gemv(w: Tensor, v: Tensor, acc: torch.dtype) -> Tensor:
     """out[h, r] = Σ_c W[r, h·C/H + c] v[h, c] in ``acc``; W [R, C], v [H, C/H]. The Triton path
     reads W once in its own dtype; torch's GEMV would first copy W to fp32 (at the SPEC §4 shape,
     ~75 µs per weight against ~6 µs for one read of it)."""
-    if acc == torch.float32 and _impl(w.device) == "triton":
+    if acc == torch.float32 and S2T_CORE.backend(v) == "triton":
         from icrm_kernels.triton import attention as _tri
 
         return _tri.head_gemv(w, v)
@@ -299,8 +297,7 @@ def seq_to_token_attention(
     d = _check_inputs(query, states, w_q, w_k, w_v, w_o, cu_seqlens, key_padding_mask, num_heads, b_q, b_k, b_v, b_o, scale)
     dh = d // num_heads
     q_tilde = _query_tilde(query, w_q, b_q, w_k, num_heads, scale)
-    c, lse, nonempty = _backend.call_op(s2t_attention_core, _s2t_core_impl, q_tilde, states, cu_seqlens,
-                                        key_padding_mask)
+    c, lse, nonempty = S2T_CORE(q_tilde, states, cu_seqlens, key_padding_mask)
     if num_heads == 1:
         o = c[:, 0].to(query.dtype) @ w_v
     else:
@@ -408,8 +405,7 @@ def r2m_reward(
         const = (b_v.to(acc) @ z.reshape(-1)) if b_v is not None else torch.zeros((), dtype=acc, device=query.device)
         if b_o is not None:
             const = const + b_o.to(acc) @ w_s
-        y, nonempty = _backend.call_op(r2m_reward_core, _r2m_reward_core_impl, q_tilde, u, states, cu_seqlens,
-                                       key_padding_mask)
+        y, nonempty = R2M_CORE(q_tilde, u, states, cu_seqlens, key_padding_mask)
         if b_k is not None:
             const = const + b_k.to(acc).sum() * 0.0  # cancels, but a NaN/inf in it poisons, as in seq_to_token_attention
         attn = torch.where(nonempty, y.sum(-1) + const, torch.zeros((), dtype=acc, device=query.device))
@@ -455,7 +451,7 @@ def _to_ref(v):
 def selfcheck(device) -> List[tuple]:
     """Every kernel once on small random inputs against the float64 reference."""
     device = torch.device(device)
-    backend = _impl(device)
+    backend = S2T_CORE.backend(torch.empty(0, device=device))
     out = []
 
     def rel(a, b):

@@ -148,3 +148,14 @@ def s2t_attention_core_backward(dc, q_tilde, states, c, lse, cu_seqlens=None, ke
         out[int(cu[0]):int(cu[-1])] = dx[valid]
         dx = out
     return dq, dx
+
+
+def r2m_reward_core(q_tilde, u, states, cu_seqlens, key_padding_mask):
+    """The fused score core in plain torch: (y[B, H] = Σ_l softmax_l(q̃_h·h_l)(u_h·h_l), nonempty[B]),
+    y in q̃'s accumulation dtype (fp32, fp64 for fp64 q̃)."""
+    c, lse = s2t_attention_core(q_tilde, states, cu_seqlens, key_padding_mask)
+    y = (c * u.to(c.dtype).unsqueeze(0)).sum(-1)
+    nonempty = nonempty_rows(states, cu_seqlens, key_padding_mask, q_tilde.shape[0])
+    # attended tokens but lse = -inf (every score -inf): softmax's NaN, as the kernels give
+    y = torch.where(nonempty[:, None] & (lse == float("-inf")), float("nan"), y)
+    return y.contiguous(), nonempty
