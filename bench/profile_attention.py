@@ -1,4 +1,5 @@
-"""Where the R2M attention op spends its device time at the SPEC §4 shape (torch.profiler).
+"""Where the R2M attention op spends its device time at the target shape of
+docs/attention.md#speed-targets (torch.profiler).
 
     python3 bench/profile_attention.py [--batch 512]
 

@@ -1,4 +1,5 @@
-"""Sweep the launch configurations of the R2M attention Triton kernels at the SPEC §4 shape.
+"""Sweep the launch configurations of the R2M attention Triton kernels at the target shape
+of docs/attention.md#speed-targets.
 
     python3 bench/tune_attention.py                 # full sweep, stops timing new configs after --budget s
     python3 bench/tune_attention.py --quick         # defaults + a few row configs (smoke test)
@@ -168,7 +169,7 @@ def main():
 
 
 def end_to_end(p, override, flush, copy_bw, nbytes, args, dev):
-    """The public ops (projections + kernels + autograd) at the SPEC shape, defaults vs best."""
+    """The public ops (projections + kernels + autograd) at the target shape, defaults vs best."""
     import icrm_kernels
     from icrm_kernels import r2m_reward, seq_to_token_attention, unchecked
 

@@ -1,6 +1,6 @@
 """Launch-configuration sweeps of the three kernels behind missed H100 targets (bench/NOTES.md §6).
 
-    python3 bench/tune_gpu.py                  # on a GPU: SPEC-sized shapes, every variant
+    python3 bench/tune_gpu.py                  # on a GPU: the docs' target shapes, every variant
     python3 bench/tune_gpu.py --quick          # one variant per kernel at tiny shapes
     TRITON_INTERPRET=1 python3 bench/tune_gpu.py --quick    # CPU dry run (interpreter)
 

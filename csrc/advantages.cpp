@@ -1,4 +1,5 @@
-// CPU kernels of group_advantages (SPEC §1): one component of rewards, already aggregated.
+// CPU kernels of group_advantages (docs/advantages.md#formula-and-options): one component of
+// rewards, already aggregated.
 //
 //   A_i = (r_i - b_i) / (s_i + eps), then optionally whitened over the batch.
 //

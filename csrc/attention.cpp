@@ -1,4 +1,4 @@
-// CPU kernels for R2M's sequence-to-token cross-attention, absorbed form (SPEC §2).
+// CPU kernels for R2M's sequence-to-token cross-attention, absorbed form (docs/attention.md#math).
 //
 // The query is already folded into the key projection (q̃_h = scale · W_k,h q_h, width D_p), so
 // these kernels only read the raw states x[rows, D_p], one fused pass per sequence

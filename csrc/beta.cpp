@@ -1,5 +1,5 @@
-// CPU kernels of ICRM's Beta posterior math (SPEC §3): special functions, the ELBO with its
-// gradient in the same pass, Beta statistics, and the conjugate posterior over segments.
+// CPU kernels of ICRM's Beta posterior math (docs/beta.md#math): special functions, the ELBO with
+// its gradient in the same pass, Beta statistics, and the conjugate posterior over segments.
 // float32 and float64 kernels; bf16/fp16 inputs are upcast to float32 in the op wrapper.
 // Input validation with readable messages is done in Python (icrm_kernels/ops/beta.py).
 #include "common.h"

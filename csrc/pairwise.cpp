@@ -1,6 +1,6 @@
-// CPU kernels of the pairwise group ops (SPEC §1): Pref-GRPO's group win rate and R2M's GREBT
-// loss. Same math as icrm_kernels/triton/pairwise.py; one task per group, groups spread over
-// threads with at::parallel_for.
+// CPU kernels of the pairwise group ops (docs/pairwise.md#math): Pref-GRPO's group win rate and
+// R2M's GREBT loss. Same math as icrm_kernels/triton/pairwise.py; one task per group, groups
+// spread over threads with at::parallel_for.
 //
 // Layouts (as the Python ops pass them): `cu` undefined -> fixed groups of `group_size` rows;
 // `cu[B+1]` int64 -> ragged groups; `cu` + `order[N]` int64 -> the unsorted group_index layout

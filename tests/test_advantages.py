@@ -1,5 +1,5 @@
-"""group_advantages (SPEC §1): every option, layout and preset against the float64 reference on
-every backend, each preset against its peer's formula written out, edge cases and bad inputs.
+"""group_advantages (docs/advantages.md): every option, layout and preset against the float64
+reference on every backend, each preset against its peer's formula written out, edge cases and bad inputs.
 
 Inputs are fresh random tensors each run; failures print the seed (assert_matches_reference)
 or the inputs.

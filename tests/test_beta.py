@@ -1,4 +1,4 @@
-"""ICRM Beta posterior math (SPEC §3): every op against the float64 reference, every backend."""
+"""ICRM Beta posterior math (docs/beta.md): every op against the float64 reference, every backend."""
 import itertools
 import math
 import os

@@ -1,4 +1,5 @@
-// C++ tests of icrm_cpu::group_advantages (the CPU kernel of SPEC §1), called through the dispatcher.
+// C++ tests of icrm_cpu::group_advantages (the CPU kernel of docs/advantages.md), called through
+// the dispatcher.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 

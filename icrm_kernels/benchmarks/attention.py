@@ -1,4 +1,5 @@
-"""Benchmarks for R2M's sequence-to-token cross-attention (SPEC §2, §4).
+"""Benchmarks for R2M's sequence-to-token cross-attention (docs/attention.md#math;
+targets in docs/attention.md#speed-targets).
 
 Ops, each against the same inputs:
 - ``s2t_attention fwd`` / ``s2t_attention fwd+bwd`` (states detached; grads of the query and
@@ -16,7 +17,7 @@ Ops, each against the same inputs:
 ``bytes`` is one read of the states (the op's floor), so the bandwidth column says how close
 the kernels are to reading the states once. GPU shape: B=512 sequences, ragged L 512-1536,
 D_p=D_r=4096, d=2048, one head, bf16 (quick: B=64). CPU shape: B=16, L=256, D_p=D_r=512,
-d=512, one head, fp32 (SPEC §4's CPU target).
+d=512, one head, fp32 (the CPU target of docs/attention.md#speed-targets).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class _Problem:
                               score_bias=self.score.bias, omega=omega, **kw)
 
     # ---- baselines (explicit K/V)
-    # nn.MultiheadAttention indexes the projected K/V with 32-bit strides: at the SPEC §4 shape the
+    # nn.MultiheadAttention indexes the projected K/V with 32-bit strides: at the target shape the
     # padded [B, L, 4096] keys overflow ("key.stride(2) overflows"), so it runs in batch chunks of
     # MHA_CHUNK sequences and the whole loop is timed.
     MHA_CHUNK = 32
@@ -289,7 +290,7 @@ def cases(device, quick: bool = False):
     if device.type == "cuda":
         b = 64 if quick else 512
         lens = torch.randint(512, 1537, (b,), generator=gen).tolist()
-        p = _Problem(device, torch.bfloat16, lens, 4096, 4096, 2048, 1)  # SPEC §4: D_p = D_r = 4096, d = 2048
+        p = _Problem(device, torch.bfloat16, lens, 4096, 4096, 2048, 1)  # target shape: D_p = D_r = 4096, d = 2048
         # device time too (CUDA-graph replays) for the forward-only cases: eager timings of a
         # ~1.5 ms kernel include ~1 ms of Python for the op and module around it
         out = hot_loop(_attention_cases(p, dev, _flash_varlen()))

@@ -1,4 +1,5 @@
-"""Benchmarks of the Beta family (SPEC §4): ours against the same math in eager torch.
+"""Benchmarks of the Beta family (docs/beta.md#speed-targets): ours against the same math in
+eager torch.
 
 - ``beta_elbo_loss fwd+bwd`` and ``beta_elbo_loss_from_logits fwd+bwd``: the fused kernel (loss
   and gradient in one pass) against eager torch (torch.digamma / torch.lgamma, autograd through

@@ -1,4 +1,5 @@
-"""R2M modules: the policy-feedback cross-attention and the reward head that blends it (SPEC §2)."""
+"""R2M modules: the policy-feedback cross-attention and the reward head that blends it
+(docs/attention.md#math)."""
 from __future__ import annotations
 
 import math

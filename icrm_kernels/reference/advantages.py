@@ -1,11 +1,12 @@
-"""Float64-capable torch reference of ``group_advantages`` (SPEC §1), written to read like the math.
+"""Float64-capable torch reference of ``group_advantages`` (docs/advantages.md#formula-and-options),
+written to read like the math.
 
     A_i = (r_i - b_i) / (s_i + eps), then optionally whitened over the batch.
 
 Every mean is taken *shifted by a member of its set* (the largest valid value of the group or
 batch): mean = pivot + mean(r - pivot). When all values are equal, r - pivot is exactly 0, so
-identical rewards give exactly A = 0 in any precision (SPEC: "be better than the peers' 1e-2
-residue").
+identical rewards give exactly A = 0 in any precision (docs/advantages.md#things-to-know:
+peers leave a ~1e-2 residue).
 
 Also home of the preset table (pure Python, shared by the ops and the tests).
 """
@@ -110,7 +111,7 @@ def resolve_options(preset=None, **given):
     if opts["whiten_eps"] is None:
         opts["whiten_eps"] = 1e-8 if opts["whiten"] == "token" else opts["eps"]
     if opts["scale"] == "none":
-        opts["eps"] = 0.0  # SPEC: scale none means s = 1 and eps = 0
+        opts["eps"] = 0.0  # docs/advantages.md#formula-and-options: scale none means s = 1, eps = 0
     return opts
 
 
@@ -302,7 +303,7 @@ def group_advantages_reference(
     whiten_eps=None,
     whiten_std=None,
 ):
-    """The SPEC §1 math in plain torch (any float dtype; computes in rewards' dtype)."""
+    """The math of docs/advantages.md in plain torch (any float dtype; computes in rewards' dtype)."""
     o = resolve_options(preset, baseline=baseline, scale=scale, whiten=whiten, eps=eps, std_unbiased=std_unbiased,
                         singleton=singleton, nan_policy=nan_policy, aggregation=aggregation,
                         bnpo_bounds=bnpo_bounds, whiten_eps=whiten_eps, whiten_std=whiten_std)

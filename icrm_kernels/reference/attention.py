@@ -1,10 +1,10 @@
-"""Float64-capable references for R2M's sequence-to-token cross-attention (SPEC §2).
+"""Float64-capable references for R2M's sequence-to-token cross-attention (docs/attention.md#math).
 
 Two forms that compute the same function:
 
 - :func:`seq_to_token_attention` / :func:`r2m_reward`: the paper's form. Keys and values are
   projected explicitly (k = h W_k + b_k, v = h W_v + b_v), then softmax(q_h k_hᵀ · scale) v_h per
-  head, concat, W_o. This is the spec in code; the tests compare every path against it.
+  head, concat, W_o. This is docs/attention.md#math in code; the tests compare every path against it.
 - :func:`s2t_attention_core`: the absorbed core the fast paths compute, in plain torch:
   given q̃[B, H, D_p] (the query already multiplied into W_k and the scale),
   c_h = Σ_l softmax_l(q̃_h · h_l) h_l and lse_h = log Σ_l exp(q̃_h · h_l).

@@ -1,4 +1,5 @@
-"""Float64-capable references for ICRM's Beta posterior math (SPEC §3), written like the formulas."""
+"""Float64-capable references for ICRM's Beta posterior math (docs/beta.md#math),
+written like the formulas."""
 from __future__ import annotations
 
 import itertools

@@ -1,14 +1,14 @@
-"""Float64-capable torch references for the pairwise group ops (SPEC §1, last two paragraphs).
+"""Float64-capable torch references for the pairwise group ops (docs/pairwise.md#math).
 
 Both ops work on a *padded* view of the groups: ``[B, M]`` with ``M`` the largest group, a
 validity mask, and the original row of every slot. Every formula below is then written per
-group along the last dimension, as in the SPEC:
+group along the last dimension, as in docs/pairwise.md#math:
 
 - ``group_win_rate``: w_i = 1/(n_g − 1) · Σ_{j≠i} P(i ≻ j), P = σ((s_i − s_j)/T), or hard wins
   (1 win, ½ tie, 0 loss) when ``temperature`` is None; a group of one gets w = ½.
 - ``grebt_loss``: L = (1 − α)·softplus(r_l − r_w) + α·(−Σ p log p), p = softmax((r − μ)/(σ_pop + eps)).
 
-These functions are the specification in code: they favour clarity over speed (the padded view
+These functions are that documented math in code: they favour clarity over speed (the padded view
 costs a host synchronisation and O(B·M²) memory for the win rate).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triton kernels for R2M's sequence-to-token cross-attention, absorbed form (SPEC §2).
+"""Triton kernels for R2M's sequence-to-token cross-attention, absorbed form (docs/attention.md#math).
 
 The projections are folded into the query side (q̃_h = scale · W_k,h q_h, width D_p), so the
 kernels only ever read the raw states ``x[rows, D_p]`` (bf16/fp16/fp32, fp32 math):
@@ -34,7 +34,8 @@ Work decomposition without host synchronisation: ``cu_seqlens`` stays on the dev
 device. The grid size is the host-known upper bound ``T_total // tpp + B`` (Σ ceil(len_b/tpp) ≤
 T/tpp + B); programs past the last work item do nothing. ``tpp`` is a power of two chosen from
 T_total and the SM count (about 8 programs per SM, between BLOCK_L and 1024 tokens), so the
-fp32 workspace is ≤ (T/tpp + B)·H·D_p·4 bytes: ~1% of the states at the SPEC §4 shape.
+fp32 workspace is ≤ (T/tpp + B)·H·D_p·4 bytes: ~1% of the states at the target shape
+(docs/attention.md#speed-targets).
 """
 from __future__ import annotations
 
@@ -668,7 +669,7 @@ _GEMV_BLOCKS = dict(BLOCK_R=8, BLOCK_C=512)  # R = 4096: 512 programs, 8-16 KB p
 def head_gemv(w, v):
     """out[H, R] fp32 with out[h, r] = Σ_c W[r, h·C/H + c] v[h, c]; W [R, C] (any float dtype, unit
     column stride), v [H, C/H]. What r2m_reward needs for z = W_o w_s and u_h = W_v,h z_h without
-    an fp32 copy of the weight (SPEC §4 shape: 16 MB read instead of 16 MB read + 32 MB written
+    an fp32 copy of the weight (target shape: 16 MB read instead of 16 MB read + 32 MB written
     + 32 MB read by torch's fp32 GEMV)."""
     if w.stride(-1) != 1:
         w = w.contiguous()
@@ -707,11 +708,12 @@ _COMBINE_SIG = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "work_of
 _GEMV_SIG = lambda dt: {"w_ptr": f"*{dt}", "v_ptr": "*fp32", "out_ptr": "*fp32", "R": "i32", "HC": "i32",  # noqa: E731
                         "stride_w": "i64"}
 
-_B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (SPEC §4 shape)
+_B1 = dict(BLOCK_L=8, BLOCK_H=1, BLOCK_D=256)  # one head, bf16 D_p = 4096 (target shape)
 _B1_F32 = dict(BLOCK_L=4, BLOCK_H=1, BLOCK_D=256)  # one head, fp32 D_p = 4096
 _B8 = dict(BLOCK_L=8, BLOCK_H=8, BLOCK_D=64)  # eight heads, D_p <= 1024 (bf16) / 2048 (fp32)
 
-# full-row kernels at the SPEC §4 shape (D_p = 4096 -> D_PAD = 4096) and the tuning sweep's corners
+# full-row kernels at the target shape of docs/attention.md#speed-targets (D_p = 4096 -> D_PAD = 4096)
+# and the tuning sweep's corners
 _R = lambda bl: dict(BLOCK_L=bl, D_PAD=4096)  # noqa: E731
 
 AOT_SPECS = [

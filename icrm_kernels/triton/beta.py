@@ -1,5 +1,5 @@
-"""Triton kernels for ICRM's Beta posterior math (SPEC §3): ELBO (+ fused gradient), Beta
-statistics, conjugate posterior over segments.
+"""Triton kernels for ICRM's Beta posterior math (docs/beta.md#math): ELBO (+ fused gradient),
+Beta statistics, conjugate posterior over segments.
 
 All arithmetic in fp32; bf16/fp16 loads are upcast. The special functions and the stable
 KL / entropy decomposition are in ``special.py`` (see its docstring).
