@@ -11,20 +11,20 @@ from icrm_kernels._checks import unchecked
 
 __version__ = "0.1.0"
 
-# --- family 1a: grouped advantages, GRPO/RLOO/.../BNPO (SPEC §1) -----------------------------
+# --- family 1a: grouped advantages, GRPO/RLOO/.../BNPO (docs/advantages.md) -----------------------------
 from icrm_kernels.ops.advantages import PRESETS as ADVANTAGE_PRESETS  # noqa: E402
 from icrm_kernels.ops.advantages import group_advantages, group_advantages_direct  # noqa: E402
 
 
-# --- family 1b: pairwise group ops, Pref-GRPO win rate and R2M's GREBT loss (SPEC §1) ---------
+# --- family 1b: pairwise group ops, Pref-GRPO win rate and R2M's GREBT loss (docs/pairwise.md) ---------
 from icrm_kernels.ops.pairwise import grebt_loss, group_win_rate  # noqa: E402,F401
 
 
-# --- family 2: sequence-to-token cross-attention, R2M (SPEC §2) -------------------------------
+# --- family 2: sequence-to-token cross-attention, R2M (docs/attention.md) -------------------------------
 from icrm_kernels.ops.attention import r2m_omega, r2m_reward, seq_to_token_attention
 
 
-# --- family 3: Beta posterior math, ICRM (SPEC §3) --------------------------------------------
+# --- family 3: Beta posterior math, ICRM (docs/beta.md) --------------------------------------------
 from icrm_kernels.ops.beta import (  # noqa: E402
     BetaStats,
     beta_elbo_loss,

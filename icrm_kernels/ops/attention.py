@@ -1,4 +1,4 @@
-"""R2M's sequence-to-token cross-attention (SPEC §2): public ops, checks, registration, dispatch.
+"""R2M's sequence-to-token cross-attention (docs/attention.md#math): public ops, checks, registration, dispatch.
 
 The paper computes Ĥ = concat_h(softmax(q_h k_hᵀ/√d_h) v_h) W_o with k = h W_k, v = h W_v
 projected over every token. These ops compute the same function in the *absorbed* form, which
@@ -22,7 +22,7 @@ when they require grad. Implementations of the core:
   Measured on the 2-core CI box, one thread, B=16, L=256, D_p=512, fp32: core forward C++ 0.98 ms
   vs torch 1.18 ms, backward 1.19 vs 1.33 ms (both far below the K/V projections they replace).
 
-Choices where SPEC is silent:
+Choices beyond the formulas (documented in docs/attention.md#what-users-must-know):
 - A row with no attended token (length 0, or every position masked) gives Ĥ = 0 and no output
   bias (nn.MultiheadAttention would give NaN). Emptiness comes from the layout (cu_seqlens /
   key_padding_mask), never from the scores: NaN or inf in states, query or any weight or bias
@@ -256,7 +256,7 @@ def _query_tilde(query, w_q, b_q, w_k, num_heads, scale):
 
 def _head_gemv(w: Tensor, v: Tensor, acc: torch.dtype) -> Tensor:
     """out[h, r] = Σ_c W[r, h·C/H + c] v[h, c] in ``acc``; W [R, C], v [H, C/H]. The Triton path
-    reads W once in its own dtype; torch's GEMV would first copy W to fp32 (at the SPEC §4 shape,
+    reads W once in its own dtype; torch's GEMV would first copy W to fp32 (at the target shape of docs/attention.md#speed-targets,
     ~75 µs per weight against ~6 µs for one read of it)."""
     if acc == torch.float32 and S2T_CORE.backend(v) == "triton":
         from icrm_kernels.triton import attention as _tri

@@ -1,4 +1,4 @@
-"""ICRM's Beta posterior math (SPEC §3): the public ops.
+"""ICRM's Beta posterior math (docs/beta.md#math): the public ops.
 
 ICRM's reward model outputs a Beta(alpha, beta) over theta = P(a preferred to b), from two heads:
 a mean logit and a concentration logit. The ops here turn those into Beta parameters, train them

@@ -1,4 +1,4 @@
-"""Pairwise group ops (SPEC §1): Pref-GRPO's group win rate and R2M's GREBT loss.
+"""Pairwise group ops (docs/pairwise.md#math): Pref-GRPO's group win rate and R2M's GREBT loss.
 
 Public functions: :func:`group_win_rate`, :func:`grebt_loss`. Both take the three group layouts
 of the package (exactly one of ``group_size``, ``cu_groups``, ``group_index``), run the Triton
@@ -148,14 +148,14 @@ def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_group
 
     Args:
         scores: ``[N]`` float16/bfloat16/float32/float64 scores (e.g. reward-model logits).
-        group_size / cu_groups / group_index: the group layout, exactly one given (SPEC §1).
+        group_size / cu_groups / group_index: the group layout, exactly one given (docs/advantages.md#group-layouts).
         temperature: None (hard wins) or a positive float.
 
     Returns:
         ``[N]`` win rates in ``scores.dtype`` (computed in fp32, fp64 for float64 input).
         Within a group the win rates sum to n_g/2 (P(i≻j) + P(j≻i) = 1).
 
-    Choices where the SPEC is silent:
+    Choices beyond the formula (documented in docs/pairwise.md#what-to-know):
         - a group of one row gets ``w = 0.5`` (no opponent: neither a win nor a loss; it keeps the
           group mean of 0.5 that every other group has) and zero gradient;
         - NaN propagates: a NaN score makes every win rate of its group NaN (both modes);
@@ -318,7 +318,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     The kernel writes dL_g/dr_i for every row while computing the loss (one launch); backward only
     scales it by the incoming gradient.
 
-    Choices where the SPEC is silent:
+    Choices beyond the formula (documented in docs/pairwise.md#what-to-know):
         - ``"mean"`` with no group of two or more rows returns 0 (with zero gradient), not NaN.
         - NaN propagates: a NaN reward (or a NaN in ``select``) makes its group's loss and
           gradient NaN, and so the mean/sum. With ``"none"``, a group whose loss receives a zero
