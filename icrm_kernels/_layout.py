@@ -47,6 +47,26 @@ class GroupLayout:
         return out
 
 
+def kernel_args(layout: GroupLayout):
+    """(cu or None, order or None, group_size or 0): what the kernels take."""
+    if layout.kind == "fixed":
+        return None, None, layout.group_size
+    return layout.cu, layout.order, 0
+
+
+def layout_of_kernel_args(n: int, device, cu: Optional[torch.Tensor], order: Optional[torch.Tensor],
+                          group_size: int) -> GroupLayout:
+    """The inverse of :func:`kernel_args`."""
+    if cu is None:
+        return GroupLayout("fixed", n, device, n // group_size if group_size else 0, group_size=group_size)
+    kind = "ragged" if order is None else "index"
+    return GroupLayout(kind, n, device, cu.numel() - 1, cu=cu, order=order)
+
+
+def num_groups_of_kernel_args(n: int, cu: Optional[torch.Tensor], group_size: int) -> int:
+    return (n // group_size if group_size else 0) if cu is None else cu.numel() - 1
+
+
 def sanitize_offsets(cu: torch.Tensor, n: int) -> torch.Tensor:
     """Contiguous int64 offsets with cu'[i] = max(cu'[i-1], clamp(cu[i], 0, n)). The identity on
     valid offsets; on malformed ones (value checks off: unchecked(), torch.compile, the direct

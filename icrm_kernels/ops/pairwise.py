@@ -8,19 +8,19 @@ registrations, so ``torch.compile(fullgraph=True)`` traces them without a graph 
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from icrm_kernels import _backend
+from icrm_kernels import _backend, _op
 from icrm_kernels._checks import (
     check_choice,
     check_finite_float,
     check_same_device,
     check_tensor,
 )
-from icrm_kernels._layout import GroupLayout, resolve_groups, sorted_group_of_position
+from icrm_kernels._layout import kernel_args, layout_of_kernel_args, num_groups_of_kernel_args, resolve_groups
 from icrm_kernels.reference import pairwise as ref
 
 __all__ = ["group_win_rate", "grebt_loss", "selfcheck"]
@@ -29,34 +29,6 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------ helpers
-def _layout_tensors(layout: GroupLayout):
-    """(cu or None, order or None, group_size or 0): what the kernels take."""
-    if layout.kind == "fixed":
-        return None, None, layout.group_size
-    return layout.cu, layout.order, 0
-
-
-def _layout_from_tensors(n: int, device, cu: Optional[Tensor], order: Optional[Tensor], group_size: int) -> GroupLayout:
-    if cu is None:
-        return GroupLayout("fixed", n, device, n // group_size if group_size else 0, group_size=group_size)
-    kind = "ragged" if order is None else "index"
-    return GroupLayout(kind, n, device, cu.numel() - 1, cu=cu, order=order)
-
-
-def _num_groups(n: int, cu: Optional[Tensor], group_size: int) -> int:
-    return (n // group_size if group_size else 0) if cu is None else cu.numel() - 1
-
-
-def _group_of_row(n: int, cu: Optional[Tensor], order: Optional[Tensor], group_size: int, device) -> Tensor:
-    """int64 [N] group number of each original row, without a host sync."""
-    if cu is None:
-        return torch.arange(n, device=device) // group_size
-    sorted_group = sorted_group_of_position(cu, n)  # in range whatever cu holds
-    if order is None:
-        return sorted_group
-    return torch.empty_like(sorted_group).index_put_((order,), sorted_group)
-
-
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -66,53 +38,51 @@ def _cpu_in(x: Tensor) -> Tensor:
     return x.float() if x.dtype in _HALF else x
 
 
-# ----------------------------------------------------------------------- group_win_rate op
-def _win_rate_impl(scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], group_size: int, temperature: float) -> Tensor:
-    backend = _backend.select(scores.device, cpp_op="pairwise_win_rate")
-    if backend == "triton" and scores.dtype != torch.float64:
-        from icrm_kernels.triton import pairwise as tri
+# ------------------------------------------------------------------- group_win_rate records
+# group_win_rate(scores, cu, order, group_size, temperature) -> [N] win rates in the scores'
+# dtype; the layout as the kernels take it (_layout.kernel_args); temperature <= 0: hard wins.
+def _win_rate_triton(scores, cu, order, group_size, temperature):
+    from icrm_kernels.triton import pairwise as tri
 
-        return tri.win_rate_forward(scores, cu, order, group_size, temperature)
-    if backend == "cpp":
-        out = torch.ops.icrm_cpu.pairwise_win_rate(_cpu_in(scores), cu, order, group_size, temperature)
-        return out.to(scores.dtype)
-    layout = _layout_from_tensors(scores.numel(), scores.device, cu, order, group_size)
+    return tri.win_rate_forward(scores, cu, order, group_size, temperature)
+
+
+def _win_rate_cpp(scores, cu, order, group_size, temperature):
+    out = torch.ops.icrm_cpu.pairwise_win_rate(_cpu_in(scores), cu, order, group_size, temperature)
+    return out.to(scores.dtype)
+
+
+def _win_rate_reference(scores, cu, order, group_size, temperature):
+    layout = layout_of_kernel_args(scores.numel(), scores.device, cu, order, group_size)
     s = scores.to(_compute_dtype(scores.dtype))
     return ref.win_rate_from_layout(s, layout, None if temperature <= 0 else temperature).to(scores.dtype)
 
 
-# eager calls without a gradient skip the dispatcher (_backend.call_op); autograd, compile and
-# export go through the op
-_win_rate_op = torch.library.custom_op("icrm::group_win_rate", _win_rate_impl, mutates_args=())
+# group_win_rate_backward(grad, scores, cu, order, group_size, temperature > 0) -> d scores
+def _win_rate_bwd_triton(grad, scores, cu, order, group_size, temperature):
+    from icrm_kernels.triton import pairwise as tri
+
+    return tri.win_rate_backward(grad.to(scores.dtype), scores, cu, order, group_size, temperature)
 
 
-@_win_rate_op.register_fake
-def _(scores, cu, order, group_size, temperature):
-    return torch.empty_like(scores)
+def _win_rate_bwd_cpp(grad, scores, cu, order, group_size, temperature):
+    out = torch.ops.icrm_cpu.pairwise_win_rate_backward(_cpu_in(grad.to(scores.dtype)), _cpu_in(scores), cu, order,
+                                                         group_size, temperature)
+    return out.to(scores.dtype)
 
 
-@torch.library.custom_op("icrm::group_win_rate_backward", mutates_args=())
-def _win_rate_bwd_op(grad: Tensor, scores: Tensor, cu: Optional[Tensor], order: Optional[Tensor], group_size: int,
-                     temperature: float) -> Tensor:
-    if temperature <= 0:  # hard wins are piecewise constant
-        return torch.zeros_like(scores)
-    backend = _backend.select(scores.device, cpp_op="pairwise_win_rate_backward")
-    if backend == "triton" and scores.dtype != torch.float64:
-        from icrm_kernels.triton import pairwise as tri
-
-        return tri.win_rate_backward(grad.to(scores.dtype), scores, cu, order, group_size, temperature)
-    if backend == "cpp":
-        out = torch.ops.icrm_cpu.pairwise_win_rate_backward(_cpu_in(grad.to(scores.dtype)), _cpu_in(scores), cu, order,
-                                                             group_size, temperature)
-        return out.to(scores.dtype)
-    layout = _layout_from_tensors(scores.numel(), scores.device, cu, order, group_size)
+def _win_rate_bwd_reference(grad, scores, cu, order, group_size, temperature):
+    layout = layout_of_kernel_args(scores.numel(), scores.device, cu, order, group_size)
     cdt = _compute_dtype(scores.dtype)
     return ref.win_rate_backward_from_layout(grad.to(cdt), scores.to(cdt), layout, temperature).to(scores.dtype)
 
 
-@_win_rate_bwd_op.register_fake
-def _(grad, scores, cu, order, group_size, temperature):
-    return torch.empty_like(scores)
+WIN_RATE_BWD = _op.define(_op.OpRecord(
+    name="group_win_rate_backward", family="pairwise",
+    schema="(Tensor grad, Tensor scores, Tensor? cu, Tensor? order, int group_size, float temperature) -> Tensor",
+    fake=lambda grad, scores, *rest: torch.empty_like(scores),
+    triton=_win_rate_bwd_triton, cpp=_win_rate_bwd_cpp, cpp_op="pairwise_win_rate_backward",
+    reference=_win_rate_bwd_reference))
 
 
 def _win_rate_setup(ctx, inputs, output):
@@ -124,11 +94,18 @@ def _win_rate_setup(ctx, inputs, output):
 
 def _win_rate_backward(ctx, grad):
     scores, cu, order = ctx.saved_tensors
-    ds = _win_rate_bwd_op(grad, scores, cu, order, ctx.group_size, ctx.temperature)
+    if ctx.temperature <= 0:  # hard wins are piecewise constant
+        return torch.zeros_like(scores), None, None, None, None
+    ds = WIN_RATE_BWD(grad, scores, cu, order, ctx.group_size, ctx.temperature)
     return ds, None, None, None, None
 
 
-_backend.register_autograd(_win_rate_op, _win_rate_impl, _win_rate_backward, _win_rate_setup)
+WIN_RATE = _op.define(_op.OpRecord(
+    name="group_win_rate", family="pairwise",
+    schema="(Tensor scores, Tensor? cu, Tensor? order, int group_size, float temperature) -> Tensor",
+    fake=lambda scores, *rest: torch.empty_like(scores),
+    triton=_win_rate_triton, cpp=_win_rate_cpp, cpp_op="pairwise_win_rate", reference=_win_rate_reference,
+    backward=_win_rate_backward, setup_context=_win_rate_setup))
 
 
 def _prepare(x: Tensor, name: str, group_size, cu_groups, group_index):
@@ -166,44 +143,41 @@ def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_group
     scores = scores.contiguous()  # the kernels index rows directly
     if temperature is not None:
         temperature = check_finite_float(temperature, "temperature", low=0.0, low_open=True)
-    cu, order, g = _layout_tensors(layout)
-    return _backend.call_op(_win_rate_op, _win_rate_impl, scores, cu, order, g, 0.0 if temperature is None else temperature)
+    cu, order, g = kernel_args(layout)
+    return WIN_RATE(scores, cu, order, g, 0.0 if temperature is None else temperature)
 
 
 # --------------------------------------------------------------------------- grebt_loss op
-def _grebt_impl(rewards: Tensor, select: Optional[Tensor], cu: Optional[Tensor], order: Optional[Tensor],
-                group_size: int, alpha: float, eps: float) -> Tuple[Tensor, Tensor]:
-    """(per-group losses [groups], NaN for groups of < 2 rows; dloss_g/dr_i [N]), fused."""
-    backend = _backend.select(rewards.device, cpp_op="pairwise_grebt")
-    if backend == "triton" and rewards.dtype != torch.float64:
-        from icrm_kernels.triton import pairwise as tri
+# grebt_group_losses(rewards, select, cu, order, group_size, alpha, eps) -> (per-group losses
+# [groups], NaN for groups of < 2 rows; dloss_g/dr_i [N]), fused, in fp32 (fp64 for fp64 rewards)
+def _grebt_triton(rewards, select, cu, order, group_size, alpha, eps):
+    from icrm_kernels.triton import pairwise as tri
 
-        return tri.grebt_forward(rewards, select, cu, order, group_size, alpha, eps)
-    if backend == "cpp":
-        return tuple(torch.ops.icrm_cpu.pairwise_grebt(_cpu_in(rewards), None if select is None else _cpu_in(select),
-                                                       cu, order, group_size, alpha, eps))
-    # the reference path (CPU fallback, float64 on CUDA) computes in float64 whatever the input
+    return tri.grebt_forward(rewards, select, cu, order, group_size, alpha, eps)
+
+
+def _grebt_cpp(rewards, select, cu, order, group_size, alpha, eps):
+    return tuple(torch.ops.icrm_cpu.pairwise_grebt(_cpu_in(rewards), None if select is None else _cpu_in(select),
+                                                   cu, order, group_size, alpha, eps))
+
+
+def _grebt_reference(rewards, select, cu, order, group_size, alpha, eps):
+    # computes in float64 whatever the input (the CPU fallback, float64 on CUDA)
     n = rewards.numel()
-    layout = _layout_from_tensors(n, rewards.device, cu, order, group_size)
-    groups = _num_groups(n, cu, group_size)
+    layout = layout_of_kernel_args(n, rewards.device, cu, order, group_size)
     r = rewards.double()
     sel = None if select is None else select.double()
     losses = ref.grebt_group_losses(r, layout, alpha=alpha, eps=eps, select=sel)
     drow = ref.grebt_row_gradients(r, layout, alpha=alpha, eps=eps, select=sel)
-    out = losses.new_full((groups,), float("nan"))
+    out = losses.new_full((num_groups_of_kernel_args(n, cu, group_size),), float("nan"))
     out[: losses.numel()] = losses
     cdt = _compute_dtype(rewards.dtype)
     return out.to(cdt), drow.to(cdt)
 
 
-# eager calls skip the dispatcher (_backend.call_op); compile, export and tracing go through the op
-_grebt_op = torch.library.custom_op("icrm::grebt_group_losses", _grebt_impl, mutates_args=())
-
-
-@_grebt_op.register_fake
-def _(rewards, select, cu, order, group_size, alpha, eps):
+def _grebt_fake(rewards, select, cu, order, group_size, alpha, eps):
     cdt = _compute_dtype(rewards.dtype)
-    groups = _num_groups(rewards.numel(), cu, group_size)
+    groups = num_groups_of_kernel_args(rewards.numel(), cu, group_size)
     return rewards.new_empty(groups, dtype=cdt), rewards.new_empty(rewards.shape, dtype=cdt)
 
 
@@ -225,7 +199,7 @@ def _grebt_backward(ctx, grad_losses, grad_drow):
         g = g_loss.unsqueeze(1)
         d = drow.reshape(-1, ctx.group_size)
     else:
-        g = g_loss if cu is None else g_loss[_group_of_row(n, cu, order, ctx.group_size, drow.device)]
+        g = g_loss if cu is None else g_loss[layout_of_kernel_args(n, drow.device, cu, order, ctx.group_size).group_of_row()]
         d = drow
     # a group whose loss gets no gradient gets none back, even when its loss is NaN: masking or
     # nansum-ing the "none" output keeps a poisoned group's NaN out of the other rows' update
@@ -237,7 +211,12 @@ def _grebt_backward(ctx, grad_losses, grad_drow):
     return grad, None, None, None, None, None, None
 
 
-_backend.register_autograd(_grebt_op, _grebt_impl, _grebt_backward, _grebt_setup, eager_outputs=1)
+GREBT = _op.define(_op.OpRecord(
+    name="grebt_group_losses", family="pairwise",
+    schema="(Tensor rewards, Tensor? select, Tensor? cu, Tensor? order, int group_size, float alpha, float eps) "
+           "-> (Tensor, Tensor)",
+    fake=_grebt_fake, triton=_grebt_triton, cpp=_grebt_cpp, cpp_op="pairwise_grebt", reference=_grebt_reference,
+    backward=_grebt_backward, setup_context=_grebt_setup, eager_outputs=1))
 
 
 class EagerGrebt(torch.autograd.Function):
@@ -254,7 +233,7 @@ class EagerGrebt(torch.autograd.Function):
         select, group_size, alpha, eps, mean = spec
         groups = rewards.numel() // group_size
         scale = 0  # 0: drow already carries the mean's 1/groups (or the reduction is a sum)
-        if rewards.dtype != torch.float64 and _backend.select(rewards.device, cpp_op="pairwise_grebt") == "triton":
+        if GREBT.backend(rewards) == "triton":
             from icrm_kernels.triton import pairwise as tri
 
             # the kernel scales the losses and the row gradients by the mean's 1/groups: one
@@ -264,7 +243,7 @@ class EagerGrebt(torch.autograd.Function):
             drow = total[1]
             total = total[0].sum()
         else:
-            losses, drow = _grebt_impl(rewards, select, None, None, group_size, alpha, eps)
+            losses, drow = GREBT.run(rewards, select, None, None, group_size, alpha, eps)
             scale = groups if mean else 0
             total = losses.mean() if mean else losses.sum()
         ctx.save_for_backward(drow)  # (saved, not an attribute: a second backward raises, as on the op path)
@@ -347,12 +326,12 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
         if select.numel() != rewards.numel():
             raise ValueError(f"select must have one value per reward ({rewards.numel()}), got {select.numel()}")
         select = select.detach().contiguous()
-    cu, order, g = _layout_tensors(layout)
+    cu, order, g = kernel_args(layout)
     if (cu is None and g >= 2 and reduction != "none" and rewards.numel() >= g and rewards.requires_grad
-            and torch.is_grad_enabled() and _grebt_op in _backend._EAGER_AUTOGRAD
+            and torch.is_grad_enabled() and GREBT.custom_op in _backend._EAGER_AUTOGRAD
             and _backend._eager_mode((rewards, select))):
         return _grebt_apply(rewards, (select, g, alpha, eps, reduction == "mean"))
-    losses, _ = _backend.call_op(_grebt_op, _grebt_impl, rewards, select, cu, order, g, alpha, eps)
+    losses, _ = GREBT(rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":
         if layout.kind == "index":
             return losses[: int(layout.num_groups)]
