@@ -210,17 +210,6 @@ def _eager_mode(tensors) -> bool:
     return True
 
 
-def skip_dispatcher(*tensors) -> bool:
-    """True when an op may call its implementation directly instead of through torch.library.
-
-    The registered custom op is what torch.compile, export, tracing and autograd need; a plain
-    eager call with no gradient gains nothing from it but its dispatch cost (~30-70 µs a call,
-    more than the kernels of the small ops). So: only in eager mode (:func:`_eager_mode`) and
-    with no tensor that would need a gradient.
-    """
-    return _eager_mode(tensors) and not _needs_grad(tensors)
-
-
 def _needs_grad(tensors) -> bool:
     """Grad mode on and some argument a tensor that requires grad (None and numbers skipped)."""
     if not torch.is_grad_enabled():

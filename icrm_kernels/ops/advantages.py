@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from icrm_kernels import _backend
+from icrm_kernels import _backend, _op
 from icrm_kernels._checks import (
     check_choice,
     check_finite_float,
@@ -220,27 +220,24 @@ def _opts(baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, agg
                 bnpo_bounds=(bnpo_low, bnpo_high), whiten_eps=whiten_eps, whiten_std=whiten_std)
 
 
-def _group_advantages_impl(
-    rewards: torch.Tensor, group_size: int, cu_groups: Optional[torch.Tensor], group_index: Optional[torch.Tensor],
-    reward_weights: Optional[torch.Tensor], response_mask: Optional[torch.Tensor], baseline: str, scale: str,
-    whiten: str, eps: float, std_unbiased: bool, singleton: str, nan_policy: str, aggregation: str,
-    bnpo_low: float, bnpo_high: float, whiten_eps: float, whiten_std: str,
-) -> torch.Tensor:
-    o = _opts(baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_low, bnpo_high,
-              whiten_eps, whiten_std)
-    backend = _backend.select(rewards.device, cpp_op="group_advantages")
-    if backend == "reference":
-        return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
-    return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
+# The op's implementations take its flat arguments (rewards, group_size or 0, cu_groups,
+# group_index, reward_weights, response_mask, then the options in _opts' order) and return A in
+# the rewards' dtype, [N] or [N, T] with a response mask.
+def _advantages_triton(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, *options):
+    return _fast("triton", rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask,
+                 _opts(*options))
 
 
-# The registered op (compile, export, autograd); eager calls without a gradient call the
-# implementation directly (see _backend.skip_dispatcher): same code, without the dispatch cost.
-_group_advantages_op = torch.library.custom_op("icrm::group_advantages", _group_advantages_impl, mutates_args=())
+def _advantages_cpp(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, *options):
+    return _fast("cpp", rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask,
+                 _opts(*options))
 
 
-@_group_advantages_op.register_fake
-def _(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, *args):
+def _advantages_reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, *options):
+    return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, _opts(*options))
+
+
+def _advantages_fake(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, *args):
     n = rewards.shape[0]
     if response_mask is not None:
         return rewards.new_empty((n, response_mask.shape[1]))
@@ -267,7 +264,24 @@ def _backward(ctx, grad):
     return (g.to(rewards.dtype),) + (None,) * 17
 
 
-_backend.register_autograd(_group_advantages_op, _group_advantages_impl, _backward, _setup_context)
+ADVANTAGES = _op.define(_op.OpRecord(
+    name="group_advantages", family="advantages",
+    schema="(Tensor rewards, int group_size, Tensor? cu_groups, Tensor? group_index, Tensor? reward_weights, "
+           "Tensor? response_mask, str baseline, str scale, str whiten, float eps, bool std_unbiased, "
+           "str singleton, str nan_policy, str aggregation, float bnpo_low, float bnpo_high, float whiten_eps, "
+           "str whiten_std) -> Tensor",
+    fake=_advantages_fake, triton=_advantages_triton, cpp=_advantages_cpp, cpp_op="group_advantages",
+    reference=_advantages_reference, float64_triton=True, backward=_backward, setup_context=_setup_context))
+
+
+def _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o):
+    """What ADVANTAGES.run does, minus the options' round trip through the op's flat schema (``o``
+    already holds _opts' keys and values): the eager path without a gradient, the direct
+    launcher and the process-group path call it."""
+    backend = ADVANTAGES.backend(rewards)
+    if backend == "reference":
+        return _reference(rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o)
+    return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
 
 
 # ------------------------------------------------------------------------ public function
@@ -386,22 +400,17 @@ def group_advantages(
     batch_stats = (o["baseline"] == "batch_mean" or o["scale"] in ("batch_std", "bnpo") or o["whiten"] != "none"
                    or (K > 1 and o["aggregation"] == "normalize_then_sum"))
     if process_group is not None and batch_stats:
-        backend = _backend.select(rewards.device, cpp_op=None)
-        if backend == "triton":  # the kernels, with each batch summary all-gathered between launches
-            return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
+        # the kernels, with each batch summary all-gathered between launches (Triton); the C++
+        # kernels cannot all-reduce, so CPU tensors run the reference
+        if ADVANTAGES.backend(rewards) == "triton":
+            return _fast("triton", rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
                          process_group=process_group)
         return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o,
                           process_group=process_group)
     tensors = (rewards, cu_groups, group_index, reward_weights, response_mask)
     if _backend._eager_mode(tensors) and not _backend._needs_grad(tensors):
-        # what call_op would run (the implementation, no dispatcher), minus the re-encoding of
-        # the options into the op's flat schema and back (o already has _opts' keys and values)
-        backend = _backend.select(rewards.device, cpp_op="group_advantages")
-        if backend == "reference":
-            return _reference(rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o)
-        return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
-    return _backend.call_op(
-        _group_advantages_op, _group_advantages_impl,
+        return _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+    return ADVANTAGES(
         rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o["baseline"], o["scale"],
         o["whiten"], o["eps"], o["std_unbiased"], o["singleton"], o["nan_policy"], o["aggregation"], lo, hi,
         o["whiten_eps"], o["whiten_std"])
@@ -430,12 +439,8 @@ def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_i
                          f"rewards ({rewards.shape[0]})")
     if o["nan_policy"] == "raise":
         o["nan_policy"] = "propagate"
-    backend = _backend.select(rewards.device, cpp_op="group_advantages")
-    with torch.no_grad():
-        if backend == "reference":  # value checks off, as on the kernel paths: same contract
-            with unchecked():
-                return _reference(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
-        return _fast(backend, rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+    with torch.no_grad(), unchecked():  # value checks off on every path (the reference's too): one contract
+        return _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
 
 
 def _check_process_group(process_group) -> None:
