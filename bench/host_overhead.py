@@ -34,9 +34,9 @@ class _NullLaunch:
 def _null_kernels():
     import importlib
 
-    from icrm_kernels.triton import FAMILY_MODULES
+    from icrm_kernels.triton import KERNEL_MODULES
 
-    for fam in FAMILY_MODULES:
+    for fam in KERNEL_MODULES:
         mod = importlib.import_module(f"icrm_kernels.triton.{fam}")
         for name in dir(mod):
             if name.endswith("_kernel"):

@@ -113,4 +113,4 @@ def define(record: OpRecord) -> Op:
 
 
 # the families, in the order the CLI, the self-check and the benchmarks run them
-FAMILIES = ("advantages", "pairwise", "beta", "attention")
+FAMILIES = ("advantages", "pairwise", "attention", "beta")

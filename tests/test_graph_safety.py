@@ -67,9 +67,9 @@ def _raise(*args, **kwargs):
 @pytest.fixture(params=[b for b in ("triton", "cpp") if b in _backend.available_backends("cpu")])
 def graph_backend(request, monkeypatch):
     if request.param == "triton":
-        from icrm_kernels.triton import FAMILY_MODULES
+        from icrm_kernels.triton import KERNEL_MODULES
 
-        for fam in FAMILY_MODULES:
+        for fam in KERNEL_MODULES:
             mod = importlib.import_module(f"icrm_kernels.triton.{fam}")
             for name in dir(mod):
                 if name.endswith("_kernel"):

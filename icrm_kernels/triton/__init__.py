@@ -3,7 +3,9 @@
 Modules here import ``triton`` lazily from the ops (the package imports without Triton). Each
 module lists its kernels for the ahead-of-time compile check in ``AOT_SPECS`` (see ``_aot.py``).
 """
-FAMILY_MODULES = ("advantages", "pairwise", "attention", "beta", "special")
+# the kernel modules (the families of icrm_kernels._op.FAMILIES, plus the special functions the
+# Beta kernels share)
+KERNEL_MODULES = ("advantages", "pairwise", "attention", "beta", "special")
 
 
 def cdiv(a: int, b: int) -> int:

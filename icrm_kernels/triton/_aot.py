@@ -105,10 +105,10 @@ def compile_spec(spec: AotSpec, arch: int) -> AotResult:
 
 def all_specs():
     """Every AotSpec of every kernel module that exists."""
-    from icrm_kernels.triton import FAMILY_MODULES
+    from icrm_kernels.triton import KERNEL_MODULES
 
     specs = []
-    for mod_name in FAMILY_MODULES:
+    for mod_name in KERNEL_MODULES:
         try:
             mod = importlib.import_module(f"icrm_kernels.triton.{mod_name}")
         except ModuleNotFoundError as exc:
