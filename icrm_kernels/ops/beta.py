@@ -47,9 +47,10 @@ from icrm_kernels._checks import (
 )
 from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.ops.special import _trigamma_op, check_positive
+from icrm_kernels import vocab
 
 Tensor = torch.Tensor
-_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+_REDUCTIONS = vocab.codes(vocab.REDUCTIONS)  # reduction -> the C++ beta_elbo code (icrm_kernels/vocab.py)
 
 
 class BetaStats(NamedTuple):
@@ -63,7 +64,7 @@ class BetaStats(NamedTuple):
     entropy: Tensor  # differential entropy
 
 
-STATISTICS = BetaStats._fields
+STATISTICS = vocab.BETA_STATISTICS  # == BetaStats._fields (tests/test_vocabularies.py)
 
 
 def _select(x: Tensor, cpp_op: str) -> str:

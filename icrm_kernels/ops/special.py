@@ -30,8 +30,9 @@ import torch
 
 from icrm_kernels import _backend
 from icrm_kernels._checks import check_tensor, value_bounds, value_checks_enabled
+from icrm_kernels import vocab
 
-_WHICH = {"digamma": 0, "trigamma": 1, "lgamma": 2}
+_WHICH = vocab.codes(vocab.SPECIAL_UNARY)  # name -> C++ special_unary selector (icrm_kernels/vocab.py)
 
 
 def _backend_for(x: torch.Tensor) -> str:
