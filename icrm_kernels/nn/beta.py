@@ -21,8 +21,9 @@ from torch import nn
 
 from icrm_kernels._checks import check_choice, check_finite_float, check_positive_int
 from icrm_kernels.ops.beta import beta_from_logits
+from icrm_kernels.vocab import BETA_HEAD_OUTPUTS
 
-OUTPUTS = ("alpha_beta", "logits")
+OUTPUTS = BETA_HEAD_OUTPUTS  # the accepted ``output`` values (icrm_kernels/vocab.py)
 
 
 class BetaRewardHead(nn.Module):

@@ -26,16 +26,13 @@ from icrm_kernels._checks import (
 from icrm_kernels._layout import check_groups
 from icrm_kernels.reference import advantages as ref
 from icrm_kernels.reference.advantages import PRESETS, resolve_options
+from icrm_kernels import vocab
 
 __all__ = ["group_advantages", "group_advantages_direct", "PRESETS", "selfcheck"]
 
-_CPP_CODES = dict(
-    baseline={"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3},
-    scale={"none": 0, "group_std": 1, "batch_std": 2, "bnpo": 3},
-    whiten={"none": 0, "sample": 1, "token": 2},
-    singleton={"zero": 0, "raw": 1, "nan": 2},
-    whiten_std={"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2},
-)
+# option -> {value: code} of the C++ op (code = position in the vocabulary, icrm_kernels/vocab.py)
+_CPP_CODES = {kind: vocab.codes(vocab.VOCABULARIES[kind])
+              for kind in ("baseline", "scale", "whiten", "singleton", "whiten_std")}
 
 
 # ------------------------------------------------------------------------ kernels: one component
@@ -166,13 +163,13 @@ def _validated_options(preset, baseline, scale, whiten, eps, std_unbiased, singl
     o = resolve_options(preset, baseline=baseline, scale=scale, whiten=whiten, eps=eps, std_unbiased=std_unbiased,
                         singleton=singleton, nan_policy=nan_policy, aggregation=aggregation,
                         bnpo_bounds=bnpo_bounds, whiten_eps=whiten_eps, whiten_std=whiten_std)
-    check_choice(o["baseline"], "baseline", ref.BASELINES)
-    check_choice(o["scale"], "scale", ref.SCALES)
-    check_choice(o["whiten"], "whiten", ref.WHITENS)
-    check_choice(o["singleton"], "singleton", ref.SINGLETONS)
-    check_choice(o["nan_policy"], "nan_policy", ref.NAN_POLICIES)
-    check_choice(o["aggregation"], "aggregation", ref.AGGREGATIONS)
-    check_choice(o["whiten_std"], "whiten_std", ref.WHITEN_STDS)
+    check_choice(o["baseline"], "baseline", vocab.BASELINES)
+    check_choice(o["scale"], "scale", vocab.SCALES)
+    check_choice(o["whiten"], "whiten", vocab.WHITENS)
+    check_choice(o["singleton"], "singleton", vocab.SINGLETONS)
+    check_choice(o["nan_policy"], "nan_policy", vocab.NAN_POLICIES)
+    check_choice(o["aggregation"], "aggregation", vocab.AGGREGATIONS)
+    check_choice(o["whiten_std"], "whiten_std", vocab.WHITEN_STDS)
     b = o["bnpo_bounds"]
     if isinstance(b, (str, bytes)) or not hasattr(b, "__len__") or len(b) != 2:
         raise ValueError(f"bnpo_bounds must be a (low, high) pair of numbers, got {b!r}")

@@ -45,12 +45,13 @@ from icrm_kernels._checks import (
     value_bounds,
     value_checks_enabled,
 )
-from icrm_kernels._layout import segments_of_index
+from icrm_kernels import vocab
 from icrm_kernels._checks import check_positive
+from icrm_kernels._layout import segments_of_index
 from icrm_kernels.ops.special import TRIGAMMA
 
 Tensor = torch.Tensor
-_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+_REDUCTIONS = vocab.codes(vocab.REDUCTIONS)  # reduction -> the C++ beta_elbo code (icrm_kernels/vocab.py)
 
 
 class BetaStats(NamedTuple):
@@ -64,7 +65,7 @@ class BetaStats(NamedTuple):
     entropy: Tensor  # differential entropy
 
 
-STATISTICS = BetaStats._fields
+STATISTICS = vocab.BETA_STATISTICS  # == BetaStats._fields (tests/test_vocabularies.py)
 
 
 def _grad_dtype(x: Tensor) -> torch.dtype:
@@ -93,7 +94,7 @@ def _elbo_finish(x1, loss, g1, g2, reduction, compute_grad):
     gdt = _grad_dtype(x1)
     if loss.dtype != x1.dtype:
         loss = loss.to(x1.dtype)
-    if reduction == 0:
+    if reduction == vocab.REDUCTION_NONE:
         if loss.shape != shape:
             loss = loss.reshape(shape)
     elif loss.dim():
@@ -111,9 +112,11 @@ def _elbo_triton(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, redu
     from icrm_kernels.triton import beta as tri
 
     # the mean's 1/n multiplies the kernel's partial sums: one torch op fewer than sum / n
+    mean = reduction == vocab.REDUCTION_MEAN
     loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tau_min, from_logits,
-                            reduction != 0, compute_grad, loss_scale=1.0 / max(x1.numel(), 1) if reduction == 2 else 1.0)
-    if reduction != 0:
+                            reduction != vocab.REDUCTION_NONE, compute_grad,
+                            loss_scale=1.0 / max(x1.numel(), 1) if mean else 1.0)
+    if reduction != vocab.REDUCTION_NONE:
         loss = loss.sum()
     return _elbo_finish(x1, loss, g1, g2, reduction, compute_grad)
 
@@ -130,16 +133,16 @@ def _elbo_reference(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, r
     from icrm_kernels.reference import beta as ref
 
     loss, g1, g2 = ref.elbo_with_grads(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, compute_grad)
-    if reduction != 0:
+    if reduction != vocab.REDUCTION_NONE:
         loss = loss.sum()
-        if reduction == 2:
+        if reduction == vocab.REDUCTION_MEAN:
             loss = loss / max(x1.numel(), 1)
     return _elbo_finish(x1, loss, g1, g2, reduction, compute_grad)
 
 
 def _elbo_fake(x1, x2, labels, weights, prior_alpha, prior_beta, kl_weight, tau_min, from_logits, reduction,
                compute_grad):
-    loss = x1.new_empty(x1.shape if reduction == 0 else ())
+    loss = x1.new_empty(x1.shape if reduction == vocab.REDUCTION_NONE else ())
     gdt = _grad_dtype(x1)
     if compute_grad:
         return loss, x1.new_empty(x1.shape, dtype=gdt), x1.new_empty(x1.shape, dtype=gdt)
@@ -162,7 +165,7 @@ def _elbo_backward(ctx, grad_loss, _g1, _g2):
         return (None,) * 11
     g1, g2 = ctx.saved_tensors
     scale = grad_loss if grad_loss.dtype == g1.dtype else grad_loss.to(g1.dtype)
-    if ctx.reduction == 2:
+    if ctx.reduction == vocab.REDUCTION_MEAN:
         scale = scale / max(ctx.n, 1)
     d1, d2 = g1 * scale, g2 * scale
     if d1.dtype != ctx.dtypes[0]:  # (a no-op .to costs ~1 µs)
@@ -200,10 +203,10 @@ class EagerElbo(torch.autograd.Function):
         if ELBO.backend(x1) == "triton":
             from icrm_kernels.triton import beta as tri
 
-            s = 1.0 / max(n, 1) if red == 2 else 1.0
+            s = 1.0 / max(n, 1) if red == vocab.REDUCTION_MEAN else 1.0
             loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tmin, from_logits,
-                                    red != 0, True, s, s)  # the op path's loss_scale too: the same loss
-            if red:
+                                    red != vocab.REDUCTION_NONE, True, s, s)  # the op path's loss_scale too
+            if red != vocab.REDUCTION_NONE:
                 loss = loss.sum()
                 if loss.dtype != x1.dtype:
                     loss = loss.to(x1.dtype)
@@ -213,7 +216,7 @@ class EagerElbo(torch.autograd.Function):
                 g1, g2 = g1.reshape(x1.shape), g2.reshape(x1.shape)
         else:  # C++ kernels and the reference: unscaled gradients
             loss, g1, g2 = ELBO.run(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
-            if red == 2:
+            if red == vocab.REDUCTION_MEAN:
                 scale = max(n, 1)
         ctx.save_for_backward(g1, g2)  # (not attributes: a second backward raises, as on the op path)
         ctx.g = (scale, x1.dtype)  # x1, x2: one dtype (checked)

@@ -22,6 +22,7 @@ from icrm_kernels._checks import (
 )
 from icrm_kernels._layout import kernel_args, layout_of_kernel_args, num_groups_of_kernel_args, resolve_groups
 from icrm_kernels.reference import pairwise as ref
+from icrm_kernels import vocab
 
 __all__ = ["group_win_rate", "grebt_loss", "selfcheck"]
 
@@ -317,7 +318,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     except (KeyError, TypeError):  # not seen yet, or unhashable (then the checks raise)
         alpha = check_finite_float(alpha, "alpha", low=0.0, high=1.0)
         eps = check_finite_float(eps, "eps", low=0.0)
-        check_choice(reduction, "reduction", ("mean", "sum", "none"))
+        check_choice(reduction, "reduction", vocab.REDUCTIONS)
         if alpha != 0.0 and eps != 0.0 and len(_GREBT_SCALARS) < 256:  # (0.0 == -0.0: zeros not cached)
             _GREBT_SCALARS[key] = (alpha, eps)
     if select is not None:

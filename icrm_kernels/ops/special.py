@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import torch
 
-from icrm_kernels import _op
-from icrm_kernels.profiling import ranged
+from icrm_kernels import _op, vocab
 from icrm_kernels._checks import check_positive, check_tensor
+from icrm_kernels.profiling import ranged
 from icrm_kernels.reference import special as ref
 
-_WHICH = {"digamma": 0, "trigamma": 1, "lgamma": 2}
+_WHICH = vocab.codes(vocab.SPECIAL_UNARY)  # name -> C++ special_unary selector (icrm_kernels/vocab.py)
 
 
 # -------------------------------------------------- the C++ and float64 adapters of the records

@@ -18,13 +18,16 @@ from typing import Callable
 
 import torch
 
-BASELINES = ("none", "group_mean", "leave_one_out", "batch_mean")
-SCALES = ("none", "group_std", "batch_std", "bnpo")
-WHITENS = ("none", "sample", "token")
-WHITEN_STDS = ("std_eps", "rsqrt_eps", "rsqrt_clamp")
-SINGLETONS = ("zero", "raw", "nan")
-NAN_POLICIES = ("propagate", "omit", "raise")
-AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+# the accepted values of each option (defined once, in icrm_kernels/vocab.py)
+from icrm_kernels.vocab import (  # noqa: F401  (re-exported: ref.BASELINES, ...)
+    AGGREGATIONS,
+    BASELINES,
+    NAN_POLICIES,
+    SCALES,
+    SINGLETONS,
+    WHITEN_STDS,
+    WHITENS,
+)
 
 # Library defaults (the GRPO of the DeepSeekMath paper with verl's eps): used where neither a
 # keyword nor a preset sets an option.

@@ -23,14 +23,16 @@ import triton
 import triton.language as tl
 
 from icrm_kernels.triton import cdiv, next_power_of_2
+import icrm_kernels.vocab as V
 from icrm_kernels.triton._aot import AotSpec
 
-# option codes (shared with csrc/advantages.cpp and ops/advantages.py)
-BASELINE = {"none": 0, "group_mean": 1, "leave_one_out": 2, "batch_mean": 3}
-SCALE = {"none": 0, "group_std": 1, "batch_std": 2, "bnpo": 3}
-WHITEN = {"none": 0, "sample": 1, "token": 2}
-SINGLETON = {"zero": 0, "raw": 1, "nan": 2}
-WHITEN_STD = {"std_eps": 0, "rsqrt_eps": 1, "rsqrt_clamp": 2}
+# option -> code tables of the launcher (icrm_kernels/vocab.py; csrc/advantages.cpp and
+# ops/advantages.py use the same codes). Kernels compare codes with the named constants V.*.
+BASELINE = V.codes(V.BASELINES)
+SCALE = V.codes(V.SCALES)
+WHITEN = V.codes(V.WHITENS)
+SINGLETON = V.codes(V.SINGLETONS)
+WHITEN_STD = V.codes(V.WHITEN_STDS)
 
 
 @triton.jit
@@ -197,19 +199,20 @@ def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bme
                  TOKENS: tl.constexpr, BLOCK_T: tl.constexpr):
     """A of one [BLOCK_B, BLOCK_L] chunk from its group statistics, stored (with the token broadcast)."""
     d = x - pivot[:, None] - shift[:, None]
-    if BASELINE == 1:
+    if BASELINE == V.BASELINE_GROUP_MEAN:
         cen = tl.where(raw_single[:, None], x, d)
-    elif BASELINE == 2:
+    elif BASELINE == V.BASELINE_LEAVE_ONE_OUT:
         cen = tl.where(raw_single[:, None], x, d * loo[:, None])
-    elif BASELINE == 3:
+    elif BASELINE == V.BASELINE_BATCH_MEAN:
         cen = x - bmean
     else:
         cen = x
     a = cen / denom[:, None]
-    if BASELINE == 1 or BASELINE == 2 or SCALE == 1:  # a group-level statistic: singleton rule
-        if SINGLETON == 0:
+    # a group-level statistic: singleton rule
+    if BASELINE == V.BASELINE_GROUP_MEAN or BASELINE == V.BASELINE_LEAVE_ONE_OUT or SCALE == V.SCALE_GROUP_STD:
+        if SINGLETON == V.SINGLETON_ZERO:
             a = tl.where(single[:, None], 0.0, a)
-        elif SINGLETON == 2:
+        elif SINGLETON == V.SINGLETON_NAN:
             a = tl.where(single[:, None], float("nan"), a)
     a = tl.where(valid, a, 0.0)
     _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
@@ -233,7 +236,7 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
     # batch statistics of the raw rewards (partials of the previous launch, fixed order)
     bmean = 0.0
     bstd = 1.0
-    if BASELINE == 3 or SCALE == 2:
+    if BASELINE == V.BASELINE_BATCH_MEAN or SCALE == V.SCALE_BATCH_STD:
         bW, bm, bM2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
         bmean = bm
         if UNBIASED:
@@ -258,10 +261,10 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
     nsafe = tl.where(n > 0, n, 1.0)
     shift = S1 / nsafe  # mean = pivot + shift
     single = n == 1.0
-    raw_single = single & (SINGLETON == 1)
+    raw_single = single & (SINGLETON == V.SINGLETON_RAW)
 
     s = tl.where(n > 0, 1.0, 1.0).to(x.dtype)
-    if SCALE == 1:
+    if SCALE == V.SCALE_GROUP_STD:
         # Deviations are divided by a power of two near the group's range before squaring: in
         # fp32 a spread beyond ~1e19 overflowed d * d (std inf, A = 0: rewards of 1e30 gave 0
         # where C++ and the reference give the right answer). A power of two scales exactly, so
@@ -282,7 +285,7 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
         else:
             var = M2 / nsafe
         s = tl.where(raw_single, 1.0, tl.sqrt(var) * sc)
-    elif SCALE == 2:
+    elif SCALE == V.SCALE_BATCH_STD:
         s = s * bstd
     denom = s + eps
     loo = n / tl.where(n > 1, n - 1.0, 1.0)
@@ -314,11 +317,11 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
         var = M2 / (W - 1.0)
     else:
         var = M2 / W
-    if FORM == 0:
+    if FORM == V.WHITEN_STD_STD_EPS:
         mul = 1.0 / (tl.sqrt(var) + weps)
-    elif FORM == 1:
+    elif FORM == V.WHITEN_STD_RSQRT_EPS:
         mul = 1.0 / tl.sqrt(var + weps)
-    else:
+    else:  # V.WHITEN_STD_RSQRT_CLAMP
         mul = 1.0 / tl.sqrt(tl.maximum(var, weps))
     a = _acc(tl.load(a_ptr + rows, mask=rm, other=0.0), F64)
     keep = rm
@@ -386,7 +389,7 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
             S1 += tl.sum(tl.where(valid, sv - pivot[:, None], 0.0), axis=1)
         p = pivot + S1 / tl.where(n > 0, n, 1.0)
         single = n == 1.0
-        if SINGLETON == 1:  # the original code: p = 0 for a singleton, which stays in the moments
+        if SINGLETON == V.SINGLETON_RAW:  # the original code: p = 0 for a singleton, which stays in the moments
             p = tl.where(single, 0.0, p)
             in_stats = n > 0
         else:
@@ -422,9 +425,9 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
             rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c0, cols, n_rows, HAS_ORDER, OMIT, F64)
             sv = _bnpo_scaled(x, lo, inv_range)
             a = w[:, None] * (sv - p[:, None])
-            if SINGLETON == 0:
+            if SINGLETON == V.SINGLETON_ZERO:
                 a = tl.where(single[:, None], 0.0, a)
-            elif SINGLETON == 2:
+            elif SINGLETON == V.SINGLETON_NAN:
                 a = tl.where(single[:, None], float("nan"), a)
             a = tl.where(valid, a, 0.0)
             _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
@@ -570,18 +573,18 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         return out
     b, s, wcode = BASELINE[baseline], SCALE[scale], WHITEN[whiten]
     parts, P = (r, 1)
-    if b == 3 or s == 2:
+    if b == V.BASELINE_BATCH_MEAN or s == V.SCALE_BATCH_STD:
         parts, P = _moments(r, None, r if omit else None, omit, f64, process_group)
     fixed = group_size is not None
-    tokens_here = mask is not None and wcode == 0
+    tokens_here = mask is not None and wcode == V.WHITEN_NONE
     num_groups, block_b, block_l, block_t, grid = _group_plan(
         n, group_size, num_slots, cu.numel() if cu is not None and order is None else 0, order is not None, T,
         tokens_here)
     one_chunk = fixed and group_size <= block_l
-    a_buf = out if wcode == 0 else (torch.zeros if ragged else torch.empty)(
+    a_buf = out if wcode == V.WHITEN_NONE else (torch.zeros if ragged else torch.empty)(
         n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     dummy = r
-    if s == 3:
+    if s == V.SCALE_BNPO:
         _bnpo(r, a_buf, cu, order, mask if tokens_here else None, num_groups, group_size, bnpo_bounds, singleton,
               omit, f64, fixed, block_b, block_l, block_t, grid, process_group)
     else:
@@ -594,7 +597,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
             BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=next_power_of_2(P),
             ONE_CHUNK=one_chunk, num_warps=_group_warps(block_b * block_l * block_t, one_chunk),
         )
-    if wcode == 0:
+    if wcode == V.WHITEN_NONE:
         return out
     parts2, P2 = _moments(a_buf, whiten_weights, r if omit else None, omit, f64, process_group)
     block_t = min(max(next_power_of_2(max(T, 1)), 16), 128) if mask is not None else 1
@@ -611,17 +614,17 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
 
 
 # ------------------------------------------------------------------------ AOT specs
-def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=False, omit=False, block_b=16,
-                block_l=8, block_t=1, num_warps=4, f64=False):
+def _group_spec(dt, label, fixed=True, order=False, baseline=V.BASELINE_GROUP_MEAN, scale=V.SCALE_GROUP_STD,
+                tokens=False, omit=False, block_b=16, block_l=8, block_t=1, num_warps=4, f64=False):
     return AotSpec(
         _group_kernel,
         signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
                    "part_ptr": "*fp64" if f64 else "*fp32", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64",
                    "n_rows": "i64", "P": "i32",
                    "T": "i64", "stride_mask": "i64", "eps": "fp32"},
-        constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale, "SINGLETON": 1,
-                    "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": f64, "BLOCK_B": block_b,
-                    "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256, "ONE_CHUNK": fixed},
+        constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale,
+                    "SINGLETON": V.SINGLETON_RAW, "OMIT": omit, "UNBIASED": True, "TOKENS": tokens, "F64": f64,
+                    "BLOCK_B": block_b, "BLOCK_L": block_l, "BLOCK_T": block_t, "BLOCK_P": 256, "ONE_CHUNK": fixed},
         num_warps=num_warps, label=label,
     )
 
@@ -629,19 +632,21 @@ def _group_spec(dt, label, fixed=True, order=False, baseline=1, scale=1, tokens=
 AOT_SPECS = [
     _group_spec("bf16", "fixed G=8 grpo bf16 (int64 offsets)"),
     _group_spec("fp32", "fixed G=8 grpo fp32"),
-    _group_spec("fp32", "fixed G=8 rloo fp32 omit", baseline=2, scale=0, omit=True),
-    _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=2, block_b=2, block_l=64),
+    _group_spec("fp32", "fixed G=8 rloo fp32 omit", baseline=V.BASELINE_LEAVE_ONE_OUT,
+                scale=V.SCALE_NONE, omit=True),
+    _group_spec("fp32", "ragged batch_std fp32", fixed=False, scale=V.SCALE_BATCH_STD, block_b=2, block_l=64),
     _group_spec("fp32", "ragged G~8 fp32", fixed=False, block_b=8, block_l=16),
     _group_spec("bf16", "index order bf16", fixed=False, order=True, block_b=8, block_l=16),
     _group_spec("bf16", "fixed G=8 tokens bf16", tokens=True, block_b=1, block_l=8, block_t=256, num_warps=8),
-    _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=3, scale=1, block_b=8, block_l=16, f64=True),
+    _group_spec("fp64", "ragged batch_mean fp64", fixed=False, baseline=V.BASELINE_BATCH_MEAN,
+                scale=V.SCALE_GROUP_STD, block_b=8, block_l=16, f64=True),
     *[AotSpec(_bnpo_kernel,
               signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
                          "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
                          "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "n_rows": "i64", "P": "i32", "T": "i64",
                          "stride_mask": "i64", "lo": "fp32", "inv_range": "fp32"},
-              constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": 1, "OMIT": False,
-                          "TOKENS": False, "F64": False, "BLOCK_B": 16, "BLOCK_L": 8, "BLOCK_T": 1,
+              constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": V.SINGLETON_RAW,
+                          "OMIT": False, "TOKENS": False, "F64": False, "BLOCK_B": 16, "BLOCK_L": 8, "BLOCK_T": 1,
                           "BLOCK_P": 256 if phase == 2 else 2},
               num_warps=4, label=f"phase {phase} fixed G=8 bf16") for phase in (1, 2)],
     AotSpec(_moments_kernel,
@@ -652,14 +657,14 @@ AOT_SPECS = [
             signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*bf16", "part_ptr": "*fp32",
                        "out_ptr": "*bf16", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
                        "stride_mask": "i64", "weps": "fp32"},
-            constexprs={"FORM": 1, "UNBIASED": True, "HAS_W": True, "OMIT": False, "TOKENS": True, "F64": False,
-                        "BLOCK_R": 16, "BLOCK_T": 128, "BLOCK_P": 256},
+            constexprs={"FORM": V.WHITEN_STD_RSQRT_EPS, "UNBIASED": True, "HAS_W": True, "OMIT": False,
+                        "TOKENS": True, "F64": False, "BLOCK_R": 16, "BLOCK_T": 128, "BLOCK_P": 256},
             num_warps=8, label="tokens bf16"),
     AotSpec(_whiten_kernel,
             signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32",
                        "out_ptr": "*fp32", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
                        "stride_mask": "i64", "weps": "fp32"},
-            constexprs={"FORM": 0, "UNBIASED": True, "HAS_W": False, "OMIT": True, "TOKENS": False, "F64": False,
-                        "BLOCK_R": 1024, "BLOCK_T": 1, "BLOCK_P": 256},
+            constexprs={"FORM": V.WHITEN_STD_STD_EPS, "UNBIASED": True, "HAS_W": False, "OMIT": True,
+                        "TOKENS": False, "F64": False, "BLOCK_R": 1024, "BLOCK_T": 1, "BLOCK_P": 256},
             num_warps=4, label="sample fp32"),
 ]

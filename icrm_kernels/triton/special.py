@@ -27,7 +27,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from icrm_kernels.triton import cdiv, next_power_of_2
+import icrm_kernels.vocab as V
+from icrm_kernels.triton import cdiv
 from icrm_kernels.triton._aot import AotSpec
 
 
@@ -223,11 +224,11 @@ def _unary_kernel(x_ptr, out_ptr, n, WHICH: tl.constexpr, BLOCK: tl.constexpr):
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=1.0).to(tl.float32)
-    if WHICH == 0:
+    if WHICH == V.UNARY_DIGAMMA:
         y = digamma(x)
-    elif WHICH == 1:
+    elif WHICH == V.UNARY_TRIGAMMA:
         y = trigamma(x)
-    else:
+    else:  # V.UNARY_LGAMMA
         y = lgamma(x)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -242,7 +243,7 @@ def _betaln_kernel(a_ptr, b_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, betaln(a, b).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-UNARY = {"digamma": 0, "trigamma": 1, "lgamma": 2}
+UNARY = V.codes(V.SPECIAL_UNARY)  # name -> WHICH (icrm_kernels/vocab.py)
 BLOCK = 1024
 
 
