@@ -14,7 +14,7 @@ states (T·D_p·2 bytes) over the time, as a fraction of the measured copy bandw
 
 Every variant's output is compared with the generic kernel at its default configuration
 (``rel``: max |diff| / max |ref|), and that baseline with an fp32 torch computation on the first
-sequences (printed once). Configurations are set through ``attention.CONFIG_OVERRIDE`` (no code
+sequences (printed once). Configurations are set through ``attention.launch_config(...)`` (no code
 edits); the script prints the best one per kind as a dict to paste into the launcher defaults.
 """
 from __future__ import annotations
@@ -110,14 +110,13 @@ def main():
     flush = torch.empty(64 * 1024 * 1024 if dev.type == "cuda" else 1, dtype=torch.int32, device=dev)
 
     # baseline outputs (generic kernel, default config) and a torch check of it
-    A.CONFIG_OVERRIDE = {"fwd": {"variant": "generic"}, "bwd": {"variant": "generic"}, "r2m": {"variant": "generic"}}
-    c_ref, lse_ref = A.s2t_core_fwd(p["q"], p["x"], p["cu"], None)
-    ref = {"fwd": c_ref, "bwd": first(runner("bwd", p, c_ref, lse_ref)()), "r2m": first(runner("r2m", p)())}
-    chk = torch_check(p)
-    err_c = max(float((ref["fwd"][i, 0] - cc).abs().max() / cc.abs().max()) for i, (cc, _, _) in enumerate(chk))
-    err_y = max(float((ref["r2m"][i, 0] - yy).abs() / yy.abs().clamp_min(1e-6)) for i, (_, _, yy) in enumerate(chk))
-    print(f"generic-default vs fp32 torch (first {len(chk)} seqs): c rel {err_c:.2e}, r2m y rel {err_y:.2e}")
-    A.CONFIG_OVERRIDE = {}
+    with A.launch_config({"fwd": {"variant": "generic"}, "bwd": {"variant": "generic"}, "r2m": {"variant": "generic"}}):
+        c_ref, lse_ref = A.s2t_core_fwd(p["q"], p["x"], p["cu"], None)
+        ref = {"fwd": c_ref, "bwd": first(runner("bwd", p, c_ref, lse_ref)()), "r2m": first(runner("r2m", p)())}
+        chk = torch_check(p)
+        err_c = max(float((ref["fwd"][i, 0] - cc).abs().max() / cc.abs().max()) for i, (cc, _, _) in enumerate(chk))
+        err_y = max(float((ref["r2m"][i, 0] - yy).abs() / yy.abs().clamp_min(1e-6)) for i, (_, _, yy) in enumerate(chk))
+        print(f"generic-default vs fp32 torch (first {len(chk)} seqs): c rel {err_c:.2e}, r2m y rel {err_y:.2e}")
 
     rows, best = [], {}
     kinds = [k for k in args.kinds.split(",") if k]
@@ -128,20 +127,20 @@ def main():
             if time.perf_counter() - t_start > args.budget:
                 skipped += 1
                 continue
-            A.CONFIG_OVERRIDE = {kind: ov}
-            fn = runner(kind, p, c_ref, lse_ref)
-            try:
-                out = first(fn())
-                rel = float((out - ref[kind]).abs().max() / ref[kind].abs().max().clamp_min(1e-30))
-                if dev.type == "cuda":
-                    med, _, _ = harness._time_cuda(fn, args.repeats, flush, warmup=2, budget_s=1.5)
-                else:
-                    med, _, _ = harness._time_cpu(fn, 1, warmup=0)
-            except Exception as exc:  # a config that does not compile or launch must not stop the sweep
-                print(f"{kind:4s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:100]}")
-                continue
-            cfg = A._config(kind, 1, args.dim, 2)
-            tpp = A._tokens_per_program(p["T"], dev, cfg)
+            with A.launch_config({kind: ov}, reset=True):
+                fn = runner(kind, p, c_ref, lse_ref)
+                try:
+                    out = first(fn())
+                    rel = float((out - ref[kind]).abs().max() / ref[kind].abs().max().clamp_min(1e-30))
+                    if dev.type == "cuda":
+                        med, _, _ = harness._time_cuda(fn, args.repeats, flush, warmup=2, budget_s=1.5)
+                    else:
+                        med, _, _ = harness._time_cpu(fn, 1, warmup=0)
+                except Exception as exc:  # a config that does not compile or launch must not stop the sweep
+                    print(f"{kind:4s} {name:26s} FAILED {type(exc).__name__}: {str(exc)[:100]}")
+                    continue
+                cfg = A._config(kind, 1, args.dim, 2)
+                tpp = A._tokens_per_program(p["T"], dev, cfg)
             frac = nbytes / med / copy_bw
             bad = rel > 2e-3
             print(f"{kind:4s} {name:26s} {tpp:5d} {med * 1e3:8.3f} {frac * 100:5.1f}% {rel:9.2e}{'  MISMATCH' if bad else ''}",
@@ -149,7 +148,6 @@ def main():
             rows.append((kind, name, ov, med, frac, rel))
             if not bad and (kind not in best or med < best[kind][3]):
                 best[kind] = (kind, name, ov, med, frac, rel)
-    A.CONFIG_OVERRIDE = {}
     if skipped:
         print(f"(time budget reached: {skipped} kind x config timings skipped; raise --budget or use --kinds)")
     print("\nbest per kind:")
@@ -159,7 +157,7 @@ def main():
             dflt = next((r for r in rows if r[0] == kind and r[1] == "default"), None)
             gain = f", {dflt[3] / med:.2f}x vs default" if dflt else ""
             print(f"  {kind}: {name}  {med * 1e3:.3f} ms = {frac * 100:.1f}% of copy bw{gain}")
-    print("CONFIG_OVERRIDE =", {k: v[2] for k, v in best.items()})
+    print("launch_config overrides =", {k: v[2] for k, v in best.items()})
     if {"fwd", "bwd"} <= set(best):
         fb = best["fwd"][3] + best["bwd"][3]
         print(f"fwd + bwd kernels: {fb * 1e3:.3f} ms = {fb * copy_bw / nbytes:.2f} reads of the states (target <= 2.5)")
@@ -199,9 +197,8 @@ def end_to_end(p, override, flush, copy_bw, nbytes, args, dev):
 
     print(f"\nend to end (public ops, B={b}, d={d}, bf16; states detached):")
     for label, ov in (("defaults", {}), ("best", override)):
-        A.CONFIG_OVERRIDE = dict(ov)
         try:
-            with icrm_kernels.use_backend("triton"):
+            with A.launch_config(dict(ov), reset=True), icrm_kernels.use_backend("triton"):
                 for name, fn, target in (("s2t_attention fwd", fwd, "target >= 85%"),
                                          ("s2t_attention fwd+bwd", fwd_bwd, "target <= 2.5 reads"),
                                          ("r2m_reward", reward, "target >= 90%")):
@@ -213,8 +210,6 @@ def end_to_end(p, override, flush, copy_bw, nbytes, args, dev):
                           f" = {med * copy_bw / nbytes:.2f} reads  ({target})", flush=True)
         except Exception as exc:
             print(f"  {label}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
-        finally:
-            A.CONFIG_OVERRIDE = {}
 
 
 if __name__ == "__main__":

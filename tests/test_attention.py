@@ -20,8 +20,10 @@ def small_program_share(monkeypatch):
     if _backend.HAS_TRITON:
         from icrm_kernels.triton import attention as tri
 
-        monkeypatch.setattr(tri, "TOKENS_PER_PROGRAM", 8)
-    yield
+        with tri.launch_config(tokens_per_program=8):
+            yield
+    else:
+        yield
 
 
 def make_inputs(device, dtype, *, lens=(3, 0, 17, 1), layout="packed", num_heads=1, bias=False, d_r=12, d_p=10,
@@ -137,9 +139,8 @@ def test_default_program_share(device):
         pytest.skip("no Triton backend here")
     from icrm_kernels.triton import attention as tri
 
-    tri.TOKENS_PER_PROGRAM = None
     inp, seed = make_inputs(device, torch.float32, lens=(40, 3))
-    with icrm_kernels.use_backend("triton"):
+    with tri.launch_config(reset=True), icrm_kernels.use_backend("triton"):
         assert_matches_reference(seq_to_token_attention, ref.seq_to_token_attention, inp, grad=["query", "states"], seed=seed)
 
 
@@ -377,11 +378,10 @@ def test_forced_kernel_variant(device, monkeypatch, variant, num_heads):
     from icrm_kernels.triton import attention as tri
 
     cfg = {"variant": variant, "BLOCK_L": 2, "num_warps": 4}
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg, "r2m": cfg})
-    monkeypatch.setattr(tri, "TOKENS_PER_PROGRAM", 5)
     inp, seed = make_inputs(device, torch.float32, lens=(7, 0, 12, 1), num_heads=num_heads, bias=True, d=4, d_p=20)
     sw = torch.randn(12, dtype=torch.float32).to(device)
-    with icrm_kernels.use_backend("triton"):
+    forced = tri.launch_config({"fwd": cfg, "bwd": cfg, "r2m": cfg}, tokens_per_program=5)
+    with forced, icrm_kernels.use_backend("triton"):
         assert_matches_reference(seq_to_token_attention, ref.seq_to_token_attention, inp,
                                  grad=["query", "states", "w_k"], seed=seed)
         inp["states"] = inp["states"].detach()
@@ -424,10 +424,9 @@ def test_r2m_reward_deterministic(device, monkeypatch):
         pytest.skip("no Triton backend here")
     from icrm_kernels.triton import attention as tri
 
-    monkeypatch.setattr(tri, "TOKENS_PER_PROGRAM", 4)
     inp, _ = make_inputs(device, torch.float32, lens=(13, 0, 9), num_heads=2, bias=True, d=4)
     sw = torch.randn(12, dtype=torch.float32).to(device)
-    with icrm_kernels.use_backend("triton"):
+    with tri.launch_config(tokens_per_program=4), icrm_kernels.use_backend("triton"):
         first = r2m_reward(**inp, score_weight=sw, omega=0.6)
         for _ in range(3):
             assert torch.equal(r2m_reward(**inp, score_weight=sw, omega=0.6), first)

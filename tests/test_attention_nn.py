@@ -16,8 +16,10 @@ def small_program_share(monkeypatch):
     if _backend.HAS_TRITON:
         from icrm_kernels.triton import attention as tri
 
-        monkeypatch.setattr(tri, "TOKENS_PER_PROGRAM", 8)
-    yield
+        with tri.launch_config(tokens_per_program=8):
+            yield
+    else:
+        yield
 
 
 def _mha_case(device, *, embed=8, kdim=6, heads=2, bias=True, lens=(3, 12, 1)):

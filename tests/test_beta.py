@@ -404,12 +404,11 @@ def test_posterior_tile_sizes(device, tile, monkeypatch):
         pytest.skip("no Triton backend here")
     from icrm_kernels.triton import beta as tri
 
-    monkeypatch.setattr(tri, "POSTERIOR_TILE", tile)
     sizes = torch.tensor([5, 0, 64, 3, 130, 1, 17, 64])
     k, m = sizes.numel(), int(sizes.sum())
     y, w = torch.rand(m, device=device), torch.rand(m, device=device)
     cu = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)]).to(device)
-    with icrm_kernels.use_backend("triton"):
+    with tri.posterior_tile(tile), icrm_kernels.use_backend("triton"):
         alpha, beta = beta_posterior(y, cu_segments=cu, weights=w, discount=0.9)
     seg = torch.repeat_interleave(torch.arange(k), sizes).tolist()
     ea, eb = _brute_posterior(y.double().cpu().tolist(), seg, k, w.double().cpu().tolist(), 1.0, 1.0, 0.9)

@@ -80,11 +80,8 @@ def _with_posterior_tile(tile, fn):
     def run():
         from icrm_kernels.triton import beta as tri
 
-        saved, tri.POSTERIOR_TILE = tri.POSTERIOR_TILE, tile
-        try:
+        with tri.posterior_tile(tile):
             return fn()
-        finally:
-            tri.POSTERIOR_TILE = saved
 
     return run
 

@@ -27,6 +27,7 @@ from icrm_kernels._layout import check_groups
 from icrm_kernels.reference import advantages as ref
 from icrm_kernels.reference.advantages import PRESETS, resolve_options
 from icrm_kernels import vocab
+from icrm_kernels.profiling import ranged
 
 __all__ = ["group_advantages", "group_advantages_direct", "PRESETS", "selfcheck"]
 
@@ -282,6 +283,7 @@ def _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, resp
 
 
 # ------------------------------------------------------------------------ public function
+@ranged("group_advantages")
 def group_advantages(
     rewards: torch.Tensor,
     *,
@@ -417,6 +419,7 @@ def group_advantages(
 _OPTION_ORDER = tuple(inspect.signature(_validated_options).parameters)[1:]
 
 
+@ranged("group_advantages_direct")
 def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_index=None, reward_weights=None,
                             response_mask=None, preset=None, **options):
     """Thin launcher for hot loops: :func:`group_advantages` without the tensor value checks,
@@ -483,11 +486,3 @@ def selfcheck(device) -> List[tuple]:
         err = ((out.double().cpu() - expect).abs() / expect.abs().clamp(min=1.0)).max().item() if n else 0.0
         results.append((name, bool(err < 1e-4), float(err), backend))
     return results
-
-
-# every public op inside a profiler range named icrm::<op> (icrm_kernels/profiling.py);
-# assigned last so that selfcheck and the modules importing these names get the ranged ones
-from icrm_kernels.profiling import ranged  # noqa: E402
-
-group_advantages = ranged('group_advantages')(group_advantages)
-group_advantages_direct = ranged('group_advantages_direct')(group_advantages_direct)

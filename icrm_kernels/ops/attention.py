@@ -55,6 +55,7 @@ from icrm_kernels._checks import (
     value_checks_enabled,
 )
 from icrm_kernels.reference import attention as _ref
+from icrm_kernels.profiling import ranged
 
 __all__ = ["seq_to_token_attention", "r2m_reward", "r2m_omega", "selfcheck"]
 
@@ -268,6 +269,7 @@ def _head_gemv(w: Tensor, v: Tensor, acc: torch.dtype) -> Tensor:
     return torch.einsum("phe,he->hp", w.to(acc).view(w.shape[0], heads, hc), v)
 
 
+@ranged("seq_to_token_attention")
 def seq_to_token_attention(
     query: Tensor, states: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor, w_o: Tensor, *,
     cu_seqlens: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None, num_heads: int = 1,
@@ -352,6 +354,7 @@ def r2m_omega(step, total_steps, floor: float = 0.6):
     return max(0.5 * math.cos(math.pi * step / total_steps) + 0.5, floor)
 
 
+@ranged("r2m_reward")
 def r2m_reward(
     query: Tensor, states: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor, w_o: Tensor, *,
     score_weight: Tensor, score_bias=None, omega, cu_seqlens: Optional[Tensor] = None,
@@ -498,11 +501,3 @@ def _selfcheck_one(device, backend, packed, heads, variant, rel):
     e = rel(r, r0)
     out.append((f"r2m_reward[{layout}{tag}]", e < 1e-4, e, backend))
     return out
-
-
-# every public op inside a profiler range named icrm::<op> (icrm_kernels/profiling.py);
-# assigned last so that selfcheck and the modules importing these names get the ranged ones
-from icrm_kernels.profiling import ranged  # noqa: E402
-
-seq_to_token_attention = ranged('seq_to_token_attention')(seq_to_token_attention)
-r2m_reward = ranged('r2m_reward')(r2m_reward)

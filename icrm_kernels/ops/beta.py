@@ -49,6 +49,7 @@ from icrm_kernels import vocab
 from icrm_kernels._checks import check_positive
 from icrm_kernels._layout import segments_of_index
 from icrm_kernels.ops.special import TRIGAMMA
+from icrm_kernels.profiling import ranged
 
 Tensor = torch.Tensor
 _REDUCTIONS = vocab.codes(vocab.REDUCTIONS)  # reduction -> the C++ beta_elbo code (icrm_kernels/vocab.py)
@@ -370,6 +371,7 @@ def _check_elbo_args(x, x_name, labels, weights, prior_alpha, prior_beta, kl_wei
 # four checks cost ~2 µs a call and a training loop passes the same numbers every step
 _ELBO_SCALARS = {}
 
+@ranged("beta_elbo_loss")
 def beta_elbo_loss(
     alpha: Tensor,
     beta: Tensor,
@@ -403,6 +405,7 @@ def beta_elbo_loss(
     return _elbo_call(alpha, beta, labels, weights, pa, pb, kw, 0.0, False, red)
 
 
+@ranged("beta_elbo_loss_from_logits")
 def beta_elbo_loss_from_logits(
     mean_logit: Tensor,
     conc_logit: Tensor,
@@ -427,6 +430,7 @@ def beta_elbo_loss_from_logits(
     return _elbo_call(mean_logit, conc_logit, labels, weights, pa, pb, kw, tmin, True, red)
 
 
+@ranged("beta_kl")
 def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0,
             prior_beta: Union[float, Tensor] = 1.0) -> Tensor:
     """KL(Beta(alpha, beta) || Beta(prior_alpha, prior_beta)), elementwise, alpha's shape and dtype:
@@ -496,6 +500,7 @@ FROM_LOGITS = _op.define(_op.OpRecord(
     backward=_from_logits_backward, setup_context=_from_logits_setup))
 
 
+@ranged("beta_from_logits")
 def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e-2) -> Tuple[Tensor, Tensor]:
     """(alpha, beta) = (mu tau, (1 - mu) tau), mu = sigmoid(mean_logit), tau = softplus(conc_logit) + tau_min.
 
@@ -563,6 +568,7 @@ STATS = _op.define(_op.OpRecord(
     backward=_stats_backward, setup_context=_stats_setup))
 
 
+@ranged("beta_stats")
 def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
     """Statistics of Beta(alpha, beta) in one fused pass: ``BetaStats(mean, var, log_mean,
     log1m_mean, logit_mean, entropy)``, each of alpha's shape and dtype.
@@ -576,6 +582,7 @@ def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
     return BetaStats(*STATS(alpha, beta).unbind(0))
 
 
+@ranged("steer")
 def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean") -> Tensor:
     """Multi-objective scalarisation: sum_k weights[..., k] * stat(Beta(alpha[..., k], beta[..., k])).
 
@@ -637,6 +644,7 @@ POSTERIOR = _op.define(_op.OpRecord(
     reference=_posterior_reference))
 
 
+@ranged("beta_posterior")
 def beta_posterior(
     outcomes: Tensor,
     *,
@@ -806,6 +814,7 @@ def _check_posterior_size(k: int, outcomes: Tensor) -> None:
 
 
 # ==================================================================== hypervolume
+@ranged("hypervolume")
 def hypervolume(points: Tensor, ref: Union[Tensor, Sequence[float]], *, clip: bool = False) -> Tensor:
     """Exact dominated hypervolume for maximisation, 2 or 3 objectives.
 
@@ -949,17 +958,3 @@ def selfcheck(device):
     err = max(rel(a_k, ra_k), rel(b_k, rb_k))
     out.append(("beta_posterior", err < 1e-4, err, POSTERIOR.backend(yy.float().to(device))))
     return out
-
-
-# every public op inside a profiler range named icrm::<op> (icrm_kernels/profiling.py);
-# assigned last so that selfcheck and the modules importing these names get the ranged ones
-from icrm_kernels.profiling import ranged  # noqa: E402
-
-beta_elbo_loss = ranged('beta_elbo_loss')(beta_elbo_loss)
-beta_elbo_loss_from_logits = ranged('beta_elbo_loss_from_logits')(beta_elbo_loss_from_logits)
-beta_kl = ranged('beta_kl')(beta_kl)
-beta_from_logits = ranged('beta_from_logits')(beta_from_logits)
-beta_stats = ranged('beta_stats')(beta_stats)
-steer = ranged('steer')(steer)
-beta_posterior = ranged('beta_posterior')(beta_posterior)
-hypervolume = ranged('hypervolume')(hypervolume)

@@ -23,6 +23,7 @@ from icrm_kernels._checks import (
 from icrm_kernels._layout import kernel_args, layout_of_kernel_args, num_groups_of_kernel_args, resolve_groups
 from icrm_kernels.reference import pairwise as ref
 from icrm_kernels import vocab
+from icrm_kernels.profiling import ranged
 
 __all__ = ["group_win_rate", "grebt_loss", "selfcheck"]
 
@@ -117,6 +118,7 @@ def _prepare(x: Tensor, name: str, group_size, cu_groups, group_index):
     return layout
 
 
+@ranged("group_win_rate")
 def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
                    group_index: Optional[Tensor] = None, temperature: Optional[float] = None) -> Tensor:
     """Pref-GRPO pairwise win rate of every row within its group.
@@ -272,6 +274,7 @@ _grebt_apply = EagerGrebt.apply
 _GREBT_SCALARS = {}
 
 
+@ranged("grebt_loss")
 def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: Optional[Tensor] = None,
                group_index: Optional[Tensor] = None, alpha: float = 0.3, eps: float = 1e-6,
                select: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
@@ -391,11 +394,3 @@ def selfcheck(device) -> List[tuple]:
         err = max(rel_err(loss, lr), rel_err(gr_op, gr_ref))
         results.append((f"grebt_loss[{name}]", err < 1e-4, err, backend))
     return results
-
-
-# every public op inside a profiler range named icrm::<op> (icrm_kernels/profiling.py);
-# assigned last so that selfcheck and the modules importing these names get the ranged ones
-from icrm_kernels.profiling import ranged  # noqa: E402
-
-group_win_rate = ranged('group_win_rate')(group_win_rate)
-grebt_loss = ranged('grebt_loss')(grebt_loss)

@@ -3,8 +3,8 @@
 The projections are folded into the query side (q̃_h = scale · W_k,h q_h, width D_p), so the
 kernels only ever read the raw states ``x[rows, D_p]`` (bf16/fp16/fp32, fp32 math):
 
-Two kernel families, chosen per call in the launcher (``_config``; sweepable through
-``CONFIG_OVERRIDE``, see ``bench/tune_attention.py``):
+Two kernel families, chosen per call in the launcher (``_config``; sweepable inside a
+``launch_config(...)`` block, see ``bench/tune_attention.py``):
 
 - full-row kernels (``_s2t_fwd_row_kernel``, ``_s2t_bwd_row_kernel``, ``_r2m_row_kernel``), used
   when next_pow2(D_p) <= 8192 and H <= 2 (the paper's default is one head): one program per
@@ -39,6 +39,9 @@ fp32 workspace is ≤ (T/tpp + B)·H·D_p·4 bytes: ~1% of the states at the tar
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import triton
 import triton.language as tl
@@ -47,8 +50,6 @@ from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 
-# Tests set this to force tiny per-program shares so the interpreter exercises the combine.
-TOKENS_PER_PROGRAM = None
 
 
 @triton.jit
@@ -410,11 +411,33 @@ def _r2m_row_kernel(
 
 
 # ---------------------------------------------------------------- launchers
-# Launch configuration per kernel kind ("fwd", "bwd", "r2m"). bench/tune_attention.py sweeps it by
-# setting CONFIG_OVERRIDE[kind] = {...} with any of: "variant" ("row" | "generic"), "BLOCK_L",
-# "BLOCK_D" (generic only), "num_warps", "tpp" (tokens per program), "programs_per_sm" (used to
-# derive tpp when "tpp" is absent). Empty = the defaults below.
-CONFIG_OVERRIDE = {}
+# Launch settings forced inside a launch_config() block (per context: threads and asyncio tasks
+# each see their own), for tests and the launch-configuration sweeps.
+_FORCED = contextvars.ContextVar("icrm_attention_launch_config", default={})
+
+
+@contextlib.contextmanager
+def launch_config(overrides=None, *, tokens_per_program=None, reset=False):
+    """Inside the block, the attention launchers use these settings instead of their defaults.
+
+    ``overrides``: ``{kind: {...}}`` per kernel kind ("fwd", "bwd", "r2m") with any of "variant"
+    ("row" | "generic"), "BLOCK_L", "BLOCK_D" (generic only), "num_warps", "tpp" (tokens per
+    program), "programs_per_sm" (used to derive tpp when "tpp" is absent).
+    ``tokens_per_program``: every kind's work split (tests use tiny shares so that the interpreter
+    exercises the cross-program combine). ``reset``: start from the defaults, not from an
+    enclosing block's settings."""
+    forced = {} if reset else dict(_FORCED.get())
+    for kind, ov in (overrides or {}).items():
+        forced[kind] = dict(ov)
+    if tokens_per_program is not None:
+        forced["tokens_per_program"] = int(tokens_per_program)
+    token = _FORCED.set(forced)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 # The full-row kernels keep a [D_PAD] fp32 vector per head operand in registers: used when the
 # padded width fits (D_PAD <= ROW_MAX_DPAD) and for few heads (each head is its own program; the
 # heads of one work item share the row tiles through L2). The states gradient sums over heads,
@@ -438,7 +461,7 @@ def _blocks(num_heads: int, d: int, elem_bytes: int):
 
 
 def _config(kind: str, heads: int, d: int, elem_bytes: int, need_dx: bool = False) -> dict:
-    ov = dict(CONFIG_OVERRIDE.get(kind) or {})
+    ov = dict(_FORCED.get().get(kind) or {})
     d_pad = next_power_of_2(max(d, 1))
     row_ok = d_pad <= ROW_MAX_DPAD and not (kind == "bwd" and need_dx and heads > 1)
     variant = ov.pop("variant", "row" if (row_ok and heads <= ROW_MAX_HEADS) else "generic")
@@ -464,8 +487,9 @@ def _config(kind: str, heads: int, d: int, elem_bytes: int, need_dx: bool = Fals
 
 
 def _tokens_per_program(total_rows: int, device: torch.device, cfg: dict) -> int:
-    if TOKENS_PER_PROGRAM is not None:
-        return int(TOKENS_PER_PROGRAM)
+    forced = _FORCED.get().get("tokens_per_program")
+    if forced is not None:
+        return forced
     if cfg.get("tpp"):
         return int(cfg["tpp"])
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4

@@ -6,6 +6,8 @@ KL / entropy decomposition are in ``special.py`` (see its docstring).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -212,6 +214,18 @@ def stats(a, b):
 # H100 runs measured; the benchmark also times 2048 (more bytes in flight per SM, 2x fewer
 # programs) so that the next GPU run can pick the faster one (bench/NOTES.md §4).
 POSTERIOR_TILE = 1024
+_TILE = contextvars.ContextVar("icrm_posterior_tile", default=POSTERIOR_TILE)
+
+
+@contextlib.contextmanager
+def posterior_tile(tile: int):
+    """Inside the block, the posterior launcher uses ``tile`` demonstrations per step and program
+    (a power of 2) instead of POSTERIOR_TILE: the benchmark's candidate tiles, and tests."""
+    token = _TILE.set(int(tile))
+    try:
+        yield
+    finally:
+        _TILE.reset(token)
 
 
 def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, discount):
@@ -224,7 +238,7 @@ def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, disc
     m = outcomes.numel()
     mean_len = max(1, m // num_segments)
     block = min(1024, max(16, next_power_of_2(mean_len)))
-    segs = max(1, POSTERIOR_TILE // block)  # ~POSTERIOR_TILE demonstrations per step and program
+    segs = max(1, _TILE.get() // block)  # ~POSTERIOR_TILE demonstrations per step and program
     log2_gamma = math.log2(discount) if discount < 1.0 else 0.0
     _posterior_kernel[(cdiv(num_segments, segs),)](
         outcomes, weights if weights is not None else outcomes, order if order is not None else cu, cu,
