@@ -194,6 +194,16 @@ def _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS: tl.cons
 
 
 @triton.jit
+def _singleton_rule(a, single, SINGLETON: tl.constexpr):
+    """A of the rows of one-row groups: 0, NaN, or (SINGLETON_RAW) left as computed."""
+    if SINGLETON == V.SINGLETON_ZERO:
+        a = tl.where(single[:, None], 0.0, a)
+    elif SINGLETON == V.SINGLETON_NAN:
+        a = tl.where(single[:, None], float("nan"), a)
+    return a
+
+
+@triton.jit
 def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr, mask_ptr,
                  stride_mask, T, BASELINE: tl.constexpr, SCALE: tl.constexpr, SINGLETON: tl.constexpr,
                  TOKENS: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -210,10 +220,7 @@ def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bme
     a = cen / denom[:, None]
     # a group-level statistic: singleton rule
     if BASELINE == V.BASELINE_GROUP_MEAN or BASELINE == V.BASELINE_LEAVE_ONE_OUT or SCALE == V.SCALE_GROUP_STD:
-        if SINGLETON == V.SINGLETON_ZERO:
-            a = tl.where(single[:, None], 0.0, a)
-        elif SINGLETON == V.SINGLETON_NAN:
-            a = tl.where(single[:, None], float("nan"), a)
+        a = _singleton_rule(a, single, SINGLETON)
     a = tl.where(valid, a, 0.0)
     _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
 
@@ -425,11 +432,7 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
             rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c0, cols, n_rows, HAS_ORDER, OMIT, F64)
             sv = _bnpo_scaled(x, lo, inv_range)
             a = w[:, None] * (sv - p[:, None])
-            if SINGLETON == V.SINGLETON_ZERO:
-                a = tl.where(single[:, None], 0.0, a)
-            elif SINGLETON == V.SINGLETON_NAN:
-                a = tl.where(single[:, None], float("nan"), a)
-            a = tl.where(valid, a, 0.0)
+            a = tl.where(valid, _singleton_rule(a, single, SINGLETON), 0.0)
             _store_tile(a, rows, inb, out_ptr, mask_ptr, stride_mask, T, TOKENS, BLOCK_T)
 
 
