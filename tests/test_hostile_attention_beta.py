@@ -53,7 +53,8 @@ def _run_child(code: str, timeout: float = 90.0) -> str:
 _CHILD = r"""
 import math, torch, icrm_kernels as ik
 from icrm_kernels import _backend
-from icrm_kernels.ops.attention import _rand_inputs, s2t_attention_core, r2m_reward_core
+from icrm_kernels.ops.attention import _rand_inputs, S2T_CORE, R2M_CORE
+s2t_attention_core, r2m_reward_core = S2T_CORE.custom_op, R2M_CORE.custom_op
 BACKEND = {backend!r}
 nan, inf = float("nan"), float("inf")
 
@@ -119,7 +120,8 @@ with _backend.use_backend(BACKEND), ik.unchecked():
 assert torch.isfinite(got).all() and torch.allclose(got, want, rtol=1e-5, atol=1e-6), (got, want)
 
 # --- raw custom ops with inconsistent shapes (no public checks in front): an error, not a crash
-from icrm_kernels.ops.attention import s2t_attention_core_bwd
+from icrm_kernels.ops.attention import S2T_CORE_BWD
+s2t_attention_core_bwd = S2T_CORE_BWD.custom_op
 x = torch.randn(7, 10)
 cu = torch.tensor([0, 3, 7])
 shape_cases = [
