@@ -10,11 +10,17 @@ roundings a value goes through), so any fixed elementwise tolerance is either lo
 seed, flaky. They follow flash-attention's rule instead (:func:`assert_close_to_reference`): the
 kernel's error against the float64 reference must be at most ``factor`` (2) times the error of
 the reference itself run in the same low-precision dtype, plus a small floor.
+
+Both rules have one number that says how close a result came to failing: the error as a
+fraction of the tolerance (:func:`tolerance_ratio`, :func:`low_precision_ratio`; <= 1 passes).
+``assert_matches_reference(..., record=list)`` appends it for every comparison; ``icrm-kernels
+selfcheck`` (:mod:`icrm_kernels.selfcheck`) reports its maximum per case.
 """
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -64,10 +70,78 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, r
     torch.testing.assert_close(a, e, atol=atol, rtol=rtol, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
+def tolerance_ratio(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float) -> float:
+    """The error as a fraction of :func:`assert_close`'s tolerance: max |a - e| / (atol + rtol |e|)
+    over the entries where both are finite; <= 1 exactly when assert_close passes. inf when the
+    shapes differ or NaN/±inf sit elsewhere than in ``expected`` (what assert_close rejects)."""
+    a = actual.detach().to(device="cpu", dtype=torch.float64)
+    e = expected.detach().to(device="cpu", dtype=torch.float64)
+    if a.shape != e.shape:
+        return math.inf
+    fin_a, fin_e = a.isfinite(), e.isfinite()
+    if (not torch.equal(fin_a, fin_e) or not torch.equal(a.isnan(), e.isnan())
+            or not torch.equal(a[a.isinf()], e[e.isinf()])):
+        return math.inf
+    if not bool(fin_e.any()):
+        return 0.0
+    diff = (a[fin_e] - e[fin_e]).abs()
+    tol = atol + rtol * e[fin_e].abs()
+    ratio = torch.where(diff == 0, 0.0, diff / tol)  # a zero tolerance allows only exact equality (x/0 = inf)
+    return float(ratio.max())
+
+
 def _max_abs_error(x: torch.Tensor, ref64: torch.Tensor, finite: torch.Tensor) -> float:
     if not bool(finite.any()):
         return 0.0
     return float((x[finite] - ref64[finite]).abs().max())
+
+
+def _low_precision_error(out, ref64, ref_lowp, factor, atol_floor):
+    """(err, base, atol_floor, bound, a, e, low, baseline) of flash-attention's rule, or a string
+    saying why the result has no such error (shapes, NaN or ±inf placed unlike the reference)."""
+    a = out.detach().to(device="cpu", dtype=torch.float64)
+    e = ref64.detach().to(device="cpu", dtype=torch.float64)
+    low = ref_lowp.detach().to(device="cpu", dtype=torch.float64)
+    if a.shape != e.shape:
+        return f"shape {tuple(a.shape)} != reference {tuple(e.shape)}"
+    if low.shape != e.shape:
+        return f"low-precision reference shape {tuple(low.shape)} != {tuple(e.shape)}"
+    if not torch.equal(a.isnan(), e.isnan()):
+        return (f"NaN at {int((a.isnan() != e.isnan()).sum())} positions where the "
+                "float64 reference has none, or the reverse")
+    inf_a, inf_e = a.isinf(), e.isinf()
+    if not torch.equal(inf_a, inf_e) or not torch.equal(a[inf_a], e[inf_e]):
+        return "±inf entries differ from the float64 reference"
+    finite = e.isfinite()
+    # Where the low-precision reference itself overflows or gives NaN, the dtype offers no
+    # yardstick: both maxima run over the entries where it has one (like with like), and there
+    # the kernel must only be finite, which the NaN/inf pattern check above already demands.
+    # (Measuring the kernel there against the baseline's other entries failed 1 seed in 1000:
+    # a beta_stats bf16 gradient at an ill-conditioned point where the bf16 reference was NaN.)
+    baseline = finite & low.isfinite()
+    err = _max_abs_error(a, e, baseline)
+    base = _max_abs_error(low, e, baseline)
+    if atol_floor is None:
+        lowp = out.dtype if out.dtype in LOW_PRECISION else ref_lowp.dtype
+        eps = torch.finfo(lowp if lowp in LOW_PRECISION else torch.bfloat16).eps
+        scale = float(e[finite].abs().max()) if bool(finite.any()) else 0.0
+        atol_floor = 2 * eps * max(scale, 1e-3)
+    bound = factor * base + atol_floor
+    return err, base, atol_floor, bound, a, e, low, baseline
+
+
+def low_precision_ratio(out: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Tensor, *, factor: float = 2.0,
+                        atol_floor: Optional[float] = None) -> float:
+    """The error as a fraction of :func:`assert_close_to_reference`'s bound: max|out - ref64| /
+    (factor * max|ref_lowp - ref64| + atol_floor); <= 1 exactly when that assertion passes, inf
+    when it fails on the shape or the NaN/±inf pattern."""
+    m = _low_precision_error(out, ref64, ref_lowp, factor, atol_floor)
+    if isinstance(m, str):
+        return math.inf
+    err, bound = m[0], m[3]
+    if err == 0:
+        return 0.0
+    return err / bound if bound > 0 else math.inf
 
 
 def assert_close_to_reference(
@@ -100,34 +174,10 @@ def assert_close_to_reference(
     intermediates at other points (the attention kernel's absorbed form rounds q~, c and o to the
     storage dtype; its gradients measured 1 in ~1000 comparisons just above 2x + 1 eps).
     """
-    a = out.detach().to(device="cpu", dtype=torch.float64)
-    e = ref64.detach().to(device="cpu", dtype=torch.float64)
-    low = ref_lowp.detach().to(device="cpu", dtype=torch.float64)
-    if a.shape != e.shape:
-        raise AssertionError(f"{what}: shape {tuple(a.shape)} != reference {tuple(e.shape)}")
-    if low.shape != e.shape:
-        raise AssertionError(f"{what}: low-precision reference shape {tuple(low.shape)} != {tuple(e.shape)}")
-    if not torch.equal(a.isnan(), e.isnan()):
-        raise AssertionError(f"{what}: NaN at {int((a.isnan() != e.isnan()).sum())} positions where the "
-                             "float64 reference has none, or the reverse")
-    inf_a, inf_e = a.isinf(), e.isinf()
-    if not torch.equal(inf_a, inf_e) or not torch.equal(a[inf_a], e[inf_e]):
-        raise AssertionError(f"{what}: ±inf entries differ from the float64 reference")
-    finite = e.isfinite()
-    # Where the low-precision reference itself overflows or gives NaN, the dtype offers no
-    # yardstick: both maxima run over the entries where it has one (like with like), and there
-    # the kernel must only be finite, which the NaN/inf pattern check above already demands.
-    # (Measuring the kernel there against the baseline's other entries failed 1 seed in 1000:
-    # a beta_stats bf16 gradient at an ill-conditioned point where the bf16 reference was NaN.)
-    baseline = finite & low.isfinite()
-    err = _max_abs_error(a, e, baseline)
-    base = _max_abs_error(low, e, baseline)
-    if atol_floor is None:
-        lowp = out.dtype if out.dtype in LOW_PRECISION else ref_lowp.dtype
-        eps = torch.finfo(lowp if lowp in LOW_PRECISION else torch.bfloat16).eps
-        scale = float(e[finite].abs().max()) if bool(finite.any()) else 0.0
-        atol_floor = 2 * eps * max(scale, 1e-3)
-    bound = factor * base + atol_floor
+    m = _low_precision_error(out, ref64, ref_lowp, factor, atol_floor)
+    if isinstance(m, str):
+        raise AssertionError(f"{what}: {m}")
+    err, base, atol_floor, bound, a, e, low, baseline = m
     if not err <= bound:
         worst = int(torch.where(baseline, (a - e).abs(), torch.zeros_like(a)).flatten().argmax())
         raise AssertionError(
@@ -158,6 +208,7 @@ def assert_matches_reference(
     factor: float = 2.0,
     atol_floor: Optional[float] = None,
     seed: Optional[int] = None,
+    record: Optional[List[Tuple[str, float]]] = None,
 ) -> Dict[str, Any]:
     """Compare ``op(**inputs)`` with ``reference(**inputs upcast to float64 on the CPU)``.
 
@@ -168,7 +219,9 @@ def assert_matches_reference(
     output and gradient must satisfy :func:`assert_close_to_reference` (``factor``,
     ``atol_floor``); ``atol``/``rtol``/``grad_atol``/``grad_rtol`` are refused there, as a fixed
     tolerance is what that rule replaces. Returns the op's outputs and gradients for further
-    checks.
+    checks. ``record``: a list that gets ``(what, error / tolerance)`` for every output and
+    gradient compared (:func:`tolerance_ratio` or :func:`low_precision_ratio`), appended before
+    the comparison is asserted, so a caller that catches the AssertionError still has the number.
     """
     seed = fresh_seed() if seed is None else seed
     if dtype is None:
@@ -188,6 +241,14 @@ def assert_matches_reference(
         grad_rtol = rtol if grad_rtol is None else grad_rtol
 
     def compare(actual, expected, expected_lowp, what):
+        if record is not None:
+            if low_precision:
+                ratio = low_precision_ratio(actual, expected, expected_lowp, factor=factor, atol_floor=atol_floor)
+            elif what.startswith("grad"):
+                ratio = tolerance_ratio(actual, expected, atol=grad_atol, rtol=grad_rtol)
+            else:
+                ratio = tolerance_ratio(actual, expected, atol=atol, rtol=rtol)
+            record.append((what, ratio))
         if low_precision:
             assert_close_to_reference(actual, expected, expected_lowp, factor=factor, atol_floor=atol_floor, what=what)
         elif what.startswith("grad"):

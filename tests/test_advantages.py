@@ -528,13 +528,6 @@ def test_unchecked_skips_value_checks():
     assert torch.isnan(out[:2]).all() and torch.isfinite(out[2:]).all()
 
 
-def test_selfcheck(device):
-    from icrm_kernels.ops.advantages import selfcheck
-
-    for name, ok, err, backend in selfcheck(device):
-        assert ok, (name, err, backend)
-
-
 def test_eager_calls_without_grad_skip_the_dispatcher_with_the_same_result(backend, device):
     """No-grad eager calls run the op's implementation directly (_backend.call_op's first test);
     calls that need a gradient, compile or trace go through the registered custom op."""
