@@ -18,8 +18,8 @@ The backend of each result is what ``_backend.select`` resolves for the case's d
 C++ op its CPU path calls: Triton on CUDA, the C++ kernels on the CPU (the torch reference where
 the extension lacks the op); ``use_backend(...)`` or ``ICRM_BACKEND`` force one (Triton on the CPU
 needs ``TRITON_INTERPRET=1``). On the Triton path the attention cases run both kernel families
-(full-row and generic) through ``icrm_kernels.triton.attention.CONFIG_OVERRIDE``, the launch
-override ``bench/tune_attention.py`` uses.
+(full-row and generic) inside ``icrm_kernels.triton.attention.launch_config(...)``, the launch
+settings ``bench/tune_attention.py`` sweeps.
 """
 from __future__ import annotations
 
@@ -297,18 +297,14 @@ def _place(value, device):
 
 @contextlib.contextmanager
 def _attention_variant(variant):
-    """Force the Triton attention kernel family for the block (restores any override set before)."""
+    """Force the Triton attention kernel family for the block."""
     if variant is None:
         yield
         return
     from icrm_kernels.triton import attention as tri
 
-    saved = tri.CONFIG_OVERRIDE
-    tri.CONFIG_OVERRIDE = {kind: dict(saved.get(kind) or {}, variant=variant) for kind in ("fwd", "bwd", "r2m")}
-    try:
+    with tri.launch_config({kind: {"variant": variant} for kind in ("fwd", "bwd", "r2m")}):
         yield
-    finally:
-        tri.CONFIG_OVERRIDE = saved
 
 
 def check(case: Case, device, seed: Optional[int] = None, backend: Optional[str] = None) -> Result:

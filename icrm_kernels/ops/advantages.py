@@ -2,14 +2,14 @@
 DLER, BNPO and the verl / TRL / OpenRLHF conventions (docs/advantages.md#formula-and-options; presets: docs/advantages.md#presets).
 
 Public API: :func:`group_advantages` (the torch.library op), :func:`group_advantages_direct`
-(thin launcher, no checks), :data:`PRESETS`, :func:`selfcheck`.
+(thin launcher, no checks), :data:`PRESETS`.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -29,7 +29,7 @@ from icrm_kernels.reference.advantages import PRESETS, resolve_options
 from icrm_kernels import vocab
 from icrm_kernels.profiling import ranged
 
-__all__ = ["group_advantages", "group_advantages_direct", "PRESETS", "selfcheck"]
+__all__ = ["group_advantages", "group_advantages_direct", "PRESETS"]
 
 # option -> {value: code} of the C++ op (code = position in the vocabulary, icrm_kernels/vocab.py)
 _CPP_CODES = {kind: vocab.codes(vocab.VOCABULARIES[kind])
@@ -453,36 +453,3 @@ def _check_process_group(process_group) -> None:
     if not isinstance(process_group, ProcessGroup):
         raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, "
                         f"got {type(process_group).__name__}")
-
-
-# ------------------------------------------------------------------------ selfcheck
-def selfcheck(device) -> List[tuple]:
-    """Every kernel once on small random inputs against the float64 reference."""
-    device = torch.device(device)
-    backend = _backend.select(device, cpp_op="group_advantages")
-    results = []
-    cases = [
-        ("group_advantages[verl_grpo,G=8]", dict(group_size=8, preset="verl_grpo"), None),
-        ("group_advantages[trl_batch,ragged]", dict(preset="trl_batch"), "ragged"),
-        ("group_advantages[verl_rloo,index]", dict(preset="verl_rloo"), "index"),
-        ("group_advantages[reinforce_pp,tokens]", dict(group_size=4, preset="verl_reinforce_pp_baseline"), "mask"),
-        ("group_advantages[dler,G=4]", dict(group_size=4, preset="dler"), None),
-        ("group_advantages[bnpo,G=8]", dict(group_size=8, preset="bnpo"), "binary"),
-    ]
-    for name, kw, kind in cases:
-        n = 64
-        r = torch.randn(n, device=device)
-        if kind == "binary":
-            r = (torch.rand(n, device=device) > 0.5).float()
-        if kind == "ragged":
-            kw = dict(kw, cu_groups=torch.tensor([0, 5, 6, 20, 40, 64], device=device))
-        if kind == "index":
-            kw = dict(kw, group_index=torch.randint(0, 9, (n,), device=device))
-        if kind == "mask":
-            kw = dict(kw, response_mask=torch.rand(n, 16, device=device) > 0.3)
-        out = group_advantages(r, **kw)
-        expect = ref.group_advantages_reference(r.double().cpu(), **{
-            k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()})
-        err = ((out.double().cpu() - expect).abs() / expect.abs().clamp(min=1.0)).max().item() if n else 0.0
-        results.append((name, bool(err < 1e-4), float(err), backend))
-    return results

@@ -39,7 +39,7 @@ Choices beyond the formulas (documented in docs/attention.md#what-users-must-kno
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ from icrm_kernels._checks import (
 from icrm_kernels.reference import attention as _ref
 from icrm_kernels.profiling import ranged
 
-__all__ = ["seq_to_token_attention", "r2m_reward", "r2m_omega", "selfcheck"]
+__all__ = ["seq_to_token_attention", "r2m_reward", "r2m_omega"]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -443,61 +443,3 @@ def _rand_inputs(device, dtype, *, packed=True, num_heads=2, bias=True, gen=None
         mask[1] = True
         inputs["key_padding_mask"] = mask.to(device)
     return inputs
-
-
-def _to_ref(v):
-    if isinstance(v, torch.Tensor):
-        return v.detach().cpu().double() if v.is_floating_point() else v.cpu()
-    return v
-
-
-def selfcheck(device) -> List[tuple]:
-    """Every kernel once on small random inputs against the float64 reference."""
-    device = torch.device(device)
-    backend = S2T_CORE.backend(torch.empty(0, device=device))
-    out = []
-
-    def rel(a, b):
-        a, b = a.detach().double().cpu(), b.detach().double().cpu()
-        return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) if b.numel() else 0.0
-
-    # on the Triton path, both kernel families (full-row and generic) for every kernel kind
-    runs = [(True, 2, None), (False, 2, None)]
-    if backend == "triton":
-        runs = [(True, 1, "row"), (False, 2, "row"), (True, 2, "generic"), (False, 1, "generic")]
-        from icrm_kernels.triton import attention as _tri
-    for packed, heads, variant in runs:
-        if variant is not None:
-            _tri.CONFIG_OVERRIDE = {k: {"variant": variant} for k in ("fwd", "bwd", "r2m")}
-        try:
-            out.extend(_selfcheck_one(device, backend, packed, heads, variant, rel))
-        finally:
-            if variant is not None:
-                _tri.CONFIG_OVERRIDE = {}
-    return out
-
-
-def _selfcheck_one(device, backend, packed, heads, variant, rel):
-    out = []
-    tag = "" if variant is None else f",{variant}"
-    inp = _rand_inputs(device, torch.float32, packed=packed, num_heads=heads)
-    # packed: states require grad (backward writes d states); padded: states detached
-    grads = ["query", "w_q", "w_v", "w_o", "b_q", "b_v", "b_o"] + (["states"] if packed else [])
-    leaves = {k: v.detach().clone().requires_grad_(True) if k in grads else v for k, v in inp.items()}
-    ref_leaves = {k: _to_ref(v).requires_grad_(True) if k in grads else _to_ref(v) for k, v in inp.items()}
-    y = seq_to_token_attention(**leaves)
-    y0 = _ref.seq_to_token_attention(**ref_leaves)
-    cot = torch.randn(y0.shape, dtype=torch.float64)
-    g = torch.autograd.grad(y, [leaves[k] for k in grads], cot.to(device, y.dtype))
-    g0 = torch.autograd.grad(y0, [ref_leaves[k] for k in grads], cot)
-    err = max([rel(y, y0)] + [rel(a, b) for a, b in zip(g, g0)])
-    layout = "packed" if packed else "padded"
-    what = "fwd+bwd" if packed else "fwd+bwd,states detached"
-    out.append((f"seq_to_token_attention[{layout},{what}{tag}]", err < 1e-4, err, backend))
-    sw = torch.randn(inp["query"].shape[1], dtype=torch.float64).to(device, torch.float32)
-    kw = {k: v for k, v in inp.items()}
-    r = r2m_reward(**kw, score_weight=sw, score_bias=0.25, omega=0.7)
-    r0 = _ref.r2m_reward(**{k: _to_ref(v) for k, v in kw.items()}, score_weight=_to_ref(sw), score_bias=0.25, omega=0.7)
-    e = rel(r, r0)
-    out.append((f"r2m_reward[{layout}{tag}]", e < 1e-4, e, backend))
-    return out

@@ -8,7 +8,7 @@ registrations, so ``torch.compile(fullgraph=True)`` traces them without a graph 
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from icrm_kernels.reference import pairwise as ref
 from icrm_kernels import vocab
 from icrm_kernels.profiling import ranged
 
-__all__ = ["group_win_rate", "grebt_loss", "selfcheck"]
+__all__ = ["group_win_rate", "grebt_loss"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -352,45 +352,3 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
 
 
 # ------------------------------------------------------------------------------- selfcheck
-def selfcheck(device) -> List[tuple]:
-    """Every kernel once on small random inputs against the float64 reference."""
-    device = torch.device(device)
-    backend = _backend.select(device, cpp_op="pairwise_grebt")
-    results = []
-
-    def rel_err(a, b):
-        a, b = a.detach().double().cpu(), b.detach().double().cpu()
-        both_nan = a.isnan() & b.isnan()
-        diff = torch.where(both_nan, 0.0, (a - b).abs() / b.abs().clamp_min(1.0))
-        return float(diff.max()) if diff.numel() else 0.0
-
-    n, g = 48, 6
-    scores = torch.randn(n, device=device)
-    idx = torch.randint(0, 7, (n,), device=device)
-    # fixed G=6: the R-groups-per-program kernels; G=24 and index: one program per group
-    for name, kw in (("fixed", {"group_size": g}), ("fixed-24", {"group_size": 24}), ("index", {"group_index": idx})):
-        for temp in (None, 0.7):
-            s = scores.clone().requires_grad_(True)
-            w = group_win_rate(s, temperature=temp, **kw)
-            ref_s = scores.double().cpu().requires_grad_(True)
-            kw_ref = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-            wr = ref.group_win_rate(ref_s, temperature=temp, **kw_ref)
-            err = rel_err(w, wr)
-            if temp is not None:
-                cot = torch.randn(n, dtype=torch.float64)
-                (gs,) = torch.autograd.grad(w, s, cot.to(device, w.dtype))
-                (gr,) = torch.autograd.grad(wr, ref_s, cot)
-                err = max(err, rel_err(gs, gr))
-            results.append((f"group_win_rate[{name},{'hard' if temp is None else 'soft'}]", err < 1e-4, err, backend))
-    cu = torch.tensor([0, 5, 6, 14, 14, 30, n], device=device)
-    for name, kw in (("fixed", {"group_size": g}), ("ragged", {"cu_groups": cu}), ("index", {"group_index": idx})):
-        r = scores.clone().requires_grad_(True)
-        loss = grebt_loss(r, **kw)
-        (gr_op,) = torch.autograd.grad(loss, r)
-        rr = scores.double().cpu().requires_grad_(True)
-        kw_ref = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-        lr = ref.grebt_loss(rr, **kw_ref)
-        (gr_ref,) = torch.autograd.grad(lr, rr)
-        err = max(rel_err(loss, lr), rel_err(gr_op, gr_ref))
-        results.append((f"grebt_loss[{name}]", err < 1e-4, err, backend))
-    return results

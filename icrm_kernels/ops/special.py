@@ -163,24 +163,3 @@ def betaln(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape != b.shape:
         a, b = torch.broadcast_tensors(a, b)
     return BETALN(a.contiguous(), b.contiguous())
-
-
-def selfcheck(device):
-    """(op, ok, max rel err, backend) for each special function on a small random input."""
-    from icrm_kernels.reference import special as ref
-
-    device = torch.device(device)
-    x = torch.exp(torch.empty(4096, dtype=torch.float64).uniform_(-9.2, 13.8)).to(device)
-    x32 = x.float()
-    out = []
-    for name, fn, bound in (("digamma", digamma, 2e-6), ("trigamma", trigamma, 2e-6), ("lgamma", lgamma, 5e-6)):
-        got = fn(x32).double().cpu()
-        want = getattr(ref, name)(x32.double().cpu())
-        err = float(((got - want).abs() / want.abs().clamp_min(1)).max())
-        out.append((name, err <= bound, err, DIGAMMA.backend(x32)))
-    a, b = x32[:2048], x32[2048:]
-    got = betaln(a, b).double().cpu()
-    want = ref.betaln(a.double().cpu(), b.double().cpu())
-    err = float(((got - want).abs() / want.abs().clamp_min(1)).max())
-    out.append(("betaln", err <= 1e-5, err, BETALN.backend(a)))
-    return out
