@@ -64,6 +64,11 @@ class OpRecord:
 
 OPS: Dict[str, "Op"] = {}
 
+_select = _backend.select
+_eager_mode = _backend._eager_mode
+_needs_grad = _backend._needs_grad
+_f64 = torch.float64
+
 
 class Op:
     """A defined op: call it like a function with the op's arguments."""
@@ -85,19 +90,28 @@ class Op:
 
     def backend(self, x: torch.Tensor) -> str:
         """The implementation that runs for tensors like ``x`` (the op's first argument)."""
-        b = _backend.select(x.device, cpp_op=self._cpp_op)
-        if b == "triton" and (self._impls["triton"] is None or (x.dtype == torch.float64 and not self._f64_triton)):
+        b = _select(x.device, cpp_op=self._cpp_op)
+        if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
             return "reference"
         return b
 
     def run(self, *args):
         """The op's implementation: the chosen backend's function on the op's arguments."""
-        return self._impls[self.backend(args[0])](*args)
+        # (backend() inlined: every eager call pays each Python frame, ~0.1-0.2 µs)
+        x = args[0]
+        b = _select(x.device, cpp_op=self._cpp_op)
+        if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
+            b = "reference"
+        return self._impls[b](*args)
 
     def __call__(self, *args):
-        # eager without a gradient: run (no dispatcher); eager with one: the formula's Function
-        # around run; compile, export, tracing, tensor subclasses: the registered op
-        return _backend.call_op(self.custom_op, self.run, *args)
+        # _backend.call_op inlined. Eager without a gradient: run (no dispatcher); eager with one:
+        # the formula's Function around run; compile, export, tracing, tensor subclasses: the op
+        if not _eager_mode(args):
+            return self.custom_op(*args)
+        if not _needs_grad(args):
+            return self.run(*args)
+        return _backend._EAGER_AUTOGRAD.get(self.custom_op, self.custom_op)(*args)
 
     def __repr__(self):
         return f"Op(icrm::{self.name}, family={self.record.family!r})"
