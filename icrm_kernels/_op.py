@@ -109,8 +109,12 @@ class Op:
         # the formula's Function around run; compile, export, tracing, tensor subclasses: the op
         if not _eager_mode(args):
             return self.custom_op(*args)
-        if not _needs_grad(args):
-            return self.run(*args)
+        if not _needs_grad(args):  # run(*args), inlined
+            x = args[0]
+            b = _select(x.device, cpp_op=self._cpp_op)
+            if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
+                b = "reference"
+            return self._impls[b](*args)
         return _backend._EAGER_AUTOGRAD.get(self.custom_op, self.custom_op)(*args)
 
     def __repr__(self):

@@ -408,7 +408,12 @@ def group_advantages(
                           process_group=process_group)
     tensors = (rewards, cu_groups, group_index, reward_weights, response_mask)
     if _backend._eager_mode(tensors) and not _backend._needs_grad(tensors):
-        return _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o)
+        # _run_eager, inlined (two Python calls less on every eager call); float64_triton: the
+        # record's backend is select's
+        backend = _backend.select(rewards.device, cpp_op="group_advantages")
+        if backend == "reference":
+            return _reference(rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o)
+        return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
     return ADVANTAGES(
         rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o["baseline"], o["scale"],
         o["whiten"], o["eps"], o["std_unbiased"], o["singleton"], o["nan_policy"], o["aggregation"], lo, hi,

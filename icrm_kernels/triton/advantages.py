@@ -541,14 +541,6 @@ def _group_plan(n, group_size, num_slots, n_cu, has_order, T, tokens_here):
     return num_groups, block_b, block_l, block_t, (cdiv(max(num_groups, 1), block_b), t_splits)
 
 
-def _group_warps(elems, one_chunk):
-    """Warps of a group-kernel program of ``elems`` values: one per 128 rows for the one-chunk
-    body (measured best at 128 and 256 rows), else 8 from 2048 values up."""
-    if one_chunk:
-        return min(8, max(1, elems // 128))
-    return 8 if elems >= 2048 else 4
-
-
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
                           singleton, omit, whiten_eps, whiten_std, whiten_weights=None, mask=None,
                           out_dtype=None, bnpo_bounds=(0.0, 1.0), process_group=None):
@@ -584,6 +576,14 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         n, group_size, num_slots, cu.numel() if cu is not None and order is None else 0, order is not None, T,
         tokens_here)
     one_chunk = fixed and group_size <= block_l
+    # warps: one per 128 rows for the one-chunk body (measured best at 128 and 256 rows), else 8
+    # from 2048 values up (inline, not _group_warps: each Python call is host time of every call)
+    elems = block_b * block_l * block_t
+    if one_chunk:
+        warps = elems >> 7
+        warps = 1 if warps < 1 else (8 if warps > 8 else warps)
+    else:
+        warps = 8 if elems >= 2048 else 4
     a_buf = out if wcode == V.WHITEN_NONE else (torch.zeros if ragged else torch.empty)(
         n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     dummy = r
@@ -598,7 +598,7 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
             FIXED=fixed, HAS_ORDER=order is not None, BASELINE=b, SCALE=s, SINGLETON=SINGLETON[singleton],
             OMIT=bool(omit), UNBIASED=bool(std_unbiased), TOKENS=tokens_here, F64=f64,
             BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_T=block_t, BLOCK_P=next_power_of_2(P),
-            ONE_CHUNK=one_chunk, num_warps=_group_warps(block_b * block_l * block_t, one_chunk),
+            ONE_CHUNK=one_chunk, num_warps=warps,
         )
     if wcode == V.WHITEN_NONE:
         return out
