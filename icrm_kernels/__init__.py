@@ -33,10 +33,10 @@ from icrm_kernels.ops.beta import (  # noqa: E402
     beta_kl,
     beta_posterior,
     beta_stats,
-    hypervolume,
     steer,
 )
 from icrm_kernels.ops.special import betaln, digamma, lgamma, trigamma  # noqa: E402
+from icrm_kernels.pareto import hypervolume  # noqa: E402
 
 
 import types as _types  # noqa: E402

@@ -300,3 +300,31 @@ def assert_matches_reference(
             compare(g, rg, lg, f"grad of {name} (seed {seed})")
             grads[name] = g
     return {"out": out, "grads": grads, "seed": seed}
+
+
+def random_attention_inputs(device, dtype, *, packed=True, num_heads=2, bias=True, gen=None):
+    """Keyword arguments of a small ``seq_to_token_attention`` call (4 sequences of lengths 3, 0,
+    17, 1; widths D_r = 12, D_p = 10, d = 8), packed with ``cu_seqlens`` or padded with a
+    ``key_padding_mask``; random values in ``dtype`` on ``device`` (``gen``: a CPU generator)."""
+    d_r, d_p, d = 12, 10, 8
+    lens = [3, 0, 17, 1]
+    b = len(lens)
+
+    def r(*shape, s=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * s).to(device=device, dtype=dtype)
+
+    inputs = dict(query=r(b, d_r), w_q=r(d_r, d, s=d_r ** -0.5), w_k=r(d_p, d, s=d_p ** -0.5),
+                  w_v=r(d_p, d, s=d_p ** -0.5), w_o=r(d, d_r, s=d ** -0.5), num_heads=num_heads)
+    if bias:
+        inputs.update(b_q=r(d, s=0.1), b_k=r(d, s=0.1), b_v=r(d, s=0.1), b_o=r(d_r, s=0.1))
+    if packed:
+        inputs["states"] = r(sum(lens), d_p)
+        cu = torch.zeros(b + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lens), 0)
+        inputs["cu_seqlens"] = cu.to(device)
+    else:
+        inputs["states"] = r(b, 6, d_p)
+        mask = torch.rand(b, 6, generator=gen) < 0.3
+        mask[1] = True
+        inputs["key_padding_mask"] = mask.to(device)
+    return inputs

@@ -18,7 +18,7 @@ import torch
 import icrm_kernels as ik
 import icrm_kernels.nn  # noqa: F401  (ik.nn)
 from icrm_kernels import _backend
-from icrm_kernels.ops.attention import _rand_inputs
+from icrm_kernels.testing import random_attention_inputs as _rand_inputs
 from icrm_kernels.reference import attention as ref_att
 
 
@@ -53,7 +53,8 @@ def _run_child(code: str, timeout: float = 90.0) -> str:
 _CHILD = r"""
 import math, torch, icrm_kernels as ik
 from icrm_kernels import _backend
-from icrm_kernels.ops.attention import _rand_inputs, S2T_CORE, R2M_CORE
+from icrm_kernels.ops.attention import S2T_CORE, R2M_CORE
+from icrm_kernels.testing import random_attention_inputs as _rand_inputs
 s2t_attention_core, r2m_reward_core = S2T_CORE.custom_op, R2M_CORE.custom_op
 BACKEND = {backend!r}
 nan, inf = float("nan"), float("inf")

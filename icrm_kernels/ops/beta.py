@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,16 +54,8 @@ Tensor = torch.Tensor
 _REDUCTIONS = vocab.codes(vocab.REDUCTIONS)  # reduction -> the C++ beta_elbo code (icrm_kernels/vocab.py)
 
 
-class BetaStats(NamedTuple):
-    """Statistics of Beta(alpha, beta) over theta; each field has alpha's shape."""
-
-    mean: Tensor  # alpha / (alpha + beta)
-    var: Tensor  # alpha beta / (s^2 (s + 1))
-    log_mean: Tensor  # E[log theta] = psi(alpha) - psi(s)
-    log1m_mean: Tensor  # E[log(1 - theta)] = psi(beta) - psi(s)
-    logit_mean: Tensor  # E[logit theta] = psi(alpha) - psi(beta)
-    entropy: Tensor  # differential entropy
-
+# defined with the math it names; the public name is this one (icrm_kernels.BetaStats)
+from icrm_kernels.reference.beta import BetaStats  # noqa: E402
 
 STATISTICS = vocab.BETA_STATISTICS  # == BetaStats._fields (tests/test_vocabularies.py)
 
@@ -249,7 +240,7 @@ def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
             and not (weights is not None and weights.requires_grad)
             and _eager_mode((x1, x2, labels, weights))):
         return _elbo_apply(x1, x2, (labels, weights, pa, pb, kw, tmin, from_logits, red))
-    loss, _, _ = ELBO(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, _needs_grad(x1, x2))
+    loss, _, _ = ELBO(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, _backend._needs_grad((x1, x2)))
     return loss
 
 
@@ -339,10 +330,6 @@ def _check_values(*specs) -> None:
 def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
     return (check_finite_float(prior_alpha, "prior_alpha", low=0.0, low_open=True),
             check_finite_float(prior_beta, "prior_beta", low=0.0, low_open=True))
-
-
-def _needs_grad(*ts: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 # ---------------------------------------------------------------- public ELBO ops
@@ -811,86 +798,3 @@ def _check_posterior_size(k: int, outcomes: Tensor) -> None:
                          f"can be allocated (at most {_MAX_SEGMENTS} segments"
                          f"{'' if mem is None else f' and {mem} bytes on {outcomes.device}'}); segment ids must "
                          f"be dense numbers 0..K-1")
-
-
-# ==================================================================== hypervolume
-@ranged("hypervolume")
-def hypervolume(points: Tensor, ref: Union[Tensor, Sequence[float]], *, clip: bool = False) -> Tensor:
-    """Exact dominated hypervolume for maximisation, 2 or 3 objectives.
-
-    The volume of the union over points p of the boxes [ref, p] (Lebesgue measure of the region
-    dominated by the front and dominating ``ref``). points: [n, d], d in (2, 3); ref: [d].
-    ``ref`` must be a lower bound of the points (every p >= ref): otherwise ValueError, unless
-    ``clip=True``, which ignores the points that do not exceed ref in every objective (they
-    dominate no volume). Returns a 0-d float64 tensor on points' device.
-
-    Plain Python/torch on every device (sweep, O(n log n) in 2-D, O(n^2 log n) in 3-D); it reads
-    the points back to the host. Not differentiable.
-    """
-    check_tensor(points, "points", ndim=2, floating=True)
-    d = points.shape[1]
-    if d not in (2, 3):
-        raise ValueError(f"points must have 2 or 3 columns (objectives), got shape {tuple(points.shape)}")
-    if not isinstance(clip, bool):
-        raise TypeError(f"clip must be a bool, got {type(clip).__name__}")
-    r = _hv_ref(ref, d)
-    if r.shape != (d,):
-        raise ValueError(f"ref must have {d} entries (one per objective), got shape {tuple(r.shape)}")
-    if not bool(torch.isfinite(r).all()):
-        raise ValueError("ref must be finite")
-    p = points.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(p).all()):
-        raise ValueError("points must be finite")
-    if p.shape[0] and not clip and bool((p < r).any()):
-        raise ValueError("ref does not bound the points (some point is below ref in an objective); "
-                         "pass clip=True to ignore such points")
-    rows = [tuple(row) for row in (p - r).tolist() if all(v > 0 for v in row)]
-    vol = _hv2(rows) if d == 2 else _hv3(rows)
-    return torch.tensor(vol, dtype=torch.float64, device=points.device)
-
-
-def _hv_ref(ref, d: int) -> Tensor:
-    """``ref`` as a float64 CPU tensor; anything that is not real numbers is a TypeError naming it
-    (torch.as_tensor would say "must be real number, not NoneType" without naming the argument,
-    and would silently turn bools into 0/1 and drop imaginary parts of complex tensors)."""
-    want = f"a tensor or sequence of {d} real numbers (the reference point, one per objective)"
-    if isinstance(ref, Tensor):
-        if ref.dtype == torch.bool or ref.dtype.is_complex:
-            raise TypeError(f"ref must be {want}, got a {ref.dtype} tensor")
-        return ref.detach().to(device="cpu", dtype=torch.float64)
-    if ref is None or isinstance(ref, (str, bytes, dict, set)):
-        raise TypeError(f"ref must be {want}, got {type(ref).__name__}")
-    try:
-        items = list(ref)
-    except TypeError:
-        raise TypeError(f"ref must be {want}, got {type(ref).__name__}") from None
-    for v in items:
-        if isinstance(v, Tensor) and v.dim() == 0 and not (v.dtype == torch.bool or v.dtype.is_complex):
-            continue
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy scalars are numbers.Real
-            raise TypeError(f"ref must be {want}, got an entry of type {type(v).__name__}")
-    return torch.tensor([float(v) for v in items], dtype=torch.float64)
-
-
-def _hv2(pts) -> float:
-    """Points relative to ref (all > 0): sweep by x descending, adding the new y strips."""
-    vol = 0.0
-    best_y = 0.0
-    for x, y in sorted(pts, key=lambda t: -t[0]):
-        if y > best_y:
-            vol += x * (y - best_y)
-            best_y = y
-    return vol
-
-
-def _hv3(pts) -> float:
-    """Slice along z (descending): each slab's area is the 2-D hypervolume of points above it."""
-    pts = sorted(pts, key=lambda t: -t[2])
-    vol = 0.0
-    active = []
-    for i, (x, y, z) in enumerate(pts):
-        active.append((x, y))
-        z_next = pts[i + 1][2] if i + 1 < len(pts) else 0.0
-        if z > z_next:
-            vol += _hv2(active) * (z - z_next)
-    return vol

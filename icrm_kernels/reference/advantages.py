@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from icrm_kernels.reference.special import betaln
+
 # the accepted values of each option (defined once, in icrm_kernels/vocab.py)
 from icrm_kernels.vocab import (  # noqa: F401  (re-exported: ref.BASELINES, ...)
     AGGREGATIONS,
@@ -234,10 +236,6 @@ def normalize_one(r, gid, B, o, *, reduce=lambda m: m):
     elif group_level and o["singleton"] == "nan":
         A = torch.where(single, torch.full_like(A, math.nan), A)
     return torch.where(valid, A, torch.zeros_like(A))
-
-
-def betaln(a, b):
-    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
 def bnpo_one(r, valid, gid, B, o, *, reduce=lambda m: m):

@@ -26,12 +26,14 @@ def _neg_entropy_core(alpha, beta):
 
 
 class BetaStats(NamedTuple):
-    mean: torch.Tensor
-    var: torch.Tensor
-    log_mean: torch.Tensor
-    log1m_mean: torch.Tensor
-    logit_mean: torch.Tensor
-    entropy: torch.Tensor
+    """Statistics of Beta(alpha, beta) over theta; each field has alpha's shape."""
+
+    mean: torch.Tensor  # alpha / (alpha + beta)
+    var: torch.Tensor  # alpha beta / (s^2 (s + 1))
+    log_mean: torch.Tensor  # E[log theta] = psi(alpha) - psi(s)
+    log1m_mean: torch.Tensor  # E[log(1 - theta)] = psi(beta) - psi(s)
+    logit_mean: torch.Tensor  # E[logit theta] = psi(alpha) - psi(beta)
+    entropy: torch.Tensor  # differential entropy
 
 
 def beta_from_logits(mean_logit, conc_logit, tau_min=1e-2):
