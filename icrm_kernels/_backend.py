@@ -226,7 +226,7 @@ _EAGER_AUTOGRAD = {}
 
 def register_autograd(op, impl, backward, setup_context, eager_outputs=None):
     """``op.register_autograd(backward, setup_context=setup_context)``, plus the same formula as
-    a ``torch.autograd.Function`` around ``impl`` that :func:`call_op` uses for eager calls that
+    a ``torch.autograd.Function`` around ``impl`` that :meth:`icrm_kernels._op.Op.__call__` uses for eager calls that
     need a gradient: torch.library's autograd path adds ~50 µs of host time a call (argument
     defaults refilled, redispatch, dynamo's disable wrapper) to a forward that may itself take
     a few µs. Both paths run the same ``setup_context`` and ``backward`` on the same kind of
@@ -235,7 +235,7 @@ def register_autograd(op, impl, backward, setup_context, eager_outputs=None):
     ``eager_outputs=k`` (ops returning a tuple whose trailing outputs are internal, such as the
     per-element gradients a fused forward saves for backward): the eager Function returns only
     the first ``k`` outputs as graph outputs (each extra output of an autograd.Function costs
-    ~4 µs a call); :func:`call_op` still returns the whole tuple, the trailing outputs as plain
+    ~4 µs a call); :meth:`~icrm_kernels._op.Op.__call__` still returns the whole tuple, the trailing outputs as plain
     tensors without grad_fn, and ``backward`` receives None for their gradients, what it gets
     from torch.library when they are unused (``ctx.set_materialize_grads(False)``)."""
     op.register_autograd(backward, setup_context=setup_context)
@@ -273,21 +273,6 @@ def register_autograd(op, impl, backward, setup_context, eager_outputs=None):
             return head + tuple(head[0].grad_fn.icrm_rest)
 
         _EAGER_AUTOGRAD[op] = run
-
-
-def call_op(op, impl, *args):
-    """Runs a registered op with the least host work that keeps its semantics:
-
-    - eager, no gradient needed: ``impl(*args)`` (no dispatcher);
-    - eager, a gradient needed, and the formula registered with :func:`register_autograd`: the
-      eager ``autograd.Function`` around ``impl``;
-    - otherwise (torch.compile, export, tracing, tensor subclasses): ``op(*args)``.
-    """
-    if not _eager_mode(args):
-        return op(*args)
-    if not _needs_grad(args):
-        return impl(*args)
-    return _EAGER_AUTOGRAD.get(op, op)(*args)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

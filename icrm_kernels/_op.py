@@ -105,8 +105,8 @@ class Op:
         return self._impls[b](*args)
 
     def __call__(self, *args):
-        # _backend.call_op inlined. Eager without a gradient: run (no dispatcher); eager with one:
-        # the formula's Function around run; compile, export, tracing, tensor subclasses: the op
+        # eager without a gradient: run (no dispatcher); eager with one: the formula's Function
+        # around run (_backend.register_autograd); compile, export, tracing, tensor subclasses: the op
         if not _eager_mode(args):
             return self.custom_op(*args)
         if not _needs_grad(args):  # run(*args), inlined

@@ -529,13 +529,13 @@ def test_unchecked_skips_value_checks():
 
 
 def test_eager_calls_without_grad_skip_the_dispatcher_with_the_same_result(backend, device):
-    """No-grad eager calls run the op's implementation directly (_backend.call_op's first test);
+    """No-grad eager calls run the op's implementation directly (_op.Op.__call__'s first test);
     calls that need a gradient, compile or trace go through the registered custom op."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from icrm_kernels import _backend as be
 
-    def skip_dispatcher(*tensors):  # the condition under which call_op runs the implementation
+    def skip_dispatcher(*tensors):  # the condition under which Op.__call__ runs the implementation
         return be._eager_mode(tensors) and not be._needs_grad(tensors)
 
     r = torch.randn(24, device=device)

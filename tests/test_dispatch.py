@@ -1,4 +1,4 @@
-"""How eager calls reach the kernels (icrm_kernels/_backend.py::call_op).
+"""How eager calls reach the kernels (icrm_kernels/_op.py::Op.__call__).
 
 Eager calls skip torch.library's dispatcher: without a gradient they call the op's
 implementation; with one, an autograd.Function built from the op's registered formula

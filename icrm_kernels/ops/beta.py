@@ -234,7 +234,7 @@ _eager_mode = _backend._eager_mode
 
 def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
     """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
-    ``call_op`` (no gradient: the implementation directly; compile/tracing: the op)."""
+    the record (no gradient: the implementation directly; compile/tracing: the op)."""
     if (torch.is_grad_enabled() and ELBO.custom_op in _backend._EAGER_AUTOGRAD and (x1.requires_grad or x2.requires_grad)
             and not (labels is not None and labels.requires_grad)
             and not (weights is not None and weights.requires_grad)
