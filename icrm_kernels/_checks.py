@@ -221,3 +221,89 @@ def check_positive(x, name: str) -> None:
         if bool(bad.any()):
             first = x[bad].flatten()[0].item()
             raise ValueError(f"{name} must be finite and > 0, got {first} ({int(bad.sum())} bad value(s))")
+
+
+# ---------------------------------------------------------------- value checks of float tensors
+def check_pair(x: torch.Tensor, y: torch.Tensor, nx: str, ny: str) -> None:
+    """Two float tensors of one dtype, device and shape (alpha and beta, the two logits)."""
+    check_tensor(x, nx, floating=True)
+    check_tensor(y, ny, floating=True)
+    if y.dtype != x.dtype:
+        raise TypeError(f"{ny} has dtype {y.dtype} but {nx} has {x.dtype}; pass tensors of one float dtype")
+    if y.device != x.device:
+        raise ValueError(f"{ny} is on {y.device} but {nx} is on {x.device}; all tensors must be on one device")
+    if y.shape != x.shape:
+        raise ValueError(f"{ny} must have the shape of {nx} {tuple(x.shape)}, got {tuple(y.shape)}")
+
+
+def check_like(t: Optional[torch.Tensor], name: str, like: torch.Tensor, like_name: str) -> Optional[torch.Tensor]:
+    """labels / weights: same shape and device as ``like``; bool/int converted to like's dtype."""
+    if t is None:
+        return None
+    check_tensor(t, name)
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real (float, int or bool) tensor, got {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; all tensors must be on one device")
+    if t.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.to(like.dtype)
+    return t
+
+
+def check_unit_interval(t: Optional[torch.Tensor], name: str) -> None:
+    """Every value in [0, 1] (checked path only)."""
+    if t is not None and value_checks_enabled() and t.numel():
+        bad = ~((t >= 0) & (t <= 1))
+        if bool(bad.any()):
+            raise ValueError(f"{name} must lie in [0, 1], got {t[bad].flatten()[0].item()}")
+
+
+def check_finite_values(t: Optional[torch.Tensor], name: str) -> None:
+    """Every value finite (checked path only)."""
+    if t is not None and value_checks_enabled() and t.numel():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite, got a non-finite value")
+
+
+def check_weights(t: Optional[torch.Tensor], name: str = "weights") -> None:
+    """ELBO per-element loss weights: finite and >= 0 (a negative weight turns the loss into a gain)."""
+    check_finite_values(t, name)
+    if t is not None and value_checks_enabled() and t.numel():
+        bad = t < 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be >= 0, got {t[bad].flatten()[0].item()}")
+
+
+# what each kind of value check accepts, on a tensor's (min, max); NaN fails every one
+VALUE_BOUNDS = {
+    "positive": lambda lo, hi: lo > 0 and hi < math.inf,  # check_positive
+    "finite": lambda lo, hi: lo > -math.inf and hi < math.inf,  # check_finite_values
+    "unit": lambda lo, hi: lo >= 0 and hi <= 1,  # check_unit_interval
+    "weights": lambda lo, hi: lo >= 0 and hi < math.inf,  # check_weights
+}
+_VALUE_CHECKS = {
+    "positive": check_positive,
+    "finite": check_finite_values,
+    "unit": check_unit_interval,
+    "weights": check_weights,
+}
+
+
+def check_values(*specs) -> None:
+    """The value checks of one call, ``(tensor or None, name, kind)`` each, fused: one aminmax per
+    tensor and a single host sync (:func:`value_bounds`) instead of a reduction and a sync per
+    check. A failing bound reruns the detailed checks in the given order, which raise with
+    their usual messages."""
+    if not value_checks_enabled():
+        return
+    live = [sp for sp in specs if sp[0] is not None and sp[0].numel()]
+    if not live:
+        return
+    bounds = value_bounds(*(sp[0] for sp in live))
+    for (t, name, kind), (lo, hi) in zip(live, bounds):
+        if not VALUE_BOUNDS[kind](lo, hi):
+            for t2, name2, kind2 in live:
+                _VALUE_CHECKS[kind2](t2, name2)
+            return

@@ -27,7 +27,6 @@ they are skipped: alpha or beta <= 0, -inf or NaN then give NaN (every backend),
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -37,15 +36,21 @@ from icrm_kernels import _backend, _op
 from icrm_kernels._checks import (
     check_choice,
     check_finite_float,
+    check_finite_values,
     check_index,
+    check_like,
     check_offsets,
+    check_pair,
+    check_positive,
     check_tensor,
+    check_unit_interval,
+    check_values,
+    VALUE_BOUNDS,
     compiling,
     value_bounds,
     value_checks_enabled,
 )
 from icrm_kernels import vocab
-from icrm_kernels._checks import check_positive
 from icrm_kernels._layout import segments_of_index
 from icrm_kernels.ops.special import TRIGAMMA
 from icrm_kernels.profiling import ranged
@@ -245,88 +250,6 @@ def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
 
 
 # ---------------------------------------------------------------- validation helpers
-def _check_pair(x: Tensor, y: Tensor, nx: str, ny: str) -> None:
-    check_tensor(x, nx, floating=True)
-    check_tensor(y, ny, floating=True)
-    if y.dtype != x.dtype:
-        raise TypeError(f"{ny} has dtype {y.dtype} but {nx} has {x.dtype}; pass tensors of one float dtype")
-    if y.device != x.device:
-        raise ValueError(f"{ny} is on {y.device} but {nx} is on {x.device}; all tensors must be on one device")
-    if y.shape != x.shape:
-        raise ValueError(f"{ny} must have the shape of {nx} {tuple(x.shape)}, got {tuple(y.shape)}")
-
-
-def _check_like(t: Optional[Tensor], name: str, like: Tensor, like_name: str) -> Optional[Tensor]:
-    """labels / weights: same shape and device as ``like``; bool/int converted to like's dtype."""
-    if t is None:
-        return None
-    check_tensor(t, name)
-    if t.is_complex():
-        raise TypeError(f"{name} must be a real (float, int or bool) tensor, got {t.dtype}")
-    if t.device != like.device:
-        raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; all tensors must be on one device")
-    if t.shape != like.shape:
-        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.to(like.dtype)
-    return t
-
-
-def _check_unit_interval(t: Optional[Tensor], name: str) -> None:
-    if t is not None and value_checks_enabled() and t.numel():
-        bad = ~((t >= 0) & (t <= 1))
-        if bool(bad.any()):
-            raise ValueError(f"{name} must lie in [0, 1], got {t[bad].flatten()[0].item()}")
-
-
-def _check_finite(t: Optional[Tensor], name: str) -> None:
-    if t is not None and value_checks_enabled() and t.numel():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} must be finite, got a non-finite value")
-
-
-def _check_weights(t: Optional[Tensor], name: str = "weights") -> None:
-    """ELBO per-element loss weights: finite and >= 0 (a negative weight turns the loss into a gain)."""
-    _check_finite(t, name)
-    if t is not None and value_checks_enabled() and t.numel():
-        bad = t < 0
-        if bool(bad.any()):
-            raise ValueError(f"{name} must be >= 0, got {t[bad].flatten()[0].item()}")
-
-
-# what each kind of value check accepts, on a tensor's (min, max); NaN fails every one
-_BOUNDS = {
-    "positive": lambda lo, hi: lo > 0 and hi < math.inf,  # check_positive
-    "finite": lambda lo, hi: lo > -math.inf and hi < math.inf,  # _check_finite
-    "unit": lambda lo, hi: lo >= 0 and hi <= 1,  # _check_unit_interval
-    "weights": lambda lo, hi: lo >= 0 and hi < math.inf,  # _check_weights
-}
-_DETAILED = {
-    "positive": check_positive,
-    "finite": _check_finite,
-    "unit": _check_unit_interval,
-    "weights": _check_weights,
-}
-
-
-def _check_values(*specs) -> None:
-    """The value checks of one call, ``(tensor or None, name, kind)`` each, fused: one aminmax per
-    tensor and a single host sync (:func:`value_bounds`) instead of a reduction and a sync per
-    check. A failing bound reruns the detailed checks in the given order, which raise with
-    their usual messages."""
-    if not value_checks_enabled():
-        return
-    live = [sp for sp in specs if sp[0] is not None and sp[0].numel()]
-    if not live:
-        return
-    bounds = value_bounds(*(sp[0] for sp in live))
-    for (t, name, kind), (lo, hi) in zip(live, bounds):
-        if not _BOUNDS[kind](lo, hi):
-            for t2, name2, kind2 in live:
-                _DETAILED[kind2](t2, name2)
-            return
-
-
 def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
     return (check_finite_float(prior_alpha, "prior_alpha", low=0.0, low_open=True),
             check_finite_float(prior_beta, "prior_beta", low=0.0, low_open=True))
@@ -337,10 +260,10 @@ def _check_prior(prior_alpha, prior_beta) -> Tuple[float, float]:
 def _check_elbo_args(x, x_name, labels, weights, prior_alpha, prior_beta, kl_weight, reduction):
     """The checks both ELBO entry points share: labels (required) and weights shaped like x,
     priors > 0, kl_weight >= 0, a known reduction. Returns them converted."""
-    labels = _check_like(labels, "labels", x, x_name)
+    labels = check_like(labels, "labels", x, x_name)
     if labels is None:
         raise TypeError("labels must be a torch.Tensor, got None")
-    weights = _check_like(weights, "weights", x, x_name)
+    weights = check_like(weights, "weights", x, x_name)
     key = (prior_alpha, prior_beta, kl_weight, reduction, type(prior_alpha), type(prior_beta), type(kl_weight))
     try:
         return (labels, weights) + _ELBO_SCALARS[key]
@@ -384,10 +307,10 @@ def beta_elbo_loss(
     (trigamma inside), saved for backward; backward is one scaling. labels and weights get no
     gradient (they are data). prior_alpha, prior_beta > 0 are Python numbers.
     """
-    _check_pair(alpha, beta, "alpha", "beta")
+    check_pair(alpha, beta, "alpha", "beta")
     labels, weights, pa, pb, kw, red = _check_elbo_args(alpha, "alpha", labels, weights, prior_alpha, prior_beta,
                                                         kl_weight, reduction)
-    _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"), (labels, "labels", "unit"),
+    check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"), (labels, "labels", "unit"),
                   (weights, "weights", "weights"))
     return _elbo_call(alpha, beta, labels, weights, pa, pb, kw, 0.0, False, red)
 
@@ -408,11 +331,11 @@ def beta_elbo_loss_from_logits(
     """``beta_elbo_loss(*beta_from_logits(mean_logit, conc_logit, tau_min), labels, ...)`` in one
     fused pass: the parametrisation, the loss and d/d(logits) in the same kernel. Arguments and
     reduction as in :func:`beta_elbo_loss`; the logits must be finite, tau_min >= 0."""
-    _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
+    check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
     labels, weights, pa, pb, kw, red = _check_elbo_args(mean_logit, "mean_logit", labels, weights, prior_alpha,
                                                         prior_beta, kl_weight, reduction)
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
-    _check_values((mean_logit, "mean_logit", "finite"), (conc_logit, "conc_logit", "finite"),
+    check_values((mean_logit, "mean_logit", "finite"), (conc_logit, "conc_logit", "finite"),
                   (labels, "labels", "unit"), (weights, "weights", "weights"))
     return _elbo_call(mean_logit, conc_logit, labels, weights, pa, pb, kw, tmin, True, red)
 
@@ -427,8 +350,8 @@ def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: Union[float, Tensor] = 1.0
     With number priors this is the fused ELBO kernel without the data term (gradients w.r.t.
     alpha and beta fused too). Tensor priors (broadcasting against alpha) take an unfused path
     through the torch reference formula in float64 (differentiable in every argument)."""
-    _check_pair(alpha, beta, "alpha", "beta")
-    _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
+    check_pair(alpha, beta, "alpha", "beta")
+    check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
     if isinstance(prior_alpha, torch.Tensor) or isinstance(prior_beta, torch.Tensor):
         from icrm_kernels.reference import beta as ref
 
@@ -498,7 +421,7 @@ def beta_from_logits(mean_logit: Tensor, conc_logit: Tensor, tau_min: float = 1e
     :func:`beta_elbo_loss_from_logits`, which fuses this parametrisation into the loss kernel.
     In fp32, |mean_logit| > ~88 underflows beta (or alpha) to 0.
     """
-    _check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
+    check_pair(mean_logit, conc_logit, "mean_logit", "conc_logit")
     tmin = check_finite_float(tau_min, "tau_min", low=0.0)
     return FROM_LOGITS(mean_logit, conc_logit, tmin)
 
@@ -564,8 +487,8 @@ def beta_stats(alpha: Tensor, beta: Tensor) -> BetaStats:
     log1m_mean = E[log(1-t)] = psi(b) - psi(s), logit_mean = E[logit t] = psi(a) - psi(b),
     entropy = ln B(a,b) - (a-1) psi(a) - (b-1) psi(b) + (s-2) psi(s), s = a + b. Differentiable
     (backward: closed forms with the trigamma op, not fused with the forward)."""
-    _check_pair(alpha, beta, "alpha", "beta")
-    _check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
+    check_pair(alpha, beta, "alpha", "beta")
+    check_values((alpha, "alpha", "positive"), (beta, "beta", "positive"))
     return BetaStats(*STATS(alpha, beta).unbind(0))
 
 
@@ -577,7 +500,7 @@ def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean")
     alpha's full shape [..., K] (one per row), chosen at test time; ``statistic`` is a
     :class:`BetaStats` field name. Returns [...] in alpha's dtype. Composite: the fused
     ``beta_stats`` kernel, then a weighted sum over the last dimension (differentiable)."""
-    _check_pair(alpha, beta, "alpha", "beta")
+    check_pair(alpha, beta, "alpha", "beta")
     check_tensor(weights, "weights", floating=True)
     check_choice(statistic, "statistic", STATISTICS)
     if alpha.dim() < 1:
@@ -587,7 +510,7 @@ def steer(alpha: Tensor, beta: Tensor, weights: Tensor, statistic: str = "mean")
         raise ValueError(f"weights is on {weights.device} but alpha is on {alpha.device}; all tensors must be on one device")
     if not (tuple(weights.shape) == (k,) or weights.shape == alpha.shape):
         raise ValueError(f"weights must have shape ({k},) or alpha's shape {tuple(alpha.shape)}, got {tuple(weights.shape)}")
-    _check_finite(weights, "weights")
+    check_finite_values(weights, "weights")
     stat = getattr(beta_stats(alpha, beta), statistic)
     return (stat * weights.to(stat.dtype)).sum(-1)
 
@@ -696,8 +619,8 @@ def beta_posterior(
             raise ValueError(f"weights must have one entry per demonstration ({m}), got {weights.numel()}")
         if weights.device != outcomes.device:
             raise ValueError(f"weights is on {weights.device} but outcomes is on {outcomes.device}")
-        if bounds is None or not _BOUNDS["weights"](*bounds[1]):
-            _check_finite(weights, "weights")
+        if bounds is None or not VALUE_BOUNDS["weights"](*bounds[1]):
+            check_finite_values(weights, "weights")
             if value_checks_enabled() and m and bool((weights < 0).any()):
                 raise ValueError("weights must be >= 0 (a negative weight can make alpha or beta non-positive)")
     tensor_priors = isinstance(prior_alpha, Tensor) or isinstance(prior_beta, Tensor)
@@ -715,8 +638,8 @@ def beta_posterior(
             raise ValueError(f"num_segments must be a non-negative int, got {num_segments!r}")
     if (cu_segments is None) == (segment_index is None):
         raise ValueError("give exactly one of cu_segments and segment_index")
-    if bounds is None or not _BOUNDS["unit"](*bounds[0]):
-        _check_unit_interval(outcomes, "outcomes")
+    if bounds is None or not VALUE_BOUNDS["unit"](*bounds[0]):
+        check_unit_interval(outcomes, "outcomes")
     cu = index = None
     if cu_segments is not None:
         check_tensor(cu_segments, "cu_segments", ndim=1)
