@@ -224,53 +224,80 @@ def _needs_grad(tensors) -> bool:
 _EAGER_AUTOGRAD = {}
 
 
-def register_autograd(op, impl, backward, setup_context, eager_outputs=None):
+def register_autograd(op, impl, backward, setup_context, eager_outputs=None, differentiable=None):
     """``op.register_autograd(backward, setup_context=setup_context)``, plus the same formula as
-    a ``torch.autograd.Function`` around ``impl`` that :meth:`icrm_kernels._op.Op.__call__` uses for eager calls that
-    need a gradient: torch.library's autograd path adds ~50 µs of host time a call (argument
-    defaults refilled, redispatch, dynamo's disable wrapper) to a forward that may itself take
-    a few µs. Both paths run the same ``setup_context`` and ``backward`` on the same kind of
-    ctx (torch.library's formula is an autograd.Function too).
+    a ``torch.autograd.Function`` around ``impl`` that :meth:`icrm_kernels._op.Op.__call__` uses
+    for eager calls that need a gradient: torch.library's autograd path adds ~50 µs of host time
+    a call (argument defaults refilled, redispatch, dynamo's disable wrapper) to a forward that
+    may itself take a few µs. Both paths run the same ``setup_context`` and ``backward`` on the
+    same kind of ctx (torch.library's formula is an autograd.Function too).
+
+    ``differentiable=m``: only the first ``m`` arguments can receive a gradient (the formula
+    returns None for the others). The eager Function then takes those ``m`` tensors and one
+    tuple of the other arguments: each argument of ``Function.apply`` costs host time, and
+    ``ctx.needs_input_grad[i]`` keeps the op's positions for i < m.
 
     ``eager_outputs=k`` (ops returning a tuple whose trailing outputs are internal, such as the
     per-element gradients a fused forward saves for backward): the eager Function returns only
     the first ``k`` outputs as graph outputs (each extra output of an autograd.Function costs
-    ~4 µs a call); :meth:`~icrm_kernels._op.Op.__call__` still returns the whole tuple, the trailing outputs as plain
-    tensors without grad_fn, and ``backward`` receives None for their gradients, what it gets
-    from torch.library when they are unused (``ctx.set_materialize_grads(False)``)."""
+    ~4 µs a call); the caller still gets the whole tuple, the trailing outputs as plain tensors
+    without grad_fn, and ``backward`` receives None for their gradients, what it gets from
+    torch.library when they are unused (``ctx.set_materialize_grads(False)``)."""
     op.register_autograd(backward, setup_context=setup_context)
+    k = eager_outputs
+    m = differentiable
 
-    if eager_outputs is None:
+    if m is None:  # every argument goes to apply
         def forward(ctx, *args):
             out = impl(*args)
             setup_context(ctx, args, out)
-            return out
-
-        bwd = backward
-    else:
-        k = eager_outputs
-
-        def forward(ctx, *args):
-            out = impl(*args)
-            setup_context(ctx, args, out)
+            if k is None:
+                return out
             ctx.icrm_rest = out[k:]
             return out[0] if k == 1 else out[:k]
+    else:  # apply(*args[:m], args[m:], box): box receives the internal outputs
+        def forward(ctx, *a):
+            args = a[:m] + a[m]
+            out = impl(*args)
+            setup_context(ctx, args, out)
+            if k is None:
+                return out
+            rest = out[k:]
+            ctx.icrm_rest = rest
+            a[m + 1].append(rest)
+            return out[0] if k == 1 else out[:k]
 
-        def bwd(ctx, *grads):
-            return backward(ctx, *grads, *((None,) * len(ctx.icrm_rest)))
+    def bwd(ctx, *grads):
+        if k is not None:
+            grads = grads + (None,) * len(ctx.icrm_rest)
+        g = backward(ctx, *grads)
+        if m is None:
+            return g
+        return ((g,) if isinstance(g, _Tensor) else tuple(g[:m])) + (None, None)
 
     eager = type(f"Eager_{getattr(op, '_name', 'op').replace('::', '_')}", (torch.autograd.Function,),
                  {"forward": staticmethod(forward), "backward": staticmethod(bwd)})
-    if eager_outputs is None:
-        _EAGER_AUTOGRAD[op] = eager.apply
-    else:
-        apply = eager.apply
-
+    apply = eager.apply
+    if m is None and k is None:
+        _EAGER_AUTOGRAD[op] = apply
+    elif m is None:
         def run(*args):
             y = apply(*args)
             head = (y,) if k == 1 else y
             # the graph output's grad_fn is the Function's ctx, which holds the internal outputs
             return head + tuple(head[0].grad_fn.icrm_rest)
+
+        _EAGER_AUTOGRAD[op] = run
+    elif k is None:
+        def run(*args):
+            return apply(*args[:m], args[m:], None)
+
+        _EAGER_AUTOGRAD[op] = run
+    else:
+        def run(*args):
+            box = []
+            y = apply(*args[:m], args[m:], box)
+            return ((y,) if k == 1 else y) + box[0]
 
         _EAGER_AUTOGRAD[op] = run
 

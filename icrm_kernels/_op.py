@@ -60,6 +60,7 @@ class OpRecord:
     backward: Optional[Callable] = None  # backward(ctx, *grads) of torch.library's register_autograd
     setup_context: Optional[Callable] = None
     eager_outputs: Optional[int] = None  # trailing outputs internal (see _backend.register_autograd)
+    differentiable: Optional[int] = None  # only the first m arguments can receive a gradient
 
 
 OPS: Dict[str, "Op"] = {}
@@ -86,7 +87,7 @@ class Op:
         self.custom_op.register_fake(record.fake)
         if record.backward is not None:
             _backend.register_autograd(self.custom_op, self.run, record.backward, record.setup_context,
-                                       eager_outputs=record.eager_outputs)
+                                       eager_outputs=record.eager_outputs, differentiable=record.differentiable)
 
     def backend(self, x: torch.Tensor) -> str:
         """The implementation that runs for tensors like ``x`` (the op's first argument)."""
@@ -115,6 +116,10 @@ class Op:
             if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
                 b = "reference"
             return self._impls[b](*args)
+        m = self.record.differentiable
+        if m is not None and not _needs_grad(args[:m]):
+            # only arguments the formula gives no gradient need one: the op path, as before
+            return self.custom_op(*args)
         return _backend._EAGER_AUTOGRAD.get(self.custom_op, self.custom_op)(*args)
 
     def __repr__(self):

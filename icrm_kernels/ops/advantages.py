@@ -269,7 +269,8 @@ ADVANTAGES = _op.define(_op.OpRecord(
            "str singleton, str nan_policy, str aggregation, float bnpo_low, float bnpo_high, float whiten_eps, "
            "str whiten_std) -> Tensor",
     fake=_advantages_fake, triton=_advantages_triton, cpp=_advantages_cpp, cpp_op="group_advantages",
-    reference=_advantages_reference, float64_triton=True, backward=_backward, setup_context=_setup_context))
+    reference=_advantages_reference, float64_triton=True, backward=_backward, setup_context=_setup_context,
+    differentiable=1))
 
 
 def _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o):

@@ -156,7 +156,7 @@ S2T_CORE = _op.define(_op.OpRecord(
     name="s2t_attention_core", family="attention",
     schema="(Tensor q_tilde, Tensor states, Tensor? cu_seqlens, Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)",
     fake=_core_fake, triton=_core_triton, cpp=_core_cpp, cpp_op="s2t_attention_core", reference=_core_reference,
-    backward=_core_backward, setup_context=_core_setup_context, eager_outputs=1))
+    backward=_core_backward, setup_context=_core_setup_context, eager_outputs=1, differentiable=2))
 
 
 # r2m_reward_core(q̃, u, states, cu_seqlens, key_padding_mask) -> (y[B, H] =

@@ -178,7 +178,7 @@ ELBO = _op.define(_op.OpRecord(
            "float kl_weight, float tau_min, bool from_logits, int reduction, bool compute_grad) "
            "-> (Tensor, Tensor, Tensor)",
     fake=_elbo_fake, triton=_elbo_triton, cpp=_elbo_cpp, cpp_op="beta_elbo", reference=_elbo_reference,
-    backward=_elbo_backward, setup_context=_elbo_setup, eager_outputs=1))
+    backward=_elbo_backward, setup_context=_elbo_setup, eager_outputs=1, differentiable=2))
 
 
 class EagerElbo(torch.autograd.Function):
@@ -407,7 +407,7 @@ FROM_LOGITS = _op.define(_op.OpRecord(
     schema="(Tensor mean_logit, Tensor conc_logit, float tau_min) -> (Tensor, Tensor)",
     fake=lambda m, c, tau_min: (torch.empty_like(m), torch.empty_like(m)),
     triton=_from_logits_triton, cpp=_from_logits_cpp, cpp_op="beta_from_logits", reference=_from_logits_reference,
-    backward=_from_logits_backward, setup_context=_from_logits_setup))
+    backward=_from_logits_backward, setup_context=_from_logits_setup, differentiable=2))
 
 
 @ranged("beta_from_logits")
@@ -475,7 +475,7 @@ STATS = _op.define(_op.OpRecord(
     name="beta_stats", family="beta", schema="(Tensor alpha, Tensor beta) -> Tensor",
     fake=lambda alpha, beta: alpha.new_empty((6,) + tuple(alpha.shape)),
     triton=_stats_triton, cpp=_stats_cpp, cpp_op="beta_stats", reference=_stats_reference,
-    backward=_stats_backward, setup_context=_stats_setup))
+    backward=_stats_backward, setup_context=_stats_setup, differentiable=2))
 
 
 @ranged("beta_stats")

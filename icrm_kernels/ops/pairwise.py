@@ -107,7 +107,7 @@ WIN_RATE = _op.define(_op.OpRecord(
     schema="(Tensor scores, Tensor? cu, Tensor? order, int group_size, float temperature) -> Tensor",
     fake=lambda scores, *rest: torch.empty_like(scores),
     triton=_win_rate_triton, cpp=_win_rate_cpp, cpp_op="pairwise_win_rate", reference=_win_rate_reference,
-    backward=_win_rate_backward, setup_context=_win_rate_setup))
+    backward=_win_rate_backward, setup_context=_win_rate_setup, differentiable=1))
 
 
 def _prepare(x: Tensor, name: str, group_size, cu_groups, group_index):
@@ -219,7 +219,7 @@ GREBT = _op.define(_op.OpRecord(
     schema="(Tensor rewards, Tensor? select, Tensor? cu, Tensor? order, int group_size, float alpha, float eps) "
            "-> (Tensor, Tensor)",
     fake=_grebt_fake, triton=_grebt_triton, cpp=_grebt_cpp, cpp_op="pairwise_grebt", reference=_grebt_reference,
-    backward=_grebt_backward, setup_context=_grebt_setup, eager_outputs=1))
+    backward=_grebt_backward, setup_context=_grebt_setup, eager_outputs=1, differentiable=1))
 
 
 class EagerGrebt(torch.autograd.Function):

@@ -111,7 +111,7 @@ def _unary_record(name, backward):
     return _op.OpRecord(
         name=name, family="beta", schema="(Tensor x) -> Tensor", fake=_like,
         triton=_unary_triton(name), cpp=_unary_cpp(name), cpp_op="special_unary", reference=_unary_reference(name),
-        backward=backward, setup_context=_save_x)
+        backward=backward, setup_context=_save_x, differentiable=1)
 
 
 # ------------------------------------------------------------------------------ the records
@@ -121,7 +121,7 @@ LGAMMA = _op.define(_unary_record("lgamma", _lgamma_bwd))
 BETALN = _op.define(_op.OpRecord(
     name="betaln", family="beta", schema="(Tensor a, Tensor b) -> Tensor", fake=_like,
     triton=_betaln_triton, cpp=_betaln_cpp, cpp_op="betaln", reference=_betaln_reference,
-    backward=_betaln_bwd, setup_context=_save_x))
+    backward=_betaln_bwd, setup_context=_save_x, differentiable=2))
 
 
 def _unary_public(op, x):
