@@ -4,7 +4,7 @@ ICRM's reward model outputs a Beta(alpha, beta) over theta = P(a preferred to b)
 a mean logit and a concentration logit. The ops here turn those into Beta parameters, train them
 with the variational ELBO, update them with in-context demonstrations, and read rewards off them.
 
-Dispatch (every op but ``hypervolume``): CUDA tensors -> Triton kernels (fp32 math, bf16/fp16/fp32
+Dispatch (the op records below; icrm_kernels/_op.py): CUDA tensors -> Triton kernels (fp32 math, bf16/fp16/fp32
 inputs); CPU tensors -> the C++ extension (float and double kernels; bf16/fp16 upcast), or the
 float64-capable torch reference (``icrm_kernels/reference/beta.py``) when it is not built.
 float64 CUDA tensors run the torch reference (the kernels compute in fp32).
