@@ -3,8 +3,9 @@
 Every public op is listed here. Each has three implementations that compute the same function:
 the Triton kernel (``icrm_kernels/triton/<family>.py``), the C++ CPU kernel
 (``csrc/<family>.cpp``) and the float64-capable torch reference
-(``icrm_kernels/reference/<family>.py``); ``icrm_kernels/ops/<family>.py`` holds the public op,
-its checks, its torch.library registration and the dispatch between the three.
+(``icrm_kernels/reference/<family>.py``). ``icrm_kernels/ops/<family>.py`` holds the public op,
+its checks and the op's record (``icrm_kernels/_op.py`` builds the torch.library op and the
+dispatch between the three from it).
 """
 from icrm_kernels._backend import available_backends, use_backend
 from icrm_kernels._checks import unchecked

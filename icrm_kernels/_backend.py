@@ -222,6 +222,28 @@ def _needs_grad(tensors) -> bool:
 
 # op -> autograd.Function.apply running the op's implementation with its registered formula
 _EAGER_AUTOGRAD = {}
+# eager_autograd(False) turns the eager twins off for a block (tests compare the two paths)
+_EAGER_ON: contextvars.ContextVar = contextvars.ContextVar("icrm_kernels_eager_autograd", default=True)
+
+
+def eager_autograd_enabled() -> bool:
+    """Whether eager calls that need a gradient use the ops' eager autograd twins (default)."""
+    return _EAGER_ON.get()
+
+
+eager_autograd_enabled._dynamo_marked_constant = True  # as _forced_backend: no graph break
+
+
+@contextlib.contextmanager
+def eager_autograd(enabled: bool):
+    """Inside the block, eager calls that need a gradient use the eager twins (``True``, the
+    default) or go through torch.library's registered autograd formula (``False``); per context,
+    like :func:`use_backend`. The two paths compute the same values and gradients (tested)."""
+    token = _EAGER_ON.set(bool(enabled))
+    try:
+        yield
+    finally:
+        reset_context(_EAGER_ON, token, True)
 
 
 def register_autograd(op, impl, backward, setup_context, eager_outputs=None, differentiable=None):
@@ -246,16 +268,15 @@ def register_autograd(op, impl, backward, setup_context, eager_outputs=None, dif
     op.register_autograd(backward, setup_context=setup_context)
     k = eager_outputs
     m = differentiable
+    if m is None and k is not None:
+        raise ValueError("eager_outputs needs differentiable (the internal outputs come back through apply's last argument)")
 
     if m is None:  # every argument goes to apply
         def forward(ctx, *args):
             out = impl(*args)
             setup_context(ctx, args, out)
-            if k is None:
-                return out
-            ctx.icrm_rest = out[k:]
-            return out[0] if k == 1 else out[:k]
-    else:  # apply(*args[:m], args[m:], box): box receives the internal outputs
+            return out
+    else:  # apply(*args[:m], args[m:], box): box (a list) receives the internal outputs
         def forward(ctx, *a):
             args = a[:m] + a[m]
             out = impl(*args)
@@ -263,31 +284,24 @@ def register_autograd(op, impl, backward, setup_context, eager_outputs=None, dif
             if k is None:
                 return out
             rest = out[k:]
-            ctx.icrm_rest = rest
+            ctx.icrm_rest_n = len(rest)  # (a count, not the tensors: setup_context saves what backward needs)
             a[m + 1].append(rest)
             return out[0] if k == 1 else out[:k]
 
     def bwd(ctx, *grads):
         if k is not None:
-            grads = grads + (None,) * len(ctx.icrm_rest)
+            grads = grads + (None,) * ctx.icrm_rest_n
         g = backward(ctx, *grads)
         if m is None:
             return g
-        return ((g,) if isinstance(g, _Tensor) else tuple(g[:m])) + (None, None)
+        g = (g,) if g is None or isinstance(g, _Tensor) else tuple(g)
+        return g[:m] + (None,) * (m - len(g[:m])) + (None, None)
 
     eager = type(f"Eager_{getattr(op, '_name', 'op').replace('::', '_')}", (torch.autograd.Function,),
                  {"forward": staticmethod(forward), "backward": staticmethod(bwd)})
     apply = eager.apply
-    if m is None and k is None:
+    if m is None:
         _EAGER_AUTOGRAD[op] = apply
-    elif m is None:
-        def run(*args):
-            y = apply(*args)
-            head = (y,) if k == 1 else y
-            # the graph output's grad_fn is the Function's ctx, which holds the internal outputs
-            return head + tuple(head[0].grad_fn.icrm_rest)
-
-        _EAGER_AUTOGRAD[op] = run
     elif k is None:
         def run(*args):
             return apply(*args[:m], args[m:], None)

@@ -68,6 +68,7 @@ OPS: Dict[str, "Op"] = {}
 _select = _backend.select
 _eager_mode = _backend._eager_mode
 _needs_grad = _backend._needs_grad
+_EAGER_ON = _backend._EAGER_ON
 _f64 = torch.float64
 
 
@@ -86,8 +87,14 @@ class Op:
                                                  schema=record.schema)
         self.custom_op.register_fake(record.fake)
         if record.backward is not None:
-            _backend.register_autograd(self.custom_op, self.run, record.backward, record.setup_context,
-                                       eager_outputs=record.eager_outputs, differentiable=record.differentiable)
+            self.register_autograd()
+
+    def register_autograd(self, backward: Optional[Callable] = None) -> None:
+        """(Re)register the autograd formula on the op and its eager twin: the record's
+        ``backward``, or ``backward`` (tests put a spy in, then restore the record's)."""
+        rec = self.record
+        _backend.register_autograd(self.custom_op, self.run, backward or rec.backward, rec.setup_context,
+                                   eager_outputs=rec.eager_outputs, differentiable=rec.differentiable)
 
     def backend(self, x: torch.Tensor) -> str:
         """The implementation that runs for tensors like ``x`` (the op's first argument)."""
@@ -117,8 +124,8 @@ class Op:
                 b = "reference"
             return self._impls[b](*args)
         m = self.record.differentiable
-        if m is not None and not _needs_grad(args[:m]):
-            # only arguments the formula gives no gradient need one: the op path, as before
+        if (m is not None and not _needs_grad(args[:m])) or not _EAGER_ON.get():
+            # only arguments the formula gives no gradient need one, or the twins are off: the op
             return self.custom_op(*args)
         return _backend._EAGER_AUTOGRAD.get(self.custom_op, self.custom_op)(*args)
 

@@ -26,12 +26,12 @@ def _default_device() -> str:
 
 
 def _families(selected):
-    from icrm_kernels.benchmarks import FAMILY_MODULES
+    from icrm_kernels.benchmarks import FAMILIES
 
-    names = FAMILY_MODULES if not selected else tuple(selected)
+    names = FAMILIES if not selected else tuple(selected)
     for name in names:
-        if name not in FAMILY_MODULES:
-            raise SystemExit(f"--family must be one of {FAMILY_MODULES}, got {name!r}")
+        if name not in FAMILIES:
+            raise SystemExit(f"--family must be one of {FAMILIES}, got {name!r}")
     return names
 
 

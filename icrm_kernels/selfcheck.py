@@ -40,7 +40,8 @@ from icrm_kernels.reference import special as ref_special
 
 # the families of `icrm-kernels selfcheck --family` (those of `bench`; the special functions are
 # part of the Beta family, as in icrm_kernels/__init__.py)
-FAMILIES = ("advantages", "pairwise", "attention", "beta")
+from icrm_kernels._op import FAMILIES  # noqa: E402  (the one family list)
+
 DTYPE = torch.float32  # the inputs' dtype: floating inputs are made in float64, then cast
 
 

@@ -6,10 +6,10 @@ import importlib
 import pytest
 import torch
 
-from icrm_kernels.benchmarks import FAMILY_MODULES, harness
+from icrm_kernels.benchmarks import FAMILIES, harness
 
 
-@pytest.mark.parametrize("family", FAMILY_MODULES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_quick_case_runs(family, monkeypatch):
     monkeypatch.setenv("ICRM_BENCH_COMPILE", "0")  # compiles are slow on a small machine: one below
     mod = importlib.import_module(f"icrm_kernels.benchmarks.{family}")

@@ -54,13 +54,13 @@ CASES = {"elbo": _elbo, "elbo_logits": _elbo_logits, "grebt": _grebt, "win_rate"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_eager_autograd_equals_the_registered_op(backend, device, case, monkeypatch):
+def test_eager_autograd_equals_the_registered_op(backend, device, case):
     run, leaves, op_name = CASES[case](device)
     loss = run()
     fast = [loss.detach()] + list(torch.autograd.grad(loss, leaves))
-    monkeypatch.setattr(_backend, "_EAGER_AUTOGRAD", {})  # every call through torch.library's autograd
-    loss_op = run()
-    slow = [loss_op.detach()] + list(torch.autograd.grad(loss_op, leaves))
+    with _backend.eager_autograd(False):  # every call through torch.library's autograd
+        loss_op = run()
+        slow = [loss_op.detach()] + list(torch.autograd.grad(loss_op, leaves))
     for f, s in zip(fast, slow):
         torch.testing.assert_close(f, s, rtol=0, atol=0)
 
@@ -79,7 +79,7 @@ def test_eager_autograd_is_used_and_compile_goes_through_the_op():
     torch.testing.assert_close(ga, torch.autograd.grad(ik.beta_elbo_loss(a, b, y), a)[0])
 
 
-def test_internal_outputs_get_no_materialized_gradient(monkeypatch):
+def test_internal_outputs_get_no_materialized_gradient():
     """The ELBO's per-element gradient outputs are internal: on the torch.library path backward
     receives None for them (no [N]-sized zero tensors); the eager Function (``EagerElbo``) has
     no such outputs at all (the gradients ride on its ctx) and a single-gradient backward."""
@@ -97,15 +97,20 @@ def test_internal_outputs_get_no_materialized_gradient(monkeypatch):
     loss = ik.beta_elbo_loss(a, b, torch.rand(8))
     assert type(loss.grad_fn).__name__ == "EagerElboBackward"
     torch.autograd.grad(loss, (a, b))
-    saved = dict(_backend._EAGER_AUTOGRAD)
     try:  # the torch.library registration takes the spy
-        _backend.register_autograd(ops_beta.ELBO.custom_op, ops_beta.ELBO.run, spy, ops_beta._elbo_setup)
-        monkeypatch.setattr(_backend, "_EAGER_AUTOGRAD", {})
-        torch.autograd.grad(ik.beta_elbo_loss(a, b, torch.rand(8)), (a, b))
+        ops_beta.ELBO.register_autograd(spy)
+        with _backend.eager_autograd(False):
+            torch.autograd.grad(ik.beta_elbo_loss(a, b, torch.rand(8)), (a, b))
     finally:
-        _backend.register_autograd(ops_beta.ELBO.custom_op, ops_beta.ELBO.run, original, ops_beta._elbo_setup)
-        _backend._EAGER_AUTOGRAD.update(saved)
+        ops_beta.ELBO.register_autograd()  # the record's formula and eager twin again
     assert len(seen) == 1 and all(g1 is None and g2 is None for g1, g2 in seen)
+    # restored: the op's formula and its eager twin are the record's again (no spy, the right arity)
+    with _backend.eager_autograd(False):
+        torch.autograd.grad(ik.beta_elbo_loss(a, b, torch.rand(8)), (a, b))
+    loss, g1, g2 = ops_beta.ELBO(a, b, None, None, 1.0, 1.0, 1.0, 0.01, False, 2, True)  # the generic twin
+    assert g1.shape == a.shape and g1.grad_fn is None
+    torch.autograd.grad(loss, (a, b))
+    assert len(seen) == 1
 
 
 def test_functorch_transforms_go_through_the_op():

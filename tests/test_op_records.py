@@ -29,6 +29,13 @@ def test_record_is_consistent(name):
     if rec.cpp is not None:
         assert rec.cpp_op, "a C++ implementation names the icrm_cpu kernel it needs"
     n = _schema_args(rec.schema)
+    outs = rec.schema.split("->")[1].strip()
+    n_out = len(outs.strip("()").split(",")) if outs.startswith("(") else 1
+    if rec.backward is not None:
+        # the eager twin passes the first m arguments to Function.apply: m is stated and in range
+        assert rec.differentiable is not None and 1 <= rec.differentiable <= n
+    if rec.eager_outputs is not None:
+        assert 1 <= rec.eager_outputs < n_out and rec.backward is not None
     for impl in (rec.triton, rec.cpp, rec.reference, rec.fake):
         if impl is None:
             continue

@@ -5,4 +5,4 @@
 :class:`~icrm_kernels.benchmarks.harness.Case` list: the package's kernel and each baseline,
 measured in the same run. ``bench/bench_<family>.py`` wraps the same cases for pytest-benchmark.
 """
-from icrm_kernels._op import FAMILIES as FAMILY_MODULES  # noqa: E402,F401  (one family list: _op.FAMILIES)
+from icrm_kernels._op import FAMILIES  # noqa: E402,F401  (the one family list)

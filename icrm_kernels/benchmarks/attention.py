@@ -11,8 +11,7 @@ Ops, each against the same inputs:
   run instead of eager code; ``ICRM_BENCH_COMPILE=0`` leaves them out).
 - ``R2M update step``: attention + score head forward and backward + GREBT loss on cached
   states, vs the same step in eager torch (MHA + nn.Linear + GREBT written in torch) and that
-  step's loss through ``torch.compile``. Needs
-  ``icrm_kernels.ops.pairwise.grebt_loss``; skipped while it does not import.
+  step's loss through ``torch.compile``.
 
 ``bytes`` is one read of the states (the op's floor), so the bandwidth column says how close
 the kernels are to reading the states once. GPU shape: B=512 sequences, ragged L 512-1536,

@@ -190,7 +190,7 @@ class EagerElbo(torch.autograd.Function):
     by: bitwise the same results for a unit incoming gradient), so the backward is two
     multiplies.
     Same formula as the op path, which torch.compile, export and tracing use. Disabled, like
-    every eager twin, when the op has no entry in ``_backend._EAGER_AUTOGRAD``."""
+    every eager twin, inside ``_backend.eager_autograd(False)``."""
 
     @staticmethod
     def forward(ctx, x1, x2, spec):
@@ -240,10 +240,10 @@ _eager_mode = _backend._eager_mode
 def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
     """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
     the record (no gradient: the implementation directly; compile/tracing: the op)."""
-    if (torch.is_grad_enabled() and ELBO.custom_op in _backend._EAGER_AUTOGRAD and (x1.requires_grad or x2.requires_grad)
+    if (torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad)
             and not (labels is not None and labels.requires_grad)
             and not (weights is not None and weights.requires_grad)
-            and _eager_mode((x1, x2, labels, weights))):
+            and _eager_mode((x1, x2, labels, weights)) and _backend.eager_autograd_enabled()):
         return _elbo_apply(x1, x2, (labels, weights, pa, pb, kw, tmin, from_logits, red))
     loss, _, _ = ELBO(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, _backend._needs_grad((x1, x2)))
     return loss

@@ -229,7 +229,7 @@ class EagerGrebt(torch.autograd.Function):
     a ``MeanBackward``/``SumBackward``; the rewards are the only tensor argument (each argument
     of ``apply`` costs host time). Same values and gradients as the op path, which
     torch.compile, export and tracing use. Disabled, like every eager twin, when the op has no
-    entry in ``_backend._EAGER_AUTOGRAD``."""
+    context inside ``_backend.eager_autograd(False)``."""
 
     @staticmethod
     def forward(ctx, rewards, spec):
@@ -332,8 +332,8 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
         select = select.detach().contiguous()
     cu, order, g = kernel_args(layout)
     if (cu is None and g >= 2 and reduction != "none" and rewards.numel() >= g and rewards.requires_grad
-            and torch.is_grad_enabled() and GREBT.custom_op in _backend._EAGER_AUTOGRAD
-            and _backend._eager_mode((rewards, select))):
+            and torch.is_grad_enabled() and _backend._eager_mode((rewards, select))
+            and _backend.eager_autograd_enabled()):
         return _grebt_apply(rewards, (select, g, alpha, eps, reduction == "mean"))
     losses, _ = GREBT(rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":
@@ -349,6 +349,3 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     if reduction == "sum":
         return total
     return total / valid.sum().clamp_min(1).to(total.dtype)
-
-
-# ------------------------------------------------------------------------------- selfcheck

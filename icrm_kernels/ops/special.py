@@ -31,37 +31,48 @@ from icrm_kernels._checks import check_positive, check_tensor
 from icrm_kernels.profiling import ranged
 from icrm_kernels.reference import special as ref
 
-_WHICH = vocab.codes(vocab.SPECIAL_UNARY)  # name -> C++ special_unary selector (icrm_kernels/vocab.py)
-
-
-# -------------------------------------------------- the C++ and float64 adapters of the records
-def _unary_cpp(name):
-    def run(x):
-        return torch.ops.icrm_cpu.special_unary(x.contiguous(), _WHICH[name])
-
-    run.__name__ = f"{name}_cpp"
-    return run
-
-
-def _unary_reference(name):
-    fn = getattr(ref, name)
-
-    def run(x):
-        return fn(x.to(torch.float64)).to(x.dtype)
-
-    run.__name__ = f"{name}_reference"
-    return run
-
-
+# ------------------------------------------------------- the records' implementations
 # (triton is imported on first use: it is an optional dependency, and slow to import)
-def _unary_triton(name):
-    def run(x):
-        from icrm_kernels.triton import special as tri
+def _digamma_triton(x):
+    from icrm_kernels.triton import special as tri
 
-        return tri.unary(name, x)
+    return tri.unary("digamma", x)
 
-    run.__name__ = f"{name}_triton"
-    return run
+
+def _digamma_cpp(x):
+    return torch.ops.icrm_cpu.special_unary(x.contiguous(), vocab.UNARY_DIGAMMA)
+
+
+def _digamma_reference(x):
+    return ref.digamma(x.to(torch.float64)).to(x.dtype)
+
+
+def _trigamma_triton(x):
+    from icrm_kernels.triton import special as tri
+
+    return tri.unary("trigamma", x)
+
+
+def _trigamma_cpp(x):
+    return torch.ops.icrm_cpu.special_unary(x.contiguous(), vocab.UNARY_TRIGAMMA)
+
+
+def _trigamma_reference(x):
+    return ref.trigamma(x.to(torch.float64)).to(x.dtype)
+
+
+def _lgamma_triton(x):
+    from icrm_kernels.triton import special as tri
+
+    return tri.unary("lgamma", x)
+
+
+def _lgamma_cpp(x):
+    return torch.ops.icrm_cpu.special_unary(x.contiguous(), vocab.UNARY_LGAMMA)
+
+
+def _lgamma_reference(x):
+    return ref.lgamma(x.to(torch.float64)).to(x.dtype)
 
 
 def _betaln_triton(a, b):
@@ -107,45 +118,45 @@ def _betaln_bwd(ctx, g):
     return g * (DIGAMMA(a) - psi_s), g * (DIGAMMA(b) - psi_s)
 
 
-def _unary_record(name, backward):
+def _unary_record(name, triton, cpp, reference, backward):
     return _op.OpRecord(
-        name=name, family="beta", schema="(Tensor x) -> Tensor", fake=_like,
-        triton=_unary_triton(name), cpp=_unary_cpp(name), cpp_op="special_unary", reference=_unary_reference(name),
-        backward=backward, setup_context=_save_x, differentiable=1)
+        name=name, family="beta", schema="(Tensor x) -> Tensor", fake=_like, triton=triton, cpp=cpp,
+        cpp_op="special_unary", reference=reference, backward=backward, setup_context=_save_x, differentiable=1)
 
 
 # ------------------------------------------------------------------------------ the records
-DIGAMMA = _op.define(_unary_record("digamma", _digamma_bwd))
-TRIGAMMA = _op.define(_unary_record("trigamma", _trigamma_bwd))
-LGAMMA = _op.define(_unary_record("lgamma", _lgamma_bwd))
+DIGAMMA = _op.define(_unary_record("digamma", _digamma_triton, _digamma_cpp, _digamma_reference, _digamma_bwd))
+TRIGAMMA = _op.define(_unary_record("trigamma", _trigamma_triton, _trigamma_cpp, _trigamma_reference,
+                                    _trigamma_bwd))
+LGAMMA = _op.define(_unary_record("lgamma", _lgamma_triton, _lgamma_cpp, _lgamma_reference, _lgamma_bwd))
 BETALN = _op.define(_op.OpRecord(
     name="betaln", family="beta", schema="(Tensor a, Tensor b) -> Tensor", fake=_like,
     triton=_betaln_triton, cpp=_betaln_cpp, cpp_op="betaln", reference=_betaln_reference,
     backward=_betaln_bwd, setup_context=_save_x, differentiable=2))
 
 
-def _unary_public(op, x):
-    check_tensor(x, "x", floating=True)
-    check_positive(x, "x")
-    return op(x)
-
-
 @ranged("digamma")
 def digamma(x: torch.Tensor) -> torch.Tensor:
     """psi(x) = d/dx log Gamma(x), elementwise, for x > 0. Same shape and dtype as ``x``."""
-    return _unary_public(DIGAMMA, x)
+    check_tensor(x, "x", floating=True)
+    check_positive(x, "x")
+    return DIGAMMA(x)
 
 
 @ranged("trigamma")
 def trigamma(x: torch.Tensor) -> torch.Tensor:
     """psi'(x), elementwise, for x > 0. Same shape and dtype as ``x``."""
-    return _unary_public(TRIGAMMA, x)
+    check_tensor(x, "x", floating=True)
+    check_positive(x, "x")
+    return TRIGAMMA(x)
 
 
 @ranged("lgamma")
 def lgamma(x: torch.Tensor) -> torch.Tensor:
     """log Gamma(x), elementwise, for x > 0. Same shape and dtype as ``x``."""
-    return _unary_public(LGAMMA, x)
+    check_tensor(x, "x", floating=True)
+    check_positive(x, "x")
+    return LGAMMA(x)
 
 
 @ranged("betaln")
