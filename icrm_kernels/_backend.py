@@ -269,7 +269,8 @@ def register_autograd(op, impl, backward, setup_context, eager_outputs=None, dif
     k = eager_outputs
     m = differentiable
     if m is None and k is not None:
-        raise ValueError("eager_outputs needs differentiable (the internal outputs come back through apply's last argument)")
+        raise ValueError("eager_outputs needs differentiable: the internal outputs come back through "
+                         "apply's last argument")
 
     if m is None:  # every argument goes to apply
         def forward(ctx, *args):

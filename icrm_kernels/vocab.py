@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-# ------------------------------------------------------------------ group_advantages (docs/advantages.md#formula-and-options)
+# ------------------------------------------ group_advantages (docs/advantages.md#formula-and-options)
 BASELINES: Tuple[str, ...] = ("none", "group_mean", "leave_one_out", "batch_mean")
 """``baseline`` b_i of ``A_i = (r_i - b_i) / (s_i + eps)``. none: b = 0; group_mean: the mean of
 the row's group; leave_one_out: the mean of the other rows of its group, (sum_g r - r_i)/(n_g - 1)

@@ -1,5 +1,6 @@
 """``group_advantages``: grouped reward normalization for GRPO, RLOO, Dr. GRPO, REINFORCE++,
-DLER, BNPO and the verl / TRL / OpenRLHF conventions (docs/advantages.md#formula-and-options; presets: docs/advantages.md#presets).
+DLER, BNPO and the verl / TRL / OpenRLHF conventions (docs/advantages.md#formula-and-options;
+presets: docs/advantages.md#presets).
 
 Public API: :func:`group_advantages` (the torch.library op), :func:`group_advantages_direct`
 (thin launcher, no checks), :data:`PRESETS`.

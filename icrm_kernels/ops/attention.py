@@ -1,5 +1,5 @@
-"""R2M's sequence-to-token cross-attention (docs/attention.md#math): public ops, checks, and the op records
-(icrm_kernels/_op.py).
+"""R2M's sequence-to-token cross-attention (docs/attention.md#math): public ops, checks, and the
+op records (icrm_kernels/_op.py).
 
 The paper computes Ĥ = concat_h(softmax(q_h k_hᵀ/√d_h) v_h) W_o with k = h W_k, v = h W_v
 projected over every token. These ops compute the same function in the *absorbed* form, which

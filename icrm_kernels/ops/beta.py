@@ -240,10 +240,11 @@ _eager_mode = _backend._eager_mode
 def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
     """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
     the record (no gradient: the implementation directly; compile/tracing: the op)."""
+    # (the last test is _backend.eager_autograd_enabled(), inlined)
     if (torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad)
             and not (labels is not None and labels.requires_grad)
             and not (weights is not None and weights.requires_grad)
-            and _eager_mode((x1, x2, labels, weights)) and _backend.eager_autograd_enabled()):
+            and _eager_mode((x1, x2, labels, weights)) and _backend._EAGER_ON.get()):
         return _elbo_apply(x1, x2, (labels, weights, pa, pb, kw, tmin, from_logits, red))
     loss, _, _ = ELBO(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, _backend._needs_grad((x1, x2)))
     return loss
