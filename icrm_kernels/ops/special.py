@@ -24,6 +24,8 @@ trigamma is its own series because torch.polygamma(1, x) is only ~5e-10 accurate
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from icrm_kernels import _op, vocab
@@ -33,46 +35,18 @@ from icrm_kernels.reference import special as ref
 
 # ------------------------------------------------------- the records' implementations
 # (triton is imported on first use: it is an optional dependency, and slow to import)
-def _digamma_triton(x):
+def _unary_triton(name, x):
     from icrm_kernels.triton import special as tri
 
-    return tri.unary("digamma", x)
+    return tri.unary(name, x)
 
 
-def _digamma_cpp(x):
-    return torch.ops.icrm_cpu.special_unary(x.contiguous(), vocab.UNARY_DIGAMMA)
+def _unary_cpp(which, x):
+    return torch.ops.icrm_cpu.special_unary(x.contiguous(), which)
 
 
-def _digamma_reference(x):
-    return ref.digamma(x.to(torch.float64)).to(x.dtype)
-
-
-def _trigamma_triton(x):
-    from icrm_kernels.triton import special as tri
-
-    return tri.unary("trigamma", x)
-
-
-def _trigamma_cpp(x):
-    return torch.ops.icrm_cpu.special_unary(x.contiguous(), vocab.UNARY_TRIGAMMA)
-
-
-def _trigamma_reference(x):
-    return ref.trigamma(x.to(torch.float64)).to(x.dtype)
-
-
-def _lgamma_triton(x):
-    from icrm_kernels.triton import special as tri
-
-    return tri.unary("lgamma", x)
-
-
-def _lgamma_cpp(x):
-    return torch.ops.icrm_cpu.special_unary(x.contiguous(), vocab.UNARY_LGAMMA)
-
-
-def _lgamma_reference(x):
-    return ref.lgamma(x.to(torch.float64)).to(x.dtype)
+def _unary_reference(fn, x):
+    return fn(x.to(torch.float64)).to(x.dtype)
 
 
 def _betaln_triton(a, b):
@@ -118,17 +92,20 @@ def _betaln_bwd(ctx, g):
     return g * (DIGAMMA(a) - psi_s), g * (DIGAMMA(b) - psi_s)
 
 
-def _unary_record(name, triton, cpp, reference, backward):
+def _unary_record(name, which, reference, backward):
+    """The record of one elementwise special function: the same launcher, C++ op and dtype
+    handling for all three, the function picked by ``name`` / ``which`` (icrm_kernels/vocab.py)."""
     return _op.OpRecord(
-        name=name, family="beta", schema="(Tensor x) -> Tensor", fake=_like, triton=triton, cpp=cpp,
-        cpp_op="special_unary", reference=reference, backward=backward, setup_context=_save_x, differentiable=1)
+        name=name, family="beta", schema="(Tensor x) -> Tensor", fake=_like,
+        triton=functools.partial(_unary_triton, name), cpp=functools.partial(_unary_cpp, which),
+        cpp_op="special_unary", reference=functools.partial(_unary_reference, reference), backward=backward,
+        setup_context=_save_x, differentiable=1)
 
 
 # ------------------------------------------------------------------------------ the records
-DIGAMMA = _op.define(_unary_record("digamma", _digamma_triton, _digamma_cpp, _digamma_reference, _digamma_bwd))
-TRIGAMMA = _op.define(_unary_record("trigamma", _trigamma_triton, _trigamma_cpp, _trigamma_reference,
-                                    _trigamma_bwd))
-LGAMMA = _op.define(_unary_record("lgamma", _lgamma_triton, _lgamma_cpp, _lgamma_reference, _lgamma_bwd))
+DIGAMMA = _op.define(_unary_record("digamma", vocab.UNARY_DIGAMMA, ref.digamma, _digamma_bwd))
+TRIGAMMA = _op.define(_unary_record("trigamma", vocab.UNARY_TRIGAMMA, ref.trigamma, _trigamma_bwd))
+LGAMMA = _op.define(_unary_record("lgamma", vocab.UNARY_LGAMMA, ref.lgamma, _lgamma_bwd))
 BETALN = _op.define(_op.OpRecord(
     name="betaln", family="beta", schema="(Tensor a, Tensor b) -> Tensor", fake=_like,
     triton=_betaln_triton, cpp=_betaln_cpp, cpp_op="betaln", reference=_betaln_reference,
