@@ -80,7 +80,8 @@ class Op:
     def __init__(self, record: OpRecord):
         self.record = record
         self.name = record.name
-        self._impls = {"triton": record.triton, "cpp": record.cpp, "reference": record.reference}
+        # (an op without a Triton kernel runs its reference where Triton would run)
+        self._impls = {"triton": record.triton or record.reference, "cpp": record.cpp, "reference": record.reference}
         self._cpp_op = record.cpp_op if record.cpp is not None else None
         self._f64_triton = record.float64_triton
         self.custom_op = torch.library.custom_op(f"icrm::{record.name}", self.run, mutates_args=(),
@@ -98,8 +99,8 @@ class Op:
 
     def backend(self, x: torch.Tensor) -> str:
         """The implementation that runs for tensors like ``x`` (the op's first argument)."""
-        b = _select(x.device, cpp_op=self._cpp_op)
-        if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
+        b = _select(x.device, self._cpp_op)
+        if b == "triton" and x.dtype == _f64 and not self._f64_triton:
             return "reference"
         return b
 
@@ -107,8 +108,8 @@ class Op:
         """The op's implementation: the chosen backend's function on the op's arguments."""
         # (backend() inlined: every eager call pays each Python frame, ~0.1-0.2 µs)
         x = args[0]
-        b = _select(x.device, cpp_op=self._cpp_op)
-        if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
+        b = _select(x.device, self._cpp_op)
+        if b == "triton" and x.dtype == _f64 and not self._f64_triton:
             b = "reference"
         return self._impls[b](*args)
 
@@ -119,8 +120,8 @@ class Op:
             return self.custom_op(*args)
         if not _needs_grad(args):  # run(*args), inlined
             x = args[0]
-            b = _select(x.device, cpp_op=self._cpp_op)
-            if b == "triton" and (self._impls["triton"] is None or (x.dtype == _f64 and not self._f64_triton)):
+            b = _select(x.device, self._cpp_op)
+            if b == "triton" and x.dtype == _f64 and not self._f64_triton:
                 b = "reference"
             return self._impls[b](*args)
         m = self.record.differentiable
