@@ -109,8 +109,8 @@ def _grpo_sweep(n, g, device, quick):
 
     # the launcher's choice at this shape (TA._group_plan), then the same with the three-pass
     # body (ONE_CHUNK=False: each pass re-loads the rewards; the kernel before 2026-11-26 evening)
-    _, block_b, _, _, _ = TA._group_plan(n, g, 0, 0, False, 0, False)
-    default = (block_b, min(8, max(1, block_b * g // 128)), True)  # the launcher's warps for one chunk
+    _, block_b, _, _, _, one_chunk, warps = TA._group_plan(n, g, 0, 0, False, 0, False)
+    default = (block_b, warps, one_chunk)
     variants = [default, default[:2] + (False,)]
     if not quick:
         variants += [(groups, w, True) for groups in (4, 8, 16, 32, 64, 128, 256) for w in (1, 2, 4, 8)

@@ -508,7 +508,8 @@ def _bnpo(r, out, cu, order, mask, num_groups, group_size, bounds, singleton, om
 
 @functools.lru_cache(maxsize=1024)
 def _group_plan(n, group_size, num_slots, n_cu, has_order, T, tokens_here):
-    """(num_groups, BLOCK_B, BLOCK_L, BLOCK_T, grid) of the group kernel; cached: a training loop
+    """(num_groups, BLOCK_B, BLOCK_L, BLOCK_T, grid, ONE_CHUNK, num_warps) of the group kernel;
+    cached: a training loop
     asks for the same shapes every step, and the arithmetic is ~2 µs of host time a call."""
     if group_size is not None:
         block_l = min(max(next_power_of_2(group_size), 2), 256)
@@ -538,7 +539,12 @@ def _group_plan(n, group_size, num_slots, n_cu, has_order, T, tokens_here):
         block_t = 1
     # tokens: axis 1 splits T (each program recomputes its groups' statistics: G rows, cheap)
     t_splits = cdiv(T, 2 * block_t) if tokens_here and T > 0 else 1
-    return num_groups, block_b, block_l, block_t, (cdiv(max(num_groups, 1), block_b), t_splits)
+    # warps: one per 128 rows for the one-chunk body (measured best at 128 and 256 rows), else 8
+    # from 2048 values up
+    one_chunk = group_size is not None and group_size <= block_l
+    elems = block_b * block_l * block_t
+    warps = min(8, max(1, elems // 128)) if one_chunk else (8 if elems >= 2048 else 4)
+    return num_groups, block_b, block_l, block_t, (cdiv(max(num_groups, 1), block_b), t_splits), one_chunk, warps
 
 
 def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scale, whiten, eps, std_unbiased,
@@ -572,18 +578,9 @@ def group_advantages_core(r, *, group_size, cu, order, num_slots, baseline, scal
         parts, P = _moments(r, None, r if omit else None, omit, f64, process_group)
     fixed = group_size is not None
     tokens_here = mask is not None and wcode == V.WHITEN_NONE
-    num_groups, block_b, block_l, block_t, grid = _group_plan(
+    num_groups, block_b, block_l, block_t, grid, one_chunk, warps = _group_plan(
         n, group_size, num_slots, cu.numel() if cu is not None and order is None else 0, order is not None, T,
         tokens_here)
-    one_chunk = fixed and group_size <= block_l
-    # warps: one per 128 rows for the one-chunk body (measured best at 128 and 256 rows), else 8
-    # from 2048 values up (inline, not _group_warps: each Python call is host time of every call)
-    elems = block_b * block_l * block_t
-    if one_chunk:
-        warps = elems >> 7
-        warps = 1 if warps < 1 else (8 if warps > 8 else warps)
-    else:
-        warps = 8 if elems >= 2048 else 4
     a_buf = out if wcode == V.WHITEN_NONE else (torch.zeros if ragged else torch.empty)(
         n, dtype=torch.float64 if f64 else torch.float32, device=r.device)
     dummy = r
