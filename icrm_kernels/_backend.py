@@ -226,14 +226,6 @@ _EAGER_AUTOGRAD = {}
 _EAGER_ON: contextvars.ContextVar = contextvars.ContextVar("icrm_kernels_eager_autograd", default=True)
 
 
-def eager_autograd_enabled() -> bool:
-    """Whether eager calls that need a gradient use the ops' eager autograd twins (default)."""
-    return _EAGER_ON.get()
-
-
-eager_autograd_enabled._dynamo_marked_constant = True  # as _forced_backend: no graph break
-
-
 @contextlib.contextmanager
 def eager_autograd(enabled: bool):
     """Inside the block, eager calls that need a gradient use the eager twins (``True``, the
@@ -246,7 +238,7 @@ def eager_autograd(enabled: bool):
         reset_context(_EAGER_ON, token, True)
 
 
-def register_autograd(op, impl, backward, setup_context, eager_outputs=None, differentiable=None):
+def register_autograd(op, impl, backward, setup_context, differentiable, eager_outputs=None):
     """``op.register_autograd(backward, setup_context=setup_context)``, plus the same formula as
     a ``torch.autograd.Function`` around ``impl`` that :meth:`icrm_kernels._op.Op.__call__` uses
     for eager calls that need a gradient: torch.library's autograd path adds ~50 µs of host time
@@ -255,66 +247,52 @@ def register_autograd(op, impl, backward, setup_context, eager_outputs=None, dif
     same kind of ctx (torch.library's formula is an autograd.Function too).
 
     ``differentiable=m``: only the first ``m`` arguments can receive a gradient (the formula
-    returns None for the others). The eager Function then takes those ``m`` tensors and one
-    tuple of the other arguments: each argument of ``Function.apply`` costs host time, and
+    returns None for the others). The eager Function takes those ``m`` tensors and one tuple of
+    the other arguments: each argument of ``Function.apply`` costs host time, and
     ``ctx.needs_input_grad[i]`` keeps the op's positions for i < m.
 
     ``eager_outputs=k`` (ops returning a tuple whose trailing outputs are internal, such as the
     per-element gradients a fused forward saves for backward): the eager Function returns only
     the first ``k`` outputs as graph outputs (each extra output of an autograd.Function costs
     ~4 µs a call); the caller still gets the whole tuple, the trailing outputs as plain tensors
-    without grad_fn, and ``backward`` receives None for their gradients, what it gets from
-    torch.library when they are unused (``ctx.set_materialize_grads(False)``)."""
+    without grad_fn (handed back through a list, apply's last argument), and ``backward``
+    receives None for their gradients, what it gets from torch.library when they are unused
+    (``ctx.set_materialize_grads(False)``)."""
     op.register_autograd(backward, setup_context=setup_context)
     k = eager_outputs
     m = differentiable
-    if m is None and k is not None:
-        raise ValueError("eager_outputs needs differentiable: the internal outputs come back through "
-                         "apply's last argument")
 
-    if m is None:  # every argument goes to apply
-        def forward(ctx, *args):
-            out = impl(*args)
-            setup_context(ctx, args, out)
+    def forward(ctx, *a):  # a = (*args[:m], args[m:], box)
+        args = a[:m] + a[m]
+        out = impl(*args)
+        setup_context(ctx, args, out)
+        if k is None:
             return out
-    else:  # apply(*args[:m], args[m:], box): box (a list) receives the internal outputs
-        def forward(ctx, *a):
-            args = a[:m] + a[m]
-            out = impl(*args)
-            setup_context(ctx, args, out)
-            if k is None:
-                return out
-            rest = out[k:]
-            ctx.icrm_rest_n = len(rest)  # (a count, not the tensors: setup_context saves what backward needs)
-            a[m + 1].append(rest)
-            return out[0] if k == 1 else out[:k]
+        rest = out[k:]
+        ctx.icrm_rest_n = len(rest)  # (a count, not the tensors: setup_context saves what backward needs)
+        a[m + 1].append(rest)
+        return out[0] if k == 1 else out[:k]
 
     def bwd(ctx, *grads):
         if k is not None:
             grads = grads + (None,) * ctx.icrm_rest_n
         g = backward(ctx, *grads)
-        if m is None:
-            return g
         g = (g,) if g is None or isinstance(g, _Tensor) else tuple(g)
         return g[:m] + (None,) * (m - len(g[:m])) + (None, None)
 
     eager = type(f"Eager_{getattr(op, '_name', 'op').replace('::', '_')}", (torch.autograd.Function,),
                  {"forward": staticmethod(forward), "backward": staticmethod(bwd)})
     apply = eager.apply
-    if m is None:
-        _EAGER_AUTOGRAD[op] = apply
-    elif k is None:
+    if k is None:
         def run(*args):
             return apply(*args[:m], args[m:], None)
-
-        _EAGER_AUTOGRAD[op] = run
     else:
         def run(*args):
             box = []
             y = apply(*args[:m], args[m:], box)
             return ((y,) if k == 1 else y) + box[0]
 
-        _EAGER_AUTOGRAD[op] = run
+    _EAGER_AUTOGRAD[op] = run
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

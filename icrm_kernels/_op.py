@@ -60,7 +60,7 @@ class OpRecord:
     backward: Optional[Callable] = None  # backward(ctx, *grads) of torch.library's register_autograd
     setup_context: Optional[Callable] = None
     eager_outputs: Optional[int] = None  # trailing outputs internal (see _backend.register_autograd)
-    differentiable: Optional[int] = None  # only the first m arguments can receive a gradient
+    differentiable: Optional[int] = None  # with a backward: only the first m arguments receive a gradient
 
 
 OPS: Dict[str, "Op"] = {}
@@ -88,6 +88,8 @@ class Op:
                                                  schema=record.schema)
         self.custom_op.register_fake(record.fake)
         if record.backward is not None:
+            if record.differentiable is None:
+                raise ValueError(f"op {record.name}: a record with a backward states differentiable")
             self.register_autograd()
 
     def register_autograd(self, backward: Optional[Callable] = None) -> None:
@@ -95,7 +97,7 @@ class Op:
         ``backward``, or ``backward`` (tests put a spy in, then restore the record's)."""
         rec = self.record
         _backend.register_autograd(self.custom_op, self.run, backward or rec.backward, rec.setup_context,
-                                   eager_outputs=rec.eager_outputs, differentiable=rec.differentiable)
+                                   rec.differentiable, eager_outputs=rec.eager_outputs)
 
     def backend(self, x: torch.Tensor) -> str:
         """The implementation that runs for tensors like ``x`` (the op's first argument)."""
@@ -124,8 +126,7 @@ class Op:
             if b == "triton" and x.dtype == _f64 and not self._f64_triton:
                 b = "reference"
             return self._impls[b](*args)
-        m = self.record.differentiable
-        if (m is not None and not _needs_grad(args[:m])) or not _EAGER_ON.get():
+        if not _needs_grad(args[:self.record.differentiable]) or not _EAGER_ON.get():
             # only arguments the formula gives no gradient need one, or the twins are off: the op
             return self.custom_op(*args)
         return _backend._EAGER_AUTOGRAD.get(self.custom_op, self.custom_op)(*args)

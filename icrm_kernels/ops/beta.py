@@ -105,14 +105,17 @@ def _elbo_finish(x1, loss, g1, g2, reduction, compute_grad):
     return loss, x1.new_empty((0,), dtype=gdt), x1.new_empty((0,), dtype=gdt)
 
 
-def _elbo_triton(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, reduction, compute_grad):
+def _elbo_triton(x1, x2, labels, weights, pa, pb, kw, tau_min, from_logits, reduction, compute_grad,
+                 grad_scale=1.0):
+    """``grad_scale`` multiplies the gradients in the kernel (EagerElbo passes the mean's 1/N);
+    the op's own gradients are unscaled."""
     from icrm_kernels.triton import beta as tri
 
     # the mean's 1/n multiplies the kernel's partial sums: one torch op fewer than sum / n
     mean = reduction == vocab.REDUCTION_MEAN
     loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tau_min, from_logits,
-                            reduction != vocab.REDUCTION_NONE, compute_grad,
-                            loss_scale=1.0 / max(x1.numel(), 1) if mean else 1.0)
+                            reduction != vocab.REDUCTION_NONE, compute_grad, grad_scale,
+                            1.0 / max(x1.numel(), 1) if mean else 1.0)
     if reduction != vocab.REDUCTION_NONE:
         loss = loss.sum()
     return _elbo_finish(x1, loss, g1, g2, reduction, compute_grad)
@@ -197,20 +200,9 @@ class EagerElbo(torch.autograd.Function):
         labels, weights, pa, pb, kw, tmin, from_logits, red = spec
         n = x1.numel()
         scale = None
-        if ELBO.backend(x1) == "triton":
-            from icrm_kernels.triton import beta as tri
-
+        if ELBO.backend(x1) == "triton":  # the kernel scales the gradients by the mean's 1/N
             s = 1.0 / max(n, 1) if red == vocab.REDUCTION_MEAN else 1.0
-            loss, g1, g2 = tri.elbo(x1, x2, labels, weights, pa, pb, _lnbeta(pa, pb), kw, tmin, from_logits,
-                                    red != vocab.REDUCTION_NONE, True, s, s)  # the op path's loss_scale too
-            if red != vocab.REDUCTION_NONE:
-                loss = loss.sum()
-                if loss.dtype != x1.dtype:
-                    loss = loss.to(x1.dtype)
-            elif loss.shape != x1.shape:
-                loss = loss.reshape(x1.shape)
-            if x1.dim() != 1:  # for reduction="none" the incoming gradient has x1's shape
-                g1, g2 = g1.reshape(x1.shape), g2.reshape(x1.shape)
+            loss, g1, g2 = _elbo_triton(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True, s)
         else:  # C++ kernels and the reference: unscaled gradients
             loss, g1, g2 = ELBO.run(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red, True)
             if red == vocab.REDUCTION_MEAN:
@@ -240,7 +232,7 @@ _eager_mode = _backend._eager_mode
 def _elbo_call(x1, x2, labels, weights, pa, pb, kw, tmin, from_logits, red):
     """The ELBO op: :class:`EagerElbo` for an eager call where only x1/x2 need a gradient, else
     the record (no gradient: the implementation directly; compile/tracing: the op)."""
-    # (the last test is _backend.eager_autograd_enabled(), inlined)
+    # (the last test: the eager twins are on, _backend.eager_autograd)
     if (torch.is_grad_enabled() and (x1.requires_grad or x2.requires_grad)
             and not (labels is not None and labels.requires_grad)
             and not (weights is not None and weights.requires_grad)

@@ -333,7 +333,7 @@ def grebt_loss(rewards: Tensor, *, group_size: Optional[int] = None, cu_groups: 
     cu, order, g = kernel_args(layout)
     if (cu is None and g >= 2 and reduction != "none" and rewards.numel() >= g and rewards.requires_grad
             and torch.is_grad_enabled() and _backend._eager_mode((rewards, select))
-            and _backend._EAGER_ON.get()):  # (eager_autograd_enabled(), inlined)
+            and _backend._EAGER_ON.get()):  # (the eager twins are on: _backend.eager_autograd)
         return _grebt_apply(rewards, (select, g, alpha, eps, reduction == "mean"))
     losses, _ = GREBT(rewards, select, cu, order, g, alpha, eps)
     if reduction == "none":
