@@ -153,10 +153,12 @@ def group_win_rate(scores: Tensor, *, group_size: Optional[int] = None, cu_group
 # --------------------------------------------------------------------------- grebt_loss op
 # grebt_group_losses(rewards, select, cu, order, group_size, alpha, eps) -> (per-group losses
 # [groups], NaN for groups of < 2 rows; dloss_g/dr_i [N]), fused, in fp32 (fp64 for fp64 rewards)
-def _grebt_triton(rewards, select, cu, order, group_size, alpha, eps):
+def _grebt_triton(rewards, select, cu, order, group_size, alpha, eps, scale=1.0):
+    """``scale`` multiplies the losses and the row gradients in the kernel (EagerGrebt passes the
+    mean's 1/groups); the op's own outputs are unscaled."""
     from icrm_kernels.triton import pairwise as tri
 
-    return tri.grebt_forward(rewards, select, cu, order, group_size, alpha, eps)
+    return tri.grebt_forward(rewards, select, cu, order, group_size, alpha, eps, scale, scale)
 
 
 def _grebt_cpp(rewards, select, cu, order, group_size, alpha, eps):
@@ -237,14 +239,11 @@ class EagerGrebt(torch.autograd.Function):
         groups = rewards.numel() // group_size
         scale = 0  # 0: drow already carries the mean's 1/groups (or the reduction is a sum)
         if GREBT.backend(rewards) == "triton":
-            from icrm_kernels.triton import pairwise as tri
-
             # the kernel scales the losses and the row gradients by the mean's 1/groups: one
             # torch op less in forward and in backward
-            s = 1.0 / groups if mean else 1.0
-            total = tri.grebt_forward(rewards, select, None, None, group_size, alpha, eps, s, s)
-            drow = total[1]
-            total = total[0].sum()
+            losses, drow = _grebt_triton(rewards, select, None, None, group_size, alpha, eps,
+                                         1.0 / groups if mean else 1.0)
+            total = losses.sum()
         else:
             losses, drow = GREBT.run(rewards, select, None, None, group_size, alpha, eps)
             scale = groups if mean else 0
