@@ -10,8 +10,8 @@ results, as each op's docstring states.
 from __future__ import annotations
 
 import contextlib
-import math
 import contextvars
+import math
 from typing import Iterable, Optional, Sequence
 
 import torch
