@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from icrm_kernels._checks import reset_context
 from icrm_kernels._layout import sanitize_offsets
 from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
@@ -435,7 +436,7 @@ def launch_config(overrides=None, *, tokens_per_program=None, reset=False):
     try:
         yield
     finally:
-        _FORCED.reset(token)
+        reset_context(_FORCED, token, {})  # (a fixture may leave the block in another context)
 
 
 # The full-row kernels keep a [D_PAD] fp32 vector per head operand in registers: used when the

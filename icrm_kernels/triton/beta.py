@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from icrm_kernels._checks import reset_context
 from icrm_kernels.triton import cdiv, next_power_of_2
 from icrm_kernels.triton._aot import AotSpec
 from icrm_kernels.triton.special import digamma_diff, gamma_terms, log1p_small, log_ratios, neg_entropy_core
@@ -225,7 +226,7 @@ def posterior_tile(tile: int):
     try:
         yield
     finally:
-        _TILE.reset(token)
+        reset_context(_TILE, token, POSTERIOR_TILE)  # (a fixture may leave the block in another context)
 
 
 def posterior(outcomes, weights, order, cu, num_segments, prior_a, prior_b, discount):
