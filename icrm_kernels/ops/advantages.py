@@ -276,8 +276,8 @@ ADVANTAGES = _op.define(_op.OpRecord(
 
 def _run_eager(rewards, group_size, cu_groups, group_index, reward_weights, response_mask, o):
     """What ADVANTAGES.run does, minus the options' round trip through the op's flat schema (``o``
-    already holds _opts' keys and values): the eager path without a gradient, the direct
-    launcher and the process-group path call it."""
+    already holds _opts' keys and values): the direct launcher calls it; group_advantages'
+    eager path without a gradient runs the same lines inlined."""
     backend = ADVANTAGES.backend(rewards)
     if backend == "reference":
         return _reference(rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o)
