@@ -184,10 +184,6 @@ def select(device: torch.device, cpp_op: str | None = None) -> str:
     return "reference"
 
 
-try:
-    _is_compiling = torch.compiler.is_compiling
-except AttributeError:  # torch < 2.3
-    _is_compiling = None
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _dispatch_stack_len = torch._C._len_torch_dispatch_stack  # what _get_current_dispatch_mode reads
 _Tensor = torch.Tensor
@@ -198,7 +194,7 @@ def _eager_mode(tensors) -> bool:
     FakeTensorMode), with plain tensors only (no subclasses such as FakeTensor or DTensor).
     ``tensors`` may hold None and non-tensor arguments: only tensor subclasses count.
     (Called on every eager op: the torch entry points are bound once, ~1.5 -> ~0.5 µs.)"""
-    if _is_compiling is None or _is_compiling():
+    if compiling():
         return False
     if _functorch_active is not None and _functorch_active():  # vmap/grad wrap tensors that still look plain
         return False

@@ -36,6 +36,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from icrm_kernels._checks import compiling
+
 __all__ = ["nvtx", "ranged", "stage", "stage_times", "stage_table", "reset_stages"]
 
 _profiler_enabled = torch._C._autograd._profiler_enabled
@@ -49,13 +51,6 @@ def nvtx(enabled: Optional[bool] = None) -> bool:
     return _NVTX[0]
 
 
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:
-        return False
-
-
 def ranged(name: str) -> Callable:
     """Decorator: run ``fn`` inside ``record_function("icrm::<name>")`` while a torch profiler
     records, and inside an NVTX range when :func:`nvtx` is on. Not applied while torch.compile
@@ -65,8 +60,8 @@ def ranged(name: str) -> Callable:
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            # _compiling() first: Dynamo traces it (a constant), not the profiler's C query
-            if _compiling() or not (_NVTX[0] or _profiler_enabled()):
+            # compiling() first: Dynamo traces it (a constant), not the profiler's C query
+            if compiling() or not (_NVTX[0] or _profiler_enabled()):
                 return fn(*args, **kwargs)
             with contextlib.ExitStack() as stack:
                 if _profiler_enabled():
