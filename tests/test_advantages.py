@@ -463,6 +463,25 @@ def test_options_cache_is_not_traced(monkeypatch):
     assert ops_adv._validated_options_cached.cache_info() == before
 
 
+def test_preset_only_options_are_fresh_copies():
+    """The preset-alone lookup (host-time fast path) hands out copies: the public function
+    rewrites nan_policy="raise" in its dict, which must not reach the next call."""
+    import numpy as np
+
+    from icrm_kernels.ops import advantages as ops_adv
+
+    none11 = (None,) * 11
+    a = ops_adv._options("trl_group", *none11)
+    a["nan_policy"] = "propagate"
+    assert ops_adv._options("trl_group", *none11)["nan_policy"] == "omit"
+    assert ops_adv._options("trl_group", *none11) == ops_adv._validated_options("trl_group", *none11)
+    with pytest.raises(ValueError, match="preset"):
+        ops_adv._options("no_such_preset", *none11)
+    # an option whose == raises (an array) takes the checked path and its message
+    with pytest.raises((TypeError, ValueError), match="eps"):
+        ops_adv._options("verl_grpo", None, None, None, np.array([1e-6, 1e-6]), *(None,) * 7)
+
+
 # ------------------------------------------------------------------------ bad inputs
 BAD = [
     (dict(rewards=torch.randn(2, 3, 4), group_size=2), ValueError, "rewards"),
