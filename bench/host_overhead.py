@@ -96,6 +96,36 @@ def cases():
     }
 
 
+class _BareFunction(torch.autograd.Function):
+    """The least an eager fwd+bwd through one Python autograd node costs: a forward that
+    returns a ready 0-d tensor and saves one gradient per input, a backward of one multiply
+    per input. The ELBO and GREBT eager paths have this shape (one node, gradients saved in
+    forward); their host time cannot go below this line on the same machine."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        *xs, spec = args
+        ctx.save_for_backward(*spec[1])
+        return spec[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return tuple(g * grad for g in ctx.saved_tensors) + (None,)
+
+
+def floors():
+    """Torch's own autograd cost for the fwd+bwd cases' shapes (no package code)."""
+    a = torch.rand(4096).requires_grad_(True)
+    b = torch.rand(4096).requires_grad_(True)
+    ga, gb, total = torch.rand(4096), torch.rand(4096), torch.zeros(())
+    return {
+        "bare Function, 1 input": lambda: torch.autograd.grad(_BareFunction.apply(a, (total, (ga,))), (a,)),
+        "bare Function, 2 inputs": lambda: torch.autograd.grad(_BareFunction.apply(a, b, (total, (ga, gb))), (a, b)),
+        "grad(a.sum())": lambda: torch.autograd.grad(a.sum(), (a,)),
+        "grad((a * b).sum())": lambda: torch.autograd.grad((a * b).sum(), (a, b)),
+    }
+
+
 def main(argv=None):
     import argparse
 
@@ -113,6 +143,9 @@ def main(argv=None):
             with _checks.unchecked():
                 quiet = _median_us(fn, args.repeats, warmup)
             print(f"  {name:32s} {checked:7.1f} µs   unchecked() {quiet:7.1f} µs")
+    print("autograd floor (torch only, same machine): fwd+bwd through torch.autograd.grad")
+    for name, fn in floors().items():
+        print(f"  {name:32s} {_median_us(fn, args.repeats, warmup):7.1f} µs")
     return 0
 
 
