@@ -698,6 +698,25 @@ struct BnpoWeightCache {
     const double w0 = bnpo_weight(0.0, alpha, beta, lnB);
     for (int h = 0; h < kSlots; ++h) keys[h] = 0, vals[h] = w0;
   }
+  // p_g = k / GS exactly (binary rewards: every group's success rate): w from the GS + 1 rates,
+  // filled on first use, without the hash (a third of pass 2's time); other p_g: get()
+  static constexpr int64_t kMaxRates = 16;
+  double rates[kMaxRates + 1];
+  bool rates_for = false;
+  template <int64_t GS>
+  double get_rate(double pg) {
+    static_assert(GS <= kMaxRates, "the fixed lanes' group sizes");
+    if (!rates_for) {
+      for (int64_t k = 0; k <= GS; ++k) rates[k] = bnpo_weight(static_cast<double>(k) / GS, alpha, beta, lnB);
+      rates_for = true;
+    }
+    const double t = pg * GS;  // exact for k / GS (GS a power of two); NaN fails the range test
+    if (t >= 0.0 && t <= static_cast<double>(GS)) {
+      const int64_t k = static_cast<int64_t>(t);
+      if (static_cast<double>(k) == t) return rates[k];
+    }
+    return get(pg);
+  }
   double get(double pg) {
     const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
     const int h = static_cast<int>((bits * 0x9E3779B97F4A7C15ull) >> 56);
@@ -725,16 +744,38 @@ struct BnpoOutLanes {
     double alpha, beta, lnB;
   };
   static ICRM_LANE void block(const Args& q, int64_t g, int64_t nb, BnpoWeightCache& cache) {
-    alignas(64) Acc x[GS][kGroupBlock];
-    load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
     const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range), cval = static_cast<Acc>(q.cval);
     const bool raw_singleton = q.raw_singleton;
     alignas(64) Acc P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
-    for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.get(q.p[g + k]));
+    for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.template get_rate<GS>(q.p[g + k]));
     for (int64_t k = 0; k < nb; ++k) P[k] = static_cast<Acc>(q.p[g + k]);
     // without omit every group of a fixed layout counts GS >= 4 rows: never a singleton
     if constexpr (OMIT)
       for (int64_t k = 0; k < nb; ++k) N[k] = static_cast<Acc>(q.n[g + k]);
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<Acc, float> && GS % 8 == 0) {
+      // A = w_g (s - p_g) row by row needs no statistic across the group: the rows stay in
+      // place, 8 at a time (GS / 8 vectors a group) with the group's p_g and w_g broadcast, and
+      // the two 8x8 transposes of the tile (48 shuffles a 64-row block) go. The same
+      // operations per row as the loop below: the same bits.
+      const Floats8 zero{}, one = zero + Acc(1);
+      for (int64_t k = 0; k < nb; ++k) {
+        const Acc pg = P[k], wg = WG[k];
+        bool to_const = false;
+        if constexpr (OMIT) to_const = (N[k] == Acc(1)) & !raw_singleton;
+        for (int64_t c = 0; c < GS; c += 8) {
+          const Floats8 v = *reinterpret_cast<const Floats8u*>(q.r + (g + k) * GS + c);
+          Floats8 sv = (v - lo) * inv_range;
+          sv = sv < zero ? zero : sv;  // std::max(x, 0) and std::min(x, 1): NaN stays NaN
+          sv = one < sv ? one : sv;
+          Floats8 a = to_const ? zero + cval : wg * (sv - pg);
+          if constexpr (OMIT) a = sv == sv ? a : zero;
+          *reinterpret_cast<Floats8u*>(q.out + (g + k) * GS + c) = a;
+        }
+      }
+      return;
+    }
+    alignas(64) Acc x[GS][kGroupBlock];
+    load_tile<Acc, T, GS>(q.r + g * GS, nb, x);
     for (int64_t k = 0; k < nb; ++k) {
       const Acc pg = P[k], wg = WG[k];
       bool to_const = false;
@@ -910,7 +951,7 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
       else stats1(double(0), g, a, b);
     }
   });
-  const Moments m = chunk_moments(p, w, 0, num_groups, false);
+  const Moments m = batch_moments(p, w, num_groups, false);  // (over fixed chunks, in parallel: deterministic)
   const bool one = m.W <= 1.0;
   const double mean = one ? 0.0 : m.mean;
   const double v = one ? 1.0 : m.M2 / (m.W - 1.0);

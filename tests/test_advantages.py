@@ -576,7 +576,8 @@ def _fixed_equals_ragged_bitwise(seed=0):
     """The C++ fixed-size lanes (G = 4, 8, 16: groups vectorized across) against the scalar
     per-group loop that the ragged layout runs, over the same groups: bitwise equal, for every
     baseline / scale / singleton / nan_policy / ddof and both dtypes, with NaNs, all-NaN groups,
-    single valid rows and identical rewards, B not a multiple of the 64-group block."""
+    single valid rows and identical rewards, B not a multiple of the 64-group block; and BNPO's
+    two passes, binary and [0, 1] rewards."""
     gen = torch.Generator().manual_seed(seed)
     with ik.use_backend("cpp"):
         for g in (4, 8, 16):
@@ -601,6 +602,20 @@ def _fixed_equals_ragged_bitwise(seed=0):
                                     ragged = group_advantages(r, cu_groups=cu, **kw)
                                     bits = torch.int32 if dtype == torch.float32 else torch.int64
                                     assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
+            # BNPO: binary rewards (the Beta weights from the table of success rates k / G) and
+            # rewards in [0, 1] (the weights from the cache), with the same NaN rows
+            nan = torch.isnan(base)
+            for rewards in ((torch.rand(b * g, generator=gen) < 0.4).double(), torch.rand(b * g, generator=gen).double()):
+                rewards = rewards.masked_fill(nan, float("nan"))
+                for dtype in (torch.float32, torch.float64):
+                    r = rewards.to(dtype)
+                    for nan_policy in ("propagate", "omit"):
+                        for singleton in ("zero", "raw", "nan"):
+                            kw = dict(preset="bnpo", nan_policy=nan_policy, singleton=singleton)
+                            fixed = group_advantages(r, group_size=g, **kw)
+                            ragged = group_advantages(r, cu_groups=cu, **kw)
+                            bits = torch.int32 if dtype == torch.float32 else torch.int64
+                            assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
 
 
 def _batch_statistics_outputs(seed=0):
@@ -631,18 +646,28 @@ def _batch_statistics_outputs(seed=0):
     return out
 
 
-@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
-def test_cpp_batch_moments_same_bits_on_both_isas(tmp_path):
-    """The batch moments (AVX2: the four accumulators as one vector) against the scalar loop that
-    ICRM_NO_AVX2=1 runs, in a fresh process (the ISA is picked once per process)."""
+# the lane kernels' ISA copies below the one this CPU picks, each forced in a fresh process (the
+# copy is chosen once per process): the AVX2 copy on an AVX-512 CPU, the baseline-ISA copy
+OTHER_ISAS = ["ICRM_NO_AVX512", "ICRM_NO_AVX2"]
+
+
+def _isa_env(flag):
     import os
-    import subprocess
-    import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(ik.__file__)))
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, ICRM_NO_AVX2="1",
-               PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]))
+    return dict(os.environ, **{flag: "1"}, PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+@pytest.mark.parametrize("flag", OTHER_ISAS)
+def test_cpp_batch_moments_same_bits_on_every_isa(tmp_path, flag):
+    """The batch moments (AVX2 / AVX-512: the four accumulators as one vector) against the copy
+    forced by ``flag`` (ICRM_NO_AVX2=1: the scalar loop), in a fresh process."""
+    import subprocess
+    import sys
+
+    env = _isa_env(flag)
     path = str(tmp_path / "scalar.pt")
     script = f"import torch, test_advantages as t; torch.save(t._batch_statistics_outputs({SEED}), {path!r})"
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -661,17 +686,14 @@ def test_cpp_fixed_lanes_bitwise_equal_scalar():
 
 
 @pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
-def test_cpp_fixed_lanes_bitwise_equal_scalar_baseline_isa():
-    """The same with ICRM_NO_AVX2=1 (the baseline-ISA copy of the lanes), in a fresh process:
-    the ISA is picked once per process."""
-    import os
+@pytest.mark.parametrize("flag", OTHER_ISAS)
+def test_cpp_fixed_lanes_bitwise_equal_scalar_other_isa(flag):
+    """The same with the AVX2 copy (ICRM_NO_AVX512=1) or the baseline-ISA copy (ICRM_NO_AVX2=1)
+    of the lanes, in a fresh process."""
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(ik.__file__)))
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, ICRM_NO_AVX2="1",
-               PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]))
+    env = _isa_env(flag)
     script = f"import test_advantages as t; t._fixed_equals_ragged_bitwise({SEED})"
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

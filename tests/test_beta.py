@@ -148,11 +148,13 @@ for g, r in zip(got, want):
 
 
 @pytest.mark.skipif(not _backend.HAS_CPP, reason="needs the C++ extension")
-def test_cpu_float32_lane_kernels_baseline_isa():
-    """The baseline-ISA copy of the float32 CPU lane kernels (what CPUs without AVX2+FMA run;
-    ICRM_NO_AVX2=1 forces it) against float64, in a fresh process: the choice is made once."""
+@pytest.mark.parametrize("flag", ["ICRM_NO_AVX512", "ICRM_NO_AVX2"])
+def test_cpu_float32_lane_kernels_other_isa(flag):
+    """The AVX2 copy (ICRM_NO_AVX512=1: what CPUs without AVX-512 run) and the baseline-ISA copy
+    (ICRM_NO_AVX2=1: CPUs without AVX2+FMA) of the float32 CPU lane kernels against float64, in a
+    fresh process: the choice is made once."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(icrm_kernels.__file__)))
-    env = dict(os.environ, ICRM_NO_AVX2="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **{flag: "1"}, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", _BASELINE_ISA_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
