@@ -103,10 +103,10 @@ class _BareFunction(torch.autograd.Function):
     forward); their host time cannot go below this line on the same machine."""
 
     @staticmethod
-    def forward(ctx, *args):
-        *xs, spec = args
-        ctx.save_for_backward(*spec[1])
-        return spec[0]
+    def forward(ctx, *args):  # args: the inputs, then (ready total, saved gradients)
+        total, grads = args[-1]
+        ctx.save_for_backward(*grads)
+        return total
 
     @staticmethod
     def backward(ctx, grad):

@@ -220,9 +220,10 @@ Moments chunk_moments_t(const T* x, const double* w, int64_t lo, int64_t hi) {
   };
   const int64_t body = first + (hi - first) / 4 * 4;
 #if ICRM_AVX2_DISPATCH
-  if (use_avx2()) {
+  if (use_avx2()) {  // (the lanes only where the ISA has blends: the baseline copy is slower than the loop)
     using K = MomentLanes<T, OMIT, HAS_W>;
-    lanes_avx2_nofma<K>(typename K::Args{x, w, first, body, pivot, W, A, B});
+    static const LaneFn<K> lanes = pick_lanes<K>();
+    lanes(typename K::Args{x, w, first, body, pivot, W, A, B});
   } else
 #endif
   {
@@ -483,7 +484,7 @@ ICRM_LANE void transpose8(const float* src, int64_t ld_src, float* dst, int64_t 
 #undef ICRM_ST
 }
 
-constexpr int64_t kGroupBlock = 128;  // groups per tile: x[16][128] doubles = 16 KB, in L1 (64: 5-6% slower, §9.4)
+constexpr int64_t kGroupBlock = 128;  // groups per tile: x[16][128] doubles = 16 KB, in L1 (64: 5-6% slower, §9.5)
 
 // Fixed layouts with G = GS (4, 8 or 16): kGroupBlock groups at once with lanes = groups, so
 // the compiler vectorizes group_params and row_advantage across groups (one group per double
@@ -698,18 +699,17 @@ struct BnpoWeightCache {
     const double w0 = bnpo_weight(0.0, alpha, beta, lnB);
     for (int h = 0; h < kSlots; ++h) keys[h] = 0, vals[h] = w0;
   }
-  // p_g = k / GS exactly (binary rewards: every group's success rate): w from the GS + 1 rates,
-  // filled on first use, without the hash (a third of pass 2's time); other p_g: get()
+  // p_g = k / GS exactly (binary rewards: every group's success rate): w from the GS + 1 rates
+  // that fill_rates<GS>() computed, without the hash (a third of pass 2's time); other p_g: get()
   static constexpr int64_t kMaxRates = 16;
   double rates[kMaxRates + 1];
-  bool rates_for = false;
+  template <int64_t GS>
+  void fill_rates() {
+    static_assert(GS <= kMaxRates, "the fixed lanes' group sizes");
+    for (int64_t k = 0; k <= GS; ++k) rates[k] = bnpo_weight(static_cast<double>(k) / GS, alpha, beta, lnB);
+  }
   template <int64_t GS>
   double get_rate(double pg) {
-    static_assert(GS <= kMaxRates, "the fixed lanes' group sizes");
-    if (!rates_for) {
-      for (int64_t k = 0; k <= GS; ++k) rates[k] = bnpo_weight(static_cast<double>(k) / GS, alpha, beta, lnB);
-      rates_for = true;
-    }
     const double t = pg * GS;  // exact for k / GS (GS a power of two); NaN fails the range test
     if (t >= 0.0 && t <= static_cast<double>(GS)) {
       const int64_t k = static_cast<int64_t>(t);
@@ -791,6 +791,7 @@ struct BnpoOutLanes {
   }
   static ICRM_LANE void run(const Args& q) {
     BnpoWeightCache cache(q.alpha, q.beta, q.lnB);
+    cache.template fill_rates<GS>();
     for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g), cache);
   }
 };
