@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import icrm_kernels
-from icrm_kernels import grebt_loss, group_win_rate, use_backend
+from icrm_kernels import _backend, grebt_loss, group_win_rate, use_backend
 from icrm_kernels.reference import pairwise as ref
 from icrm_kernels.testing import assert_close, assert_matches_reference, fresh_seed
 
@@ -208,6 +208,22 @@ def test_grebt_nan_propagates(backend, device):
     assert losses[0].isnan() and not losses[1].isnan()
     losses[1].backward()
     assert not r.grad.isnan().any()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("eager", [True, False])
+def test_grebt_nan_loss_with_zero_gradient_sends_none_back(backend, device, reduction, eager):
+    """A NaN total that receives a zero gradient (a loss term switched off with ``0 * loss``)
+    sends back zeros, not NaN; a non-zero gradient keeps the NaN (the eager node reads a CPU
+    scalar gradient instead of masking; the op path masks)."""
+    r = torch.randn(8, device=device)
+    r[5] = float("nan")
+    r.requires_grad_(True)
+    with _backend.eager_autograd(eager):
+        (g0,) = torch.autograd.grad(0 * grebt_loss(r, group_size=4, reduction=reduction), (r,))
+        (g1,) = torch.autograd.grad(grebt_loss(r, group_size=4, reduction=reduction), (r,))
+    assert bool((g0 == 0).all()) and not g0.signbit().any(), g0
+    assert g1.isnan().any()
 
 
 def test_grebt_empty(backend, device):
