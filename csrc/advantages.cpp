@@ -266,6 +266,7 @@ template <typename Acc>
 struct GroupParams {
   Acc pivot, shift, loo, inv;
   bool to_const;
+  bool exact;  // FAST: the unscaled sum of squares decides (else the caller redoes the group)
 };
 
 // The options group_params reads, taken out of Options once (values, not loads in the loop).
@@ -273,12 +274,26 @@ template <typename Acc>
 struct GroupRule {
   Acc eps, ddof, batch_inv;  // batch_inv = 1 / (batch_std + eps), computed in double
   bool raw_singleton;
+  bool eps_large;  // eps >= 2^-40 (unscaled_ok)
   explicit GroupRule(const Options& o, double batch_std)
       : eps(static_cast<Acc>(o.eps)),
         ddof(o.unbiased ? Acc(1) : Acc(0)),
         batch_inv(static_cast<Acc>(1.0 / (batch_std + o.eps))),
-        raw_singleton(o.singleton == kRaw) {}
+        raw_singleton(o.singleton == kRaw),
+        eps_large(static_cast<Acc>(o.eps) >= Acc(0x1p-40)) {}
 };
+
+// float32 group std: whether the unscaled sum of squared deviations M2 gives the std. It does
+// when M2 is in [2^-60, 2^100] (no square or partial sum overflows, and the squares lost to
+// underflow weigh < 2^-86 of M2), or when M2 == 0 and eps >= 2^-40 (every |d| < 2^-75: the
+// std is below half an ulp of eps, std + eps == eps). Otherwise (deviations of 1e-30 or 1e30,
+// NaN, inf) the sum of the squares of the deviations scaled by a power of two gives it (fp32
+// rewards of 1e30 or 1e-30 would square to inf or 0). Checking M2 afterwards instead of always
+// scaling saves three of the ~13 operations a row (bench/NOTES.md §10.2).
+template <typename Acc>
+ICRM_LANE bool unscaled_ok(Acc M2, bool eps_large) {
+  return (M2 >= Acc(0x1p-60) && M2 <= Acc(0x1p100)) || (M2 == Acc(0) && eps_large);
+}
 
 // One group's statistics, its row j being val(j) (j < len), for the scalar loop and the lanes
 // alike (so both round the same): pivot = first valid value, n and S1 = sum (v - pivot) in row
@@ -287,19 +302,23 @@ struct GroupRule {
 // takes pivot = shift = 0, loo = 1 and s = sqrt(1), which give A = v / (1 + eps) exactly.
 // DIV: var = M2 / (n - ddof) even without omitted rows (the OMIT rule), so that a block without
 // NaN rows under nan_policy omit can take the loops without masks and keep the same bits.
-template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool DIV = OMIT, class Val>
+// float32 group std (unscaled_ok): both sums are computed and the rule picks; FAST computes the
+// unscaled one only and says in .exact whether it decides, so FAST where .exact holds and the
+// full form give the same bits.
+template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool DIV = OMIT, bool FAST = false, class Val>
 ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Acc>& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
-  if constexpr (!group_level) return {Acc(0), Acc(0), Acc(1), SCALE == kBatchStd ? o.batch_inv : Acc(1) / (Acc(1) + o.eps), false};
+  if constexpr (!group_level)
+    return {Acc(0), Acc(0), Acc(1), SCALE == kBatchStd ? o.batch_inv : Acc(1) / (Acc(1) + o.eps), false, true};
   Acc pivot = 0, n = 0, S1 = 0;  // all NaN (OMIT): pivot 0
   // OMIT: the pivot is taken inside the summing loop (every row while n is still 0: the first
   // valid row is the last taken); rows before it are NaN and add 0, so S1 is the same as with
   // the pivot found first. An all-NaN group keeps a NaN pivot: its rows are all omitted (A = 0).
   if constexpr (!OMIT) pivot = val(0);
-  // float: the largest |v - pivot| too, whose power of two scales the deviations before they are
-  // squared (exact, so the same bits as unscaled where nothing overflows): fp32 rewards of 1e30
-  // or 1e-30 would square to inf or 0
-  constexpr bool kScaled = std::is_same_v<Acc, float> && SCALE == kGroupStd;
+  // float: the largest |v - pivot| too, whose power of two scales the deviations of the scaled
+  // sum of squares (unscaled_ok)
+  constexpr bool kFloatStd = std::is_same_v<Acc, float> && SCALE == kGroupStd;
+  constexpr bool kScaled = kFloatStd && !FAST;
   Acc mx = 0;
   for (int64_t j = 0; j < len; ++j) {
     const Acc v = val(j);
@@ -320,7 +339,8 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     }
   }
   Acc shift = S1 / n;  // mean = pivot + shift
-  Acc var = 1, sc = 1, isc = 1;
+  Acc var = 1, var_s = 1, sc = 1, isc = 1;
+  bool exact = true;
   if constexpr (kScaled) {  // sc = 2^-e, isc = 2^e for mx in [2^e, 2^(e+1)), e clamped to [-126, 126]
     uint32_t e = __builtin_bit_cast(uint32_t, mx) & 0x7f800000u;
     e = e < (1u << 23) ? (1u << 23) : e;
@@ -329,18 +349,27 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     sc = __builtin_bit_cast(float, (254u << 23) - e);
   }
   if constexpr (SCALE == kGroupStd) {
-    Acc M2 = 0;
+    Acc M2 = 0, M2s = 0;
     for (int64_t j = 0; j < len; ++j) {
       const Acc v = val(j);
       Acc d = (v - pivot) - shift;
-      if constexpr (kScaled) d = d * sc;
       if constexpr (OMIT) d = v == v ? d : Acc(0);
       M2 += d * d;
+      if constexpr (kScaled) {
+        const Acc ds = d * sc;
+        M2s += ds * ds;
+      }
     }
     // float without omitted rows: n is the group length, 1 / (n - ddof) a loop invariant (one
     // division per call instead of one per group; within an ulp of the quotient)
-    if constexpr (kScaled && !OMIT && !DIV) var = M2 * (Acc(1) / (n - o.ddof));
-    else var = M2 / (n - o.ddof);
+    if constexpr (kFloatStd && !OMIT && !DIV) {
+      var = M2 * (Acc(1) / (n - o.ddof));
+      if constexpr (kScaled) var_s = M2s * (Acc(1) / (n - o.ddof));
+    } else {
+      var = M2 / (n - o.ddof);
+      if constexpr (kScaled) var_s = M2s / (n - o.ddof);
+    }
+    if constexpr (kFloatStd) exact = unscaled_ok(M2, o.eps_large);
   }
   Acc loo = n / (n - Acc(1));
   const bool single = n == Acc(1);
@@ -351,11 +380,14 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
   var = raw_single ? Acc(1) : var;
   // std::sqrt vectorizes in a loop over groups because the build has -fno-math-errno
   Acc inv;
-  if constexpr (kScaled) inv = Acc(1) / ((raw_single ? Acc(1) : std::sqrt(var) * isc) + o.eps);
-  else if constexpr (SCALE == kGroupStd) inv = Acc(1) / (std::sqrt(var) + o.eps);
+  if constexpr (SCALE == kGroupStd) inv = Acc(1) / (std::sqrt(var) + o.eps);
   else if constexpr (SCALE == kBatchStd) inv = o.batch_inv;
   else inv = Acc(1) / (Acc(1) + o.eps);
-  return {pivot, shift, loo, inv, single && !o.raw_singleton};
+  if constexpr (kScaled) {
+    const Acc inv_s = Acc(1) / ((raw_single ? Acc(1) : std::sqrt(var_s) * isc) + o.eps);
+    inv = exact ? inv : inv_s;
+  }
+  return {pivot, shift, loo, inv, single && !o.raw_singleton, exact};
 }
 
 // A of one row (0 for a NaN row when OMIT), written so identical rewards give exactly 0.
@@ -507,11 +539,11 @@ struct FixedGroupLanes {
   using Acc = GroupAcc<T>;
   static constexpr bool kFloat8 = std::is_same_v<T, float> && GS % 8 == 0;
 
-  static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
-    const GroupRule<Acc> rule(*p.o, p.batch_std);
-    const Acc const_value = static_cast<Acc>(singleton_value(*p.o)), batch_mean = static_cast<Acc>(p.batch_mean);
-    alignas(64) Acc x[GS][kGroupBlock];
-    const T* r = p.r + g * GS;
+  // float group std (unscaled_ok): most tiles are decided by group_params' FAST form
+  static constexpr bool kFastStd = std::is_same_v<Acc, float> && SCALE == kGroupStd;
+
+  // the tile of nb groups from r, transposed: x[j][k] = row j of group k
+  static ICRM_LANE void load(const T* r, int64_t nb, Acc (&x)[GS][kGroupBlock]) {
     int64_t k0 = 0;
     if constexpr (kFloat8) {  // 8x8 blocks: 8 groups by 8 rows, transposed in registers
       for (; k0 + 8 <= nb; k0 += 8)
@@ -519,49 +551,76 @@ struct FixedGroupLanes {
     }
     for (int64_t k = k0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) x[j][k] = static_cast<Acc>(r[k * GS + j]);
-    // nan_policy omit: a block without NaN rows takes the loops without masks (the same values:
-    // every row counts, and the division rule of OMIT is kept, so the same bits as the masked loop)
-    bool masked = OMIT;
-    if constexpr (OMIT) {  // explicit vectors: a bool reduction compiled to scalar compares
-      typedef Acc Vec __attribute__((vector_size(32)));
-      typedef std::conditional_t<std::is_same_v<Acc, float>, int32_t, int64_t> Int;
-      typedef Int IVec __attribute__((vector_size(32)));
-      constexpr int64_t L = 32 / sizeof(Acc);
-      const int64_t kv = nb / L * L;
-      IVec m{};
-      for (int64_t j = 0; j < GS; ++j)
-        for (int64_t k = 0; k < kv; k += L) {
-          Vec v;
-          std::memcpy(&v, &x[j][k], sizeof v);
-          m |= v != v;
-        }
-      bool any_nan = false;
-      for (int64_t l = 0; l < L; ++l) any_nan |= m[l] != 0;
-      for (int64_t j = 0; j < GS; ++j)
-        for (int64_t k = kv; k < nb; ++k) any_nan |= x[j][k] != x[j][k];
-      masked = any_nan;
-    }
-    if (masked) {
-      for (int64_t k = 0; k < nb; ++k) {
-        auto val = [&](int64_t j) { return x[j][k]; };
-        const GroupParams<Acc> gp = group_params<Acc, OMIT, BASE, SCALE>(val, GS, rule);
-        for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, OMIT, BASE>(x[j][k], gp, const_value, batch_mean);
-      }
-    } else {
-      for (int64_t k = 0; k < nb; ++k) {
-        auto val = [&](int64_t j) { return x[j][k]; };
-        const GroupParams<Acc> gp = group_params<Acc, false, BASE, SCALE, OMIT>(val, GS, rule);
-        for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, false, BASE>(x[j][k], gp, const_value, batch_mean);
-      }
-    }
-    T* out = p.out + g * GS;
-    k0 = 0;
+  }
+
+  static ICRM_LANE void store(T* out, int64_t nb, const Acc (&x)[GS][kGroupBlock]) {
+    int64_t k0 = 0;
     if constexpr (kFloat8) {
       for (; k0 + 8 <= nb; k0 += 8)
         for (int64_t c = 0; c < GS; c += 8) transpose8(&x[c][k0], kGroupBlock, out + k0 * GS + c, GS);
     }
     for (int64_t k = k0; k < nb; ++k)
       for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
+  }
+
+  // A of every row of the tile, in place (MASK: NaN rows masked, the omit rule). FAST: the
+  // unscaled sum of squares only; returns nonzero when some group needs the full form.
+  template <bool MASK, bool FAST>
+  static ICRM_LANE int advantages(Acc (&x)[GS][kGroupBlock], int64_t nb, const GroupRule<Acc>& rule,
+                                  Acc const_value, Acc batch_mean) {
+    int redo = 0;
+    for (int64_t k = 0; k < nb; ++k) {
+      auto val = [&](int64_t j) { return x[j][k]; };
+      const GroupParams<Acc> gp = group_params<Acc, MASK, BASE, SCALE, OMIT, FAST>(val, GS, rule);
+      if constexpr (FAST) redo |= gp.exact ? 0 : 1;
+      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, MASK, BASE>(x[j][k], gp, const_value, batch_mean);
+    }
+    return redo;
+  }
+
+  // whether the tile has a NaN row (explicit vectors: a bool reduction compiled to scalar compares)
+  static ICRM_LANE bool any_nan(const Acc (&x)[GS][kGroupBlock], int64_t nb) {
+    typedef Acc Vec __attribute__((vector_size(32)));
+    typedef std::conditional_t<std::is_same_v<Acc, float>, int32_t, int64_t> Int;
+    typedef Int IVec __attribute__((vector_size(32)));
+    constexpr int64_t L = 32 / sizeof(Acc);
+    const int64_t kv = nb / L * L;
+    IVec m{};
+    for (int64_t j = 0; j < GS; ++j)
+      for (int64_t k = 0; k < kv; k += L) {
+        Vec v;
+        std::memcpy(&v, &x[j][k], sizeof v);
+        m |= v != v;
+      }
+    bool found = false;
+    for (int64_t l = 0; l < L; ++l) found |= m[l] != 0;
+    for (int64_t j = 0; j < GS; ++j)
+      for (int64_t k = kv; k < nb; ++k) found |= x[j][k] != x[j][k];
+    return found;
+  }
+
+  static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
+    const GroupRule<Acc> rule(*p.o, p.batch_std);
+    const Acc const_value = static_cast<Acc>(singleton_value(*p.o)), batch_mean = static_cast<Acc>(p.batch_mean);
+    alignas(64) Acc x[GS][kGroupBlock];
+    const T* r = p.r + g * GS;
+    load(r, nb, x);
+    // A tile without NaN rows takes the loops without masks, under nan_policy omit too (every
+    // row counts, and the division rule of OMIT is kept: the same bits as the masked loop).
+    if constexpr (kFastStd) {
+      // float group std: no NaN scan and no scaled sum first. A NaN row makes its group's sum
+      // of squares NaN, which unscaled_ok rejects like an out-of-range one; then the tile is
+      // reloaded and redone in the full form (the same bits for the groups FAST decided)
+      if (advantages<false, true>(x, nb, rule, const_value, batch_mean)) {
+        load(r, nb, x);
+        advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
+      }
+    } else if (OMIT && any_nan(x, nb)) {
+      advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
+    } else {
+      advantages<false, false>(x, nb, rule, const_value, batch_mean);
+    }
+    store(p.out + g * GS, nb, x);
   }
 
   static ICRM_LANE void run(const Args& p) {

@@ -602,6 +602,46 @@ def _fixed_equals_ragged_bitwise(seed=0):
                                     ragged = group_advantages(r, cu_groups=cu, **kw)
                                     bits = torch.int32 if dtype == torch.float32 else torch.int64
                                     assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
+            # float32 group std: the unscaled sum of squares where it is in range, else the scaled
+            # one (csrc unscaled_ok). A NaN-free tile that the fast form decides alone, and tiles
+            # where a few groups are out of range: deviations of 1e-30 and 1e30, sums of squares
+            # just inside and outside [2^-60, 2^100], identical rewards, a NaN row; eps large,
+            # tiny (below 2^-40) and 0
+            b2 = 3 * 128 + 5
+            s = torch.randn(b2 * g, generator=gen, dtype=torch.float64)
+            sv = s.view(b2, g)
+            sv[130] *= 1e-30
+            sv[131] *= 1e30
+            sv[132] *= 1e-20
+            sv[133] = sv[133] / sv[133].std() * 2.0 ** -30 * 0.99  # M2 just below 2^-60 (G >= 4)
+            sv[134] = sv[134] / sv[134].std() * 2.0 ** -30 * 1.01
+            sv[135] = sv[135] / sv[135].std() * 2.0 ** 49 * 0.99
+            sv[136] = sv[136] / sv[136].std() * 2.0 ** 50 * 1.01  # M2 above 2^100
+            sv[137] = 0.5
+            sv[138] = 1.0 + 2.0 ** -40 * sv[138].sign()  # |d| < 2^-75 after the float32 cast: 0
+            sv[139, 2] = float("nan")
+            sv[260] = 3.0  # identical rewards in the tile the fast form decides
+            cu2 = torch.arange(b2 + 1) * g
+            for dtype in (torch.float32, torch.float64):
+                r = s.to(dtype)
+                for eps in (1e-4, 1e-30, 0.0):
+                    for baseline in ("none", "group_mean", "leave_one_out"):
+                        for nan_policy in ("propagate", "omit"):
+                            for unbiased in (True, False):
+                                kw = dict(baseline=baseline, scale="group_std", nan_policy=nan_policy,
+                                          singleton="zero", std_unbiased=unbiased, eps=eps)
+                                fixed = group_advantages(r, group_size=g, **kw)
+                                ragged = group_advantages(r, cu_groups=cu2, **kw)
+                                bits = torch.int32 if dtype == torch.float32 else torch.int64
+                                assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
+                                if eps == 1e-4 and baseline == "group_mean" and dtype == torch.float32:
+                                    with ik.use_backend("reference"):
+                                        want = group_advantages(r.double(), group_size=g, **kw)
+                                    # within 16 float32 ulps of each group's largest |A| (G = 16 sums take ~5)
+                                    assert torch.equal(fixed.isnan(), want.isnan()), (g, kw)
+                                    err = (fixed.double() - want).nan_to_num().abs().view(b2, g)
+                                    top = want.nan_to_num().abs().view(b2, g).amax(1, keepdim=True)
+                                    assert bool((err <= 2.0 ** -20 * top).all()), (g, kw, (err / top).max())
             # BNPO: binary rewards (the Beta weights from the table of success rates k / G) and
             # rewards in [0, 1] (the weights from the cache), with the same NaN rows
             nan = torch.isnan(base)
