@@ -806,7 +806,20 @@ struct BnpoOutLanes {
     const Acc lo = static_cast<Acc>(q.lo), inv_range = static_cast<Acc>(q.inv_range), cval = static_cast<Acc>(q.cval);
     const bool raw_singleton = q.raw_singleton;
     alignas(64) Acc P[kGroupBlock], N[kGroupBlock], WG[kGroupBlock];
-    for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.template get_rate<GS>(q.p[g + k]));
+    // w_g: a success rate k / GS (binary rewards) reads the table of GS + 1 weights, branch-free
+    // over the tile (a gather; the per-group lookup with its branches took ~0.5 cycles a row),
+    // every other rate the hash, in a second loop that binary rewards never enter
+    int miss = 0;
+    for (int64_t k = 0; k < nb; ++k) {
+      const double t = q.p[g + k] * GS;  // exact for k / GS (GS a power of two)
+      const bool in_range = t >= 0.0 && t <= static_cast<double>(GS);  // false for NaN
+      const int32_t ki = static_cast<int32_t>(in_range ? t : 0.0);
+      const bool hit = in_range && static_cast<double>(ki) == t;
+      WG[k] = static_cast<Acc>(cache.rates[ki]);
+      miss |= hit ? 0 : 1;
+    }
+    if (miss)
+      for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.template get_rate<GS>(q.p[g + k]));
     for (int64_t k = 0; k < nb; ++k) P[k] = static_cast<Acc>(q.p[g + k]);
     // without omit every group of a fixed layout counts GS >= 4 rows: never a singleton
     if constexpr (OMIT)
@@ -919,11 +932,14 @@ struct BnpoLanes {
       N[k] = cnt;
       W[k] = in_stats ? Acc(1) : Acc(0);
     }
-    for (int64_t k = 0; k < nb; ++k) {
-      q.p[g + k] = static_cast<double>(P[k]);
-      q.n[g + k] = static_cast<double>(N[k]);
-      q.w[g + k] = static_cast<double>(W[k]);
-    }
+    for (int64_t k = 0; k < nb; ++k) q.p[g + k] = static_cast<double>(P[k]);
+    // without omit every group counts GS rows and weighs 1: bnpo() reads neither (2 of the 3
+    // double arrays of pass 1 neither written nor read)
+    if constexpr (OMIT)
+      for (int64_t k = 0; k < nb; ++k) {
+        q.n[g + k] = static_cast<double>(N[k]);
+        q.w[g + k] = static_cast<double>(W[k]);
+      }
   }
   static ICRM_LANE void run(const Args& q) {
     for (int64_t g = q.g0; g < q.g1; g += kGroupBlock) block(q, g, std::min(kGroupBlock, q.g1 - g));
@@ -1011,7 +1027,9 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
       else stats1(double(0), g, a, b);
     }
   });
-  const Moments m = batch_moments(p, w, num_groups, false);  // (over fixed chunks, in parallel: deterministic)
+  // (over fixed chunks, in parallel: deterministic). Fixed lanes without omit wrote no weights:
+  // all 1, and unit weights give the same bits as none (1 * d = d)
+  const Moments m = batch_moments(p, done && !o.omit ? nullptr : w, num_groups, false);
   const bool one = m.W <= 1.0;
   const double mean = one ? 0.0 : m.mean;
   const double v = one ? 1.0 : m.M2 / (m.W - 1.0);

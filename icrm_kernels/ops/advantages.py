@@ -74,7 +74,7 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
         float(o["bnpo_bounds"][0]), float(o["bnpo_bounds"][1]))
     if mask is not None:
         return (A.unsqueeze(1) * mask.to(A.dtype)).to(out_dtype)
-    return A.to(out_dtype)
+    return A if A.dtype == out_dtype else A.to(out_dtype)  # (a no-op .to costs ~1 µs)
 
 
 def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
@@ -379,8 +379,11 @@ def group_advantages(
     if rewards.dim() == 2 and rewards.shape[1] == 0:
         raise ValueError(f"rewards must have at least one reward component, got shape {tuple(rewards.shape)}")
     _check_process_group(process_group)
-    device = check_same_device(rewards=rewards, cu_groups=cu_groups, group_index=group_index,
-                               reward_weights=reward_weights, response_mask=response_mask)
+    if cu_groups is None and group_index is None and reward_weights is None and response_mask is None:
+        device = rewards.device  # (nothing to compare it with: the common call, ~0.4 µs less)
+    else:
+        device = check_same_device(rewards=rewards, cu_groups=cu_groups, group_index=group_index,
+                                   reward_weights=reward_weights, response_mask=response_mask)
     o = _options(preset, baseline, scale, whiten, eps, std_unbiased, singleton, nan_policy, aggregation, bnpo_bounds,
                  whiten_eps, whiten_std)
     lo, hi = o["bnpo_bounds"]
@@ -426,7 +429,7 @@ def group_advantages(
     if _backend._eager_mode(tensors) and not _backend._needs_grad(tensors):
         # _run_eager, inlined (two Python calls less on every eager call); float64_triton: the
         # record's backend is select's
-        backend = _backend.select(rewards.device, cpp_op="group_advantages")
+        backend = _backend.select(device, cpp_op="group_advantages")
         if backend == "reference":
             return _reference(rewards, group_size or 0, cu_groups, group_index, reward_weights, response_mask, o)
         return _fast(backend, rewards, group_size or None, cu_groups, group_index, reward_weights, response_mask, o)
