@@ -257,6 +257,7 @@ struct Options {
   int64_t baseline, scale, whiten, singleton, whiten_std;
   double eps, whiten_eps;
   bool unbiased, omit;
+  bool no_nan = false;  // omit, and the batch moments counted no NaN row: no tile scans for one
 };
 
 // What pass 2 needs of one group: A = ((v - pivot) - shift) [* loo] * inv, or const_value.
@@ -615,7 +616,7 @@ struct FixedGroupLanes {
         load(r, nb, x);
         advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
       }
-    } else if (OMIT && any_nan(x, nb)) {
+    } else if (OMIT && !p.o->no_nan && any_nan(x, nb)) {
       advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
     } else {
       advantages<false, false>(x, nb, rule, const_value, batch_mean);
@@ -1205,6 +1206,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     double bmean = 0.0, bstd = 1.0;
     if (baseline == kBatchMean || scale == kBatchStd) {
       const Moments m = batch_moments(rp, nullptr, n, omit);
+      o.no_nan = omit && m.W == static_cast<double>(n);  // (a count: exact)
       bmean = m.mean;
       bstd = std::sqrt(m.M2 / (unbiased ? m.W - 1.0 : m.W));
     }

@@ -259,13 +259,8 @@ class EagerGrebt(torch.autograd.Function):
         g = grad_total if grad_total.dtype == drow.dtype else grad_total.to(drow.dtype)
         if groups:
             g = g / groups  # each group's loss gets grad_total / groups, as from MeanBackward
-        # a group whose loss gets no gradient passes none back, even when its loss is NaN. g is
-        # 0-d: on the CPU its value is read (no sync) instead of an [N]-sized masked fill, which
-        # costs ~10x the multiply there (bench/NOTES.md §10.1)
-        if g.device.type == "cpu":
-            grad = drow * g if g.item() != 0 else torch.zeros_like(drow)
-        else:
-            grad = (drow * g).masked_fill_(g == 0, 0)
+        # a group whose loss gets no gradient passes none back, even when its loss is NaN
+        grad = (drow * g).masked_fill_(g == 0, 0)
         if grad.dtype != dtype:
             grad = grad.to(dtype)
         return grad, None
