@@ -642,6 +642,16 @@ def _fixed_equals_ragged_bitwise(seed=0):
                                     err = (fixed.double() - want).nan_to_num().abs().view(b2, g)
                                     top = want.nan_to_num().abs().view(b2, g).amax(1, keepdim=True)
                                     assert bool((err <= 2.0 ** -20 * top).all()), (g, kw, (err / top).max())
+            # omit without a NaN row anywhere: the batch moments count none and no tile scans
+            clean = s.clone()
+            clean.view(b2, g)[139, 2] = 0.25
+            for dtype in (torch.float32, torch.float64):
+                for scale in ("batch_std", "group_std", "none"):
+                    kw = dict(baseline="group_mean", scale=scale, nan_policy="omit", eps=1e-4)
+                    fixed = group_advantages(clean.to(dtype), group_size=g, **kw)
+                    ragged = group_advantages(clean.to(dtype), cu_groups=cu2, **kw)
+                    bits = torch.int32 if dtype == torch.float32 else torch.int64
+                    assert torch.equal(fixed.view(bits), ragged.view(bits)), (g, dtype, kw)
             # BNPO: binary rewards (the Beta weights from the table of success rates k / G) and
             # rewards in [0, 1] (the weights from the cache), with the same NaN rows
             nan = torch.isnan(base)
