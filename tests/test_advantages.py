@@ -747,3 +747,42 @@ def test_cpp_fixed_lanes_bitwise_equal_scalar_other_isa(flag):
     script = f"import test_advantages as t; t._fixed_equals_ragged_bitwise({SEED})"
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_fast_path_equals_general_path(backend, device, preset):
+    """``group_advantages(r, group_size=G, preset=P)`` with nothing else given takes the prepared
+    preset path (``_preset_call``); any other keyword, here the preset's own eps (the same
+    options), takes the general one. Bitwise the same, with NaN rows and identical rewards; the
+    calls that the fast path leaves to the general one still get its errors."""
+    from icrm_kernels.ops import advantages as adv
+
+    g = 4
+    r = torch.randn(16 * g, device=device)
+    r[5] = float("nan")
+    r[8:12] = 0.25  # identical rewards
+    eps = PRESETS[preset]["eps"]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = r.to(dtype)
+        if PRESETS[preset]["whiten"] == "token":  # needs a response_mask: the general path raises
+            assert adv._preset_call(x, g, preset) is None
+            with pytest.raises(ValueError, match="response_mask"):
+                group_advantages(x, group_size=g, preset=preset)
+            continue
+        fast = group_advantages(x, group_size=g, preset=preset)
+        general = group_advantages(x, group_size=g, preset=preset, eps=eps)
+        assert fast.dtype == general.dtype == dtype
+        assert torch.equal(fast.nan_to_num(7.0), general.nan_to_num(7.0)), (preset, dtype)
+        assert torch.equal(fast.isnan(), general.isnan())
+    # what the fast path leaves to the general one still raises there
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(r, group_size=5, preset=preset)
+    with pytest.raises((TypeError, ValueError), match="group_size"):
+        group_advantages(r, group_size=True, preset=preset)
+    with pytest.raises(ValueError, match="preset"):
+        group_advantages(r, group_size=g, preset=preset + "_typo")
+    with pytest.raises(TypeError, match="rewards"):
+        group_advantages(r.tolist(), group_size=g, preset=preset)
+    if PRESETS[preset]["whiten"] != "token":
+        rg = r.clone().requires_grad_(True)  # a gradient: the op path
+        assert group_advantages(rg, group_size=g, preset=preset).requires_grad

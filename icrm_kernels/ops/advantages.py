@@ -68,13 +68,64 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
             out_dtype=out_dtype, bnpo_bounds=o["bnpo_bounds"], process_group=process_group)
     work = r if r.dtype in (torch.float32, torch.float64) else r.float()
     A = torch.ops.icrm_cpu.group_advantages(
-        work.contiguous(), cu, order, G or 0, whiten_weights, _CPP_CODES["baseline"][baseline],
-        _CPP_CODES["scale"][scale], _CPP_CODES["whiten"][whiten], float(eps), bool(o["std_unbiased"]),
-        _CPP_CODES["singleton"][o["singleton"]], bool(omit), float(whiten_eps), _CPP_CODES["whiten_std"][whiten_std],
-        float(o["bnpo_bounds"][0]), float(o["bnpo_bounds"][1]))
+        work.contiguous(), cu, order, G or 0, whiten_weights,
+        *_cpp_options(o, baseline, scale, whiten, eps, omit, whiten_eps, whiten_std))
     if mask is not None:
         return (A.unsqueeze(1) * mask.to(A.dtype)).to(out_dtype)
     return A if A.dtype == out_dtype else A.to(out_dtype)  # (a no-op .to costs ~1 µs)
+
+
+def _cpp_options(o, baseline, scale, whiten, eps, omit, whiten_eps, whiten_std):
+    """The option arguments of ``icrm_cpu::group_advantages``, after the tensors and G."""
+    return (_CPP_CODES["baseline"][baseline], _CPP_CODES["scale"][scale], _CPP_CODES["whiten"][whiten], float(eps),
+            bool(o["std_unbiased"]), _CPP_CODES["singleton"][o["singleton"]], bool(omit), float(whiten_eps),
+            _CPP_CODES["whiten_std"][whiten_std], float(o["bnpo_bounds"][0]), float(o["bnpo_bounds"][1]))
+
+
+# ------------------------------------------------------------------------ the preset fast path
+# preset -> (options, _core's keyword arguments, the C++ option arguments), or False for a
+# preset the fast path leaves to the general one (token whitening needs a response_mask)
+_PRESET_PLANS = {}
+
+
+def _preset_plan(preset):
+    plan = _PRESET_PLANS.get(preset)
+    if plan is None:
+        o = _options(preset, *_NO_OPTIONS)  # (an unknown preset raises here)
+        plan = False
+        if o["whiten"] != "token" and o["nan_policy"] != "raise":
+            kw = dict(baseline=o["baseline"], scale=o["scale"], whiten=o["whiten"], eps=o["eps"],
+                      omit=o["nan_policy"] == "omit", whiten_eps=o["whiten_eps"], whiten_std=o["whiten_std"])
+            plan = (o, kw, _cpp_options(o, **kw))
+        _PRESET_PLANS[preset] = plan
+    return plan
+
+
+def _preset_call(rewards, group_size, preset):
+    """``group_advantages(rewards, group_size=G, preset=P)`` with nothing else given, the call
+    of most training loops: the same ``_core`` (or C++ op) call as the general path with the
+    preset's arguments prepared once. None when the call needs the general path (other dtypes
+    or shapes, a gradient, tracing, the reference backend, a bad argument: its checks raise)."""
+    if (type(rewards) is not torch.Tensor or rewards.dim() != 1 or rewards.dtype not in _FAST_DTYPES
+            or type(group_size) is not int or group_size <= 0 or rewards.shape[0] % group_size
+            or (rewards.requires_grad and torch.is_grad_enabled()) or type(preset) is not str
+            or preset not in PRESETS):
+        return None
+    plan = _preset_plan(preset)
+    if not plan or not _backend._eager_mode((rewards,)):
+        return None
+    backend = _backend.select(rewards.device, cpp_op="group_advantages")
+    o, kw, cpp_options = plan
+    if backend == "cpp":
+        return torch.ops.icrm_cpu.group_advantages.default(rewards.contiguous(), None, None, group_size, None,
+                                                           *cpp_options)
+    if backend == "triton":
+        return _core("triton", rewards, (group_size, None, None, rewards.shape[0] // group_size), o, mask=None,
+                     whiten_weights=None, out_dtype=rewards.dtype, **kw)
+    return None
+
+
+_FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
@@ -375,6 +426,14 @@ def group_advantages(
     the C++ index layout sizes its offsets by the number of groups (CPU tensors are never
     graph-captured).
     """
+    if (preset is not None and group_size is not None and cu_groups is None and group_index is None
+            and baseline is None and scale is None and whiten is None and eps is None and std_unbiased is None
+            and singleton is None and nan_policy is None and reward_weights is None and aggregation is None
+            and response_mask is None and process_group is None and bnpo_bounds is None and whiten_eps is None
+            and whiten_std is None):
+        out = _preset_call(rewards, group_size, preset)
+        if out is not None:
+            return out
     check_tensor(rewards, "rewards", ndim=(1, 2), floating=True)
     if rewards.dim() == 2 and rewards.shape[1] == 0:
         raise ValueError(f"rewards must have at least one reward component, got shape {tuple(rewards.shape)}")
