@@ -947,11 +947,24 @@ struct BnpoLanes {
   }
 };
 
+// parts: when given (one per kChunk groups), each chunk's p moments too, by the thread that
+// just wrote its p (batch_moments' chunks and merge order: the same bits, one parallel region
+// and one read of p less)
 template <typename Acc, typename T, bool OMIT, int64_t GS>
 void bnpo_pass1_lanes(const T* r, int64_t num_groups, const Options& o, double lo, double inv_range, double* p,
-                      double* n, double* w) {
+                      double* n, double* w, std::vector<Moments>* parts) {
   using K = BnpoLanes<Acc, T, OMIT, GS>;
   const LaneFn<K> lanes = pick_lanes<K>();
+  if (parts) {
+    at::parallel_for(0, static_cast<int64_t>(parts->size()), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t g0 = c * kChunk, g1 = std::min(num_groups, (c + 1) * kChunk);
+        lanes(typename K::Args{r, g0, g1, lo, inv_range, o.singleton == kRaw, p, n, w});
+        (*parts)[c] = chunk_moments(p, OMIT ? w : nullptr, g0, g1, false);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
     lanes(typename K::Args{r, g0, g1, lo, inv_range, o.singleton == kRaw, p, n, w});
   });
@@ -959,9 +972,9 @@ void bnpo_pass1_lanes(const T* r, int64_t num_groups, const Options& o, double l
 
 template <typename Acc, typename T, int64_t GS>
 bool bnpo_pass1_fixed(const T* r, int64_t num_groups, const Options& o, double lo, double inv_range, double* p,
-                      double* n, double* w) {
-  if (o.omit) bnpo_pass1_lanes<Acc, T, true, GS>(r, num_groups, o, lo, inv_range, p, n, w);
-  else bnpo_pass1_lanes<Acc, T, false, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+                      double* n, double* w, std::vector<Moments>* parts) {
+  if (o.omit) bnpo_pass1_lanes<Acc, T, true, GS>(r, num_groups, o, lo, inv_range, p, n, w, parts);
+  else bnpo_pass1_lanes<Acc, T, false, GS>(r, num_groups, o, lo, inv_range, p, n, w, parts);
   return true;
 }
 
@@ -982,12 +995,17 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   auto bounds = [&](int64_t g, int64_t& a, int64_t& b) { group_bounds(cu, group_size, n_rows, g, a, b); };
   auto row = [&](int64_t j) { return order ? std::min(std::max<int64_t>(order[j], 0), n_rows - 1) : j; };
   bool done = false;
+  // the fixed lanes compute the p moments inside pass 1 when there are chunks for every thread
+  // (fewer: pass 1 keeps its finer partition, and batch_moments follows)
+  const int64_t chunks = (num_groups + kChunk - 1) / kChunk;
+  std::vector<Moments> parts(chunks >= at::get_num_threads() ? chunks : 0);
+  std::vector<Moments>* fused = parts.empty() ? nullptr : &parts;
   auto pass1 = [&](auto gs_tag) {
     constexpr int64_t GS = decltype(gs_tag)::value;
     if constexpr (std::is_same_v<T, float>) {
-      if (use_float(GS)) return bnpo_pass1_fixed<float, T, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+      if (use_float(GS)) return bnpo_pass1_fixed<float, T, GS>(r, num_groups, o, lo, inv_range, p, n, w, fused);
     }
-    return bnpo_pass1_fixed<double, T, GS>(r, num_groups, o, lo, inv_range, p, n, w);
+    return bnpo_pass1_fixed<double, T, GS>(r, num_groups, o, lo, inv_range, p, n, w, fused);
   };
   if (!order && group_size == 4) done = pass1(std::integral_constant<int64_t, 4>{});
   if (!order && group_size == 8) done = pass1(std::integral_constant<int64_t, 8>{});
@@ -1030,7 +1048,12 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   });
   // (over fixed chunks, in parallel: deterministic). Fixed lanes without omit wrote no weights:
   // all 1, and unit weights give the same bits as none (1 * d = d)
-  const Moments m = batch_moments(p, done && !o.omit ? nullptr : w, num_groups, false);
+  Moments m;
+  if (done && fused) {
+    for (const auto& q : parts) m = merge(m, q);  // batch_moments' order
+  } else {
+    m = batch_moments(p, done && !o.omit ? nullptr : w, num_groups, false);
+  }
   const bool one = m.W <= 1.0;
   const double mean = one ? 0.0 : m.mean;
   const double v = one ? 1.0 : m.M2 / (m.W - 1.0);
