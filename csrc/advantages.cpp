@@ -768,14 +768,19 @@ struct BnpoWeightCache {
     static_assert(GS <= kMaxRates, "the fixed lanes' group sizes");
     for (int64_t k = 0; k <= GS; ++k) rates[k] = bnpo_weight(static_cast<double>(k) / GS, alpha, beta, lnB);
   }
+  // whether pg is a rate k / GS, k in its slot of rates[] (0 otherwise); branch-free, so that
+  // a loop over a tile's groups vectorizes (a gather from rates[])
+  template <int64_t GS>
+  static ICRM_LANE bool rate_slot(double pg, int32_t& k) {
+    const double t = pg * GS;  // exact for k / GS (GS a power of two)
+    const bool in_range = t >= 0.0 && t <= static_cast<double>(GS);  // false for NaN
+    k = static_cast<int32_t>(in_range ? t : 0.0);
+    return in_range && static_cast<double>(k) == t;
+  }
   template <int64_t GS>
   double get_rate(double pg) {
-    const double t = pg * GS;  // exact for k / GS (GS a power of two); NaN fails the range test
-    if (t >= 0.0 && t <= static_cast<double>(GS)) {
-      const int64_t k = static_cast<int64_t>(t);
-      if (static_cast<double>(k) == t) return rates[k];
-    }
-    return get(pg);
+    int32_t k;
+    return rate_slot<GS>(pg, k) ? rates[k] : get(pg);
   }
   double get(double pg) {
     const uint64_t bits = __builtin_bit_cast(uint64_t, pg);
@@ -812,12 +817,9 @@ struct BnpoOutLanes {
     // every other rate the hash, in a second loop that binary rewards never enter
     int miss = 0;
     for (int64_t k = 0; k < nb; ++k) {
-      const double t = q.p[g + k] * GS;  // exact for k / GS (GS a power of two)
-      const bool in_range = t >= 0.0 && t <= static_cast<double>(GS);  // false for NaN
-      const int32_t ki = static_cast<int32_t>(in_range ? t : 0.0);
-      const bool hit = in_range && static_cast<double>(ki) == t;
-      WG[k] = static_cast<Acc>(cache.rates[ki]);
-      miss |= hit ? 0 : 1;
+      int32_t slot;
+      miss |= BnpoWeightCache::rate_slot<GS>(q.p[g + k], slot) ? 0 : 1;
+      WG[k] = static_cast<Acc>(cache.rates[slot]);
     }
     if (miss)
       for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.template get_rate<GS>(q.p[g + k]));
