@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <tuple>
 #include <type_traits>
@@ -391,13 +392,24 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
   return {pivot, shift, loo, inv, single && !o.raw_singleton, exact};
 }
 
+// A batch mean (double) in arithmetic Acc as hi + lo: v - mean is (v - hi) - lo, so that a value
+// next to a large mean keeps float32 accuracy instead of inheriting the mean's rounding
+// (ulp(mean) / std: 1e5 ulps for rewards 1000 +- 1e-3). For double, lo = 0: v - mean itself.
+// hi is finite: the mean of finite float32 values is at most FLT_MAX.
+template <typename Acc>
+struct SplitMean {
+  Acc hi, lo;
+  explicit SplitMean(double m) : hi(static_cast<Acc>(m)), lo(static_cast<Acc>(m - static_cast<double>(hi))) {}
+  ICRM_LANE Acc centered(Acc v) const { return (v - hi) - lo; }
+};
+
 // A of one row (0 for a NaN row when OMIT), written so identical rewards give exactly 0.
 template <typename Acc, bool OMIT, int64_t BASE>
-ICRM_LANE Acc row_advantage(Acc v, const GroupParams<Acc>& g, Acc const_value, Acc batch_mean) {
+ICRM_LANE Acc row_advantage(Acc v, const GroupParams<Acc>& g, Acc const_value, const SplitMean<Acc>& batch_mean) {
   Acc centered;
   if constexpr (BASE == kGroupMean) centered = (v - g.pivot) - g.shift;
   else if constexpr (BASE == kLeaveOneOut) centered = ((v - g.pivot) - g.shift) * g.loo;
-  else if constexpr (BASE == kBatchMean) centered = v - batch_mean;
+  else if constexpr (BASE == kBatchMean) centered = batch_mean.centered(v);
   else centered = v;
   Acc a = g.to_const ? const_value : centered * g.inv;
   if constexpr (OMIT) a = v == v ? a : Acc(0);
@@ -427,7 +439,7 @@ struct GroupRules {
 // One group in arithmetic Acc: rows lo..hi of the (sorted) layout.
 template <typename Acc, typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
 inline void normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
-                                    const GroupRule<Acc>& rule, Acc const_value, Acc batch_mean) {
+                                    const GroupRule<Acc>& rule, Acc const_value, const SplitMean<Acc>& batch_mean) {
   // order comes from the caller: clamped, so a malformed one (unchecked paths) stays in bounds
   auto row = [&](int64_t j) -> int64_t {
     if constexpr (ORDER) return std::min(std::max<int64_t>(order[j], 0), n - 1);
@@ -447,10 +459,10 @@ inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_
   if (std::is_same_v<T, float> && hi - lo <= kFloatGroupMax)
     normalize_one_group_acc<float, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.f,
                                                                 static_cast<float>(q.const_value),
-                                                                static_cast<float>(q.batch_mean));
+                                                                SplitMean<float>(q.batch_mean));
   else
     normalize_one_group_acc<double, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.d, q.const_value,
-                                                                 q.batch_mean);
+                                                                 SplitMean<double>(q.batch_mean));
 }
 
 // Rows lo..hi of group g, clamped into [0, n): offsets reach the kernel unchecked inside
@@ -568,7 +580,7 @@ struct FixedGroupLanes {
   // unscaled sum of squares only; returns nonzero when some group needs the full form.
   template <bool MASK, bool FAST>
   static ICRM_LANE int advantages(Acc (&x)[GS][kGroupBlock], int64_t nb, const GroupRule<Acc>& rule,
-                                  Acc const_value, Acc batch_mean) {
+                                  Acc const_value, const SplitMean<Acc>& batch_mean) {
     int redo = 0;
     for (int64_t k = 0; k < nb; ++k) {
       auto val = [&](int64_t j) { return x[j][k]; };
@@ -602,7 +614,8 @@ struct FixedGroupLanes {
 
   static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
     const GroupRule<Acc> rule(*p.o, p.batch_std);
-    const Acc const_value = static_cast<Acc>(singleton_value(*p.o)), batch_mean = static_cast<Acc>(p.batch_mean);
+    const Acc const_value = static_cast<Acc>(singleton_value(*p.o));
+    const SplitMean<Acc> batch_mean(p.batch_mean);
     alignas(64) Acc x[GS][kGroupBlock];
     const T* r = p.r + g * GS;
     load(r, nb, x);
@@ -1115,19 +1128,37 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   if (fixed_lanes && group_size == 16) pass2(std::integral_constant<int64_t, 16>{});
 }
 
-// The whitening pass without weights: a = (a - mean) * mul in double, no FMA (both ISAs alike).
+// One whitened value: (a - mean) * mul. float32 A is whitened in float32 (as on the GPU; a round
+// trip through double costs the pass 3x on AVX-512), with the mean split (SplitMean): ~1.5 ulp.
+// double A: the double formula. No FMA (both ISA copies alike). faithful() is false where the
+// spread's reciprocal leaves float32's normal range (whiten_eps = 0 with subnormal spreads or
+// spreads above ~1e38): that pass runs in double.
+template <typename T>
+struct WhitenForm {
+  SplitMean<T> mean;
+  T mul;
+  WhitenForm(double mean_d, double mul_d) : mean(mean_d), mul(static_cast<T>(mul_d)) {}
+  static bool faithful(double mean_d, double mul_d) {
+    return !(std::isfinite(mean_d) && std::isfinite(mul_d)) || mul_d == 0.0 ||
+           (std::abs(mul_d) >= static_cast<double>(std::numeric_limits<T>::min()) &&
+            std::abs(mul_d) <= static_cast<double>(std::numeric_limits<T>::max()));
+  }
+  ICRM_LANE T operator()(T a) const { return mean.centered(a) * mul; }
+};
+
+// The whitening pass without weights, vectorized.
 template <typename T>
 struct WhitenLanes {
   static constexpr bool kFma = false;
   struct Args {
     T* a;
     int64_t i0, i1;
-    double mean, mul;
+    WhitenForm<T> f;
   };
   static ICRM_LANE void run(const Args& p) {
     T* __restrict a = p.a;
-    const double mean = p.mean, mul = p.mul;
-    for (int64_t i = p.i0; i < p.i1; ++i) a[i] = static_cast<T>((static_cast<double>(a[i]) - mean) * mul);
+    const WhitenForm<T> f = p.f;
+    for (int64_t i = p.i0; i < p.i1; ++i) a[i] = f(a[i]);
   }
 };
 
@@ -1139,19 +1170,28 @@ void whiten_inplace(T* a, const double* w, int64_t n, const Options& o) {
   if (o.whiten_std == kStdEps) mul = 1.0 / (std::sqrt(var) + o.whiten_eps);
   else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
   else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
-  const double mean = m.mean;
-  if (!w) {  // weight 1 everywhere: (v - mean) * mul, vectorized (the same bits)
+  if (!WhitenForm<T>::faithful(m.mean, mul)) {
+    const WhitenForm<double> f(m.mean, mul);
+    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const double v = static_cast<double>(a[i]);
+        a[i] = w && w[i] == 0.0 ? (v != v ? a[i] : T(0)) : static_cast<T>(f(v));
+      }
+    });
+    return;
+  }
+  const WhitenForm<T> f(m.mean, mul);
+  if (!w) {  // weight 1 everywhere: the same values as the loop below with w = 1
     using K = WhitenLanes<T>;
     const LaneFn<K> lanes = pick_lanes<K>();
-    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) { lanes(typename K::Args{a, i0, i1, mean, mul}); });
+    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) { lanes(typename K::Args{a, i0, i1, f}); });
     return;
   }
   at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const double v = static_cast<double>(a[i]);
-      const double wi = w ? w[i] : 1.0;
+      const T v = a[i];
       // rows left out (weight 0) keep A = 0 (or their NaN)
-      a[i] = static_cast<T>(wi == 0.0 ? (std::isnan(v) ? v : 0.0) : (v - mean) * mul);
+      a[i] = w[i] == 0.0 ? (v != v ? v : T(0)) : f(v);
     }
   });
 }

@@ -159,6 +159,31 @@ def test_float64(backend, device):
                              dict(rewards=r, group_size=4, baseline="group_mean", scale="batch_std", whiten="sample"))
 
 
+def test_float32_batch_mean_and_whitening_near_a_large_mean(backend, device):
+    """Rewards 1000 +- 1e-3 in float32: the C++ path centres on a batch mean split in two floats
+    (rounding the mean to float32 alone costs ulp(1000) / std = 3e-2 here) and stays within a
+    few ulps of the float64 reference. The Triton path keeps flash-attention's rule: at most 2x
+    the error of the same formula in float32 torch. A spread whose reciprocal leaves float32's
+    normal range (whiten_eps = 0 over subnormal rewards, or |r| ~ 1e38) is whitened in double."""
+    r = (1000 + 1e-3 * torch.randn(4096, device=device, dtype=torch.float64)).float()
+    for kw in (dict(baseline="none", scale="none", whiten="sample"), dict(baseline="batch_mean", scale="batch_std")):
+        out = group_advantages(r, group_size=4, **kw)
+        ref = group_advantages_reference(r.double(), group_size=4, **kw)
+        if backend == "cpp":
+            assert_close(out, ref, atol=1e-6, rtol=4 * 2.0 ** -24, what=f"{kw}")
+        else:
+            same = (r - r.mean()) / (r.std() + 1e-6)  # eps: the default's, for both options
+            assert (out.double() - ref).abs().max() <= 2 * (same.double() - ref).abs().max() + 1e-6, kw
+    if backend != "cpp":
+        return
+    kw = dict(group_size=4, baseline="none", scale="none", whiten="sample", whiten_eps=0.0)
+    for r in (torch.randint(1, 9, (64,), device=device).float() * 1e-45,
+              torch.randn(64, device=device).clamp(-3, 3) * 1e38):
+        out = group_advantages(r, **kw)
+        assert bool(out.isfinite().all())
+        assert_close(out, group_advantages_reference(r.double(), **kw), atol=1e-6, rtol=4 * 2.0 ** -24)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_identical_rewards_exactly_zero(backend, device, dtype):
     n = 24
