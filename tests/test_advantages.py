@@ -756,6 +756,35 @@ def test_cpp_batch_moments_same_bits_on_every_isa(tmp_path, flag):
 
 
 @pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
+def test_cpp_whitening_moments_in_the_group_pass_same_bits():
+    """Whitening without weights on a fixed layout: the group pass sums each tile of A for the
+    whitening moments right after writing it (when there are at least as many 64K chunks as
+    threads). The ragged layout takes the separate pass over A: the bits must be the same, with
+    sub-blocks that leave float range (|A| ~ 1e30, ~1e-25: summed again in double), NaN, a short
+    last chunk and one or two threads."""
+    gen = torch.Generator().manual_seed(SEED)
+    n = 3 * 65536 + 16 * 129
+    r = torch.randn(n, generator=gen)
+    r[1000:1016] *= 1e30
+    r[70000:70100] *= 1e-25
+    nan = r.clone()
+    nan[5] = float("nan")
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            with ik.use_backend("cpp"):
+                for x in (r, nan, r[: 2 * 65536]):
+                    for g in (4, 8, 16):
+                        for preset in ("dler", "openrlhf_reinforce_baseline"):
+                            fixed = group_advantages(x, group_size=g, preset=preset)
+                            ragged = group_advantages(x, cu_groups=torch.arange(0, x.numel() + 1, g), preset=preset)
+                            assert torch.equal(fixed.view(torch.int32), ragged.view(torch.int32)), (t, g, preset)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
 def test_cpp_fixed_lanes_bitwise_equal_scalar():
     _fixed_equals_ragged_bitwise(SEED)
 
