@@ -127,6 +127,9 @@ constexpr int64_t kFloatSub = 256;  // float32 moments: rows per float sub-block
 // so the float sums never run long. A sub-block whose float S2 is not finite (|d| above ~1e18,
 // a NaN or inf without omit) or underflows (below 1e-30 with any d nonzero: S1 != 0 or
 // S2 != 0) is summed again in double, as before. Generic vectors, no FMA: both ISA copies round alike.
+// Under OMIT a sub-block is first summed without the NaN masks (half the operations): a NaN
+// shows in its S2, and only then is it summed again with the masks. Without NaN rows the masked
+// loop adds the same values in the same order, so the bits do not depend on which loop ran.
 template <bool OMIT>
 struct FloatMomentLanes {
   static constexpr bool kFma = false;
@@ -136,41 +139,56 @@ struct FloatMomentLanes {
     float pivot;
     double *W, *A, *B;
   };
+  // S1 and S2 of sub-block [s, s + kFloatSub) per lane, and the count when MASK (else kFloatSub / 8
+  // a lane: the sum of sixteen 1s twice, exactly)
+  template <bool MASK>
+  static ICRM_LANE void sums(const float* x, int64_t s, MomF8 pv, MomF8& wf, MomF8& af, MomF8& bf) {
+    const MomF8 zero{}, one = zero + 1.0f;
+    MomF8 w0{}, a0{}, b0{}, w1{}, a1{}, b1{};
+    for (int64_t i = s; i < s + kFloatSub; i += 16) {
+      const MomF8 v0 = *reinterpret_cast<const MomF8u*>(x + i);
+      const MomF8 v1 = *reinterpret_cast<const MomF8u*>(x + i + 8);
+      MomF8 d0 = v0 - pv, d1 = v1 - pv;
+      if constexpr (MASK) {
+        const auto ok0 = v0 == v0, ok1 = v1 == v1;
+        w0 += ok0 ? one : zero;
+        w1 += ok1 ? one : zero;
+        d0 = ok0 ? d0 : zero;
+        d1 = ok1 ? d1 : zero;
+      }
+      a0 += d0;
+      a1 += d1;
+      b0 += d0 * d0;
+      b1 += d1 * d1;
+    }
+    wf = MASK ? w0 + w1 : zero + static_cast<float>(kFloatSub / 8);
+    af = a0 + a1;
+    bf = b0 + b1;
+  }
+  // whether some lane's float sums left the range where they are kept (see above)
+  static ICRM_LANE bool out_of_range(const MomF8& af, const MomF8& bf) {
+    const MomF8 zero{}, big = zero + 3e38f, tiny = zero + 1e-30f;
+    const MomI8 bad = ~(bf <= big) | ((bf < tiny) & ((af != zero) | (bf != zero)));
+    MomI4 half;  // (an OR over the lanes; a bool per lane compiled to 24 compares and branches)
+    std::memcpy(&half, &bad, sizeof half);
+    const MomI4 any = half | MomI4{half[2], half[3]};
+    return (any[0] | any[1]) != 0;
+  }
   static ICRM_LANE void run(const Args& p) {
     MomD8 W, A, B;
     std::memcpy(&W, p.W, sizeof W);
     std::memcpy(&A, p.A, sizeof A);
     std::memcpy(&B, p.B, sizeof B);
-    const MomF8 zero{}, one = zero + 1.0f, pv = zero + p.pivot, big = zero + 3e38f, tiny = zero + 1e-30f;
+    const MomF8 pv = MomF8{} + p.pivot;
     for (int64_t s = p.lo; s < p.hi; s += kFloatSub) {
-      MomF8 w0{}, a0{}, b0{}, w1{}, a1{}, b1{};
-      for (int64_t i = s; i < s + kFloatSub; i += 16) {
-        const MomF8 v0 = *reinterpret_cast<const MomF8u*>(p.x + i);
-        const MomF8 v1 = *reinterpret_cast<const MomF8u*>(p.x + i + 8);
-        MomF8 d0 = v0 - pv, d1 = v1 - pv;
-        if constexpr (OMIT) {
-          const auto ok0 = v0 == v0, ok1 = v1 == v1;
-          w0 += ok0 ? one : zero;
-          w1 += ok1 ? one : zero;
-          d0 = ok0 ? d0 : zero;
-          d1 = ok1 ? d1 : zero;
-        } else {
-          w0 += one;
-          w1 += one;
-        }
-        a0 += d0;
-        a1 += d1;
-        b0 += d0 * d0;
-        b1 += d1 * d1;
+      MomF8 wf, af, bf;
+      sums<false>(p.x, s, pv, wf, af, bf);
+      bool bad = out_of_range(af, bf);
+      if (OMIT && bad) {
+        sums<OMIT>(p.x, s, pv, wf, af, bf);
+        bad = out_of_range(af, bf);
       }
-      const MomF8 wf = w0 + w1, af = a0 + a1, bf = b0 + b1;
-      // the range test and the adds into the double lanes as vectors: done per lane as scalars,
-      // they took half of the pass (24 compares and branches, 24 conversions a sub-block)
-      const MomI8 bad = ~(bf <= big) | ((bf < tiny) & ((af != zero) | (bf != zero)));
-      MomI4 half;
-      std::memcpy(&half, &bad, sizeof half);
-      const MomI4 any = half | MomI4{half[2], half[3]};
-      if ((any[0] | any[1]) == 0) {
+      if (!bad) {
         W += __builtin_convertvector(wf, MomD8);
         A += __builtin_convertvector(af, MomD8);
         B += __builtin_convertvector(bf, MomD8);
