@@ -856,10 +856,14 @@ struct BnpoWeightCache {
   // that fill_rates<GS>() computed, without the hash (a third of pass 2's time); other p_g: get()
   static constexpr int64_t kMaxRates = 16;
   double rates[kMaxRates + 1];
+  float rates_f[kMaxRates + 1];  // the same, rounded once: the float arithmetic's weights
   template <int64_t GS>
   void fill_rates() {
     static_assert(GS <= kMaxRates, "the fixed lanes' group sizes");
-    for (int64_t k = 0; k <= GS; ++k) rates[k] = bnpo_weight(static_cast<double>(k) / GS, alpha, beta, lnB);
+    for (int64_t k = 0; k <= GS; ++k) {
+      rates[k] = bnpo_weight(static_cast<double>(k) / GS, alpha, beta, lnB);
+      rates_f[k] = static_cast<float>(rates[k]);
+    }
   }
   // whether pg is a rate k / GS, k in its slot of rates[] (0 otherwise); branch-free, so that
   // a loop over a tile's groups vectorizes (a gather from rates[])
@@ -909,14 +913,31 @@ struct BnpoOutLanes {
     // over the tile (a gather; the per-group lookup with its branches took ~0.5 cycles a row),
     // every other rate the hash, in a second loop that binary rewards never enter
     int miss = 0;
-    for (int64_t k = 0; k < nb; ++k) {
-      int32_t slot;
-      miss |= BnpoWeightCache::rate_slot<GS>(q.p[g + k], slot) ? 0 : 1;
-      WG[k] = static_cast<Acc>(cache.rates[slot]);
+    for (int64_t k = 0; k < nb; ++k) P[k] = static_cast<Acc>(q.p[g + k]);
+    if constexpr (std::is_same_v<Acc, float>) {
+      // rate_slot on the float P: p_g is a float value (pass 1 computed it in float), and GS a
+      // power of two, so P * GS is exact in float as in double: the same test. In float the
+      // loops vectorize (on the double p, as one loop, they did not: ~10 instructions a group)
+      alignas(64) int32_t slot[kGroupBlock];
+      int32_t bad = 0;
+      for (int64_t k = 0; k < nb; ++k) {
+        const float t = P[k] * static_cast<float>(GS);
+        const bool in_range = (t >= 0.0f) & (t <= static_cast<float>(GS));  // false for NaN
+        const int32_t kk = static_cast<int32_t>(in_range ? t : 0.0f);
+        slot[k] = kk;
+        bad |= in_range & (static_cast<float>(kk) == t) ? 0 : 1;
+      }
+      for (int64_t k = 0; k < nb; ++k) WG[k] = cache.rates_f[slot[k]];
+      miss = bad;
+    } else {
+      for (int64_t k = 0; k < nb; ++k) {
+        int32_t slot;
+        miss |= BnpoWeightCache::rate_slot<GS>(q.p[g + k], slot) ? 0 : 1;
+        WG[k] = static_cast<Acc>(cache.rates[slot]);
+      }
     }
     if (miss)
       for (int64_t k = 0; k < nb; ++k) WG[k] = static_cast<Acc>(cache.template get_rate<GS>(q.p[g + k]));
-    for (int64_t k = 0; k < nb; ++k) P[k] = static_cast<Acc>(q.p[g + k]);
     // without omit every group of a fixed layout counts GS >= 4 rows: never a singleton
     if constexpr (OMIT)
       for (int64_t k = 0; k < nb; ++k) N[k] = static_cast<Acc>(q.n[g + k]);
