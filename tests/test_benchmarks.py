@@ -48,3 +48,23 @@ def test_compiled_peer_is_compiled_and_equal():
     torch.testing.assert_close(peers.bnpo_view((r > 0).float(), 8),
                                __import__("icrm_kernels").group_advantages((r > 0).float(), group_size=8, preset="bnpo"),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_benchmarks_keep_the_heap_steady(monkeypatch):
+    """CPU timings run with glibc's heap trimming off (harness.steady_cpu_heap; without it some
+    processes page-fault each call's fresh output in again, bench/NOTES.md §11.1): run_cases
+    turns it on for CPU cases, and on glibc it takes effect (checked in a fresh process, since
+    it changes that process's malloc)."""
+    import platform
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setattr(harness, "steady_cpu_heap", lambda: calls.append(1) or True)
+    case = harness.Case(family="grouped", op="noop", impl="icrm", shape="-", size=1, bytes=4, fn=lambda: None)
+    harness.run_cases([case], cpu_repeats=3, log=lambda *a, **k: None)
+    assert calls
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        script = "from icrm_kernels.benchmarks.harness import steady_cpu_heap; assert steady_cpu_heap()"
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]

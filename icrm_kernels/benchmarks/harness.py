@@ -201,6 +201,27 @@ def _time_cuda_graph(fn, repeats: int, flush: Optional[torch.Tensor]):
     return med
 
 
+def steady_cpu_heap() -> bool:
+    """Keep freed heap memory in this (benchmark) process: glibc's heap trimming and per-call
+    mmap off (``mallopt``), so that a CPU figure does not depend on whether glibc handed a
+    previous output's pages back to the OS. In some processes it does on every call, and the
+    next call page-faults its fresh output in again (~680 faults, +0.8 ms at 1M rows, measured
+    on the CI machine, bench/NOTES.md §11.1), in others never: the same build then ran at
+    0.26 or 1.1 ms. Applies to every implementation in the run alike. Returns whether it took
+    effect (glibc only). A training process can do the same, or preload tcmalloc / jemalloc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # 32 MB: glibc's largest mmap threshold on 64-bit (a larger value is refused)
+    return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20))
+
+
 def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
     for _ in range(warmup):
         fn()
@@ -218,6 +239,8 @@ def _time_cpu(fn, repeats: int, warmup: int = 1, budget_s: float = 2.0):
 def run_cases(cases: List[Case], *, repeats: int = 50, cpu_repeats: int = 21, log=print) -> List[Result]:
     results = []
     flush = {}
+    if any(torch.device(c.device).type == "cpu" for c in cases):
+        steady_cpu_heap()
     for dev in {torch.device(c.device) for c in cases}:
         measured_copy_bandwidth(dev)  # before any case: nothing captured yet, L2 state irrelevant
     for case in cases:
