@@ -45,6 +45,17 @@ def _acc(x, F64: tl.constexpr):
 
 
 @triton.jit
+def _split(m, F64: tl.constexpr):
+    """A float64 batch mean as hi + lo in the accumulation dtype: a row is centred as
+    (x - hi) - lo, so that a value next to a large mean keeps its accuracy (fp64: lo = 0)."""
+    if F64:
+        return m, tl.zeros((), dtype=tl.float64)
+    else:
+        hi = m.to(tl.float32)
+        return hi, (m - hi.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
 def _merge(Wa, ma, Ma, Wb, mb, Mb):
     """Chan's exact merge of two (W, mean, M2) summaries; an empty side changes nothing."""
     W = Wa + Wb
@@ -58,13 +69,14 @@ def _merge(Wa, ma, Ma, Wb, mb, Mb):
 
 
 @triton.jit
-def _reduce_parts(part_ptr, P, BLOCK_P: tl.constexpr, F64: tl.constexpr):
-    """Merge P partial summaries (stored W, mean, M2) in one fixed order; exact for equal means."""
+def _reduce_parts(part_ptr, P, BLOCK_P: tl.constexpr):
+    """Merge P partial summaries (stored W, mean, M2, float64 for every input dtype) in one fixed
+    order, in float64; exact for equal means."""
     p = tl.arange(0, BLOCK_P)
     pm = p < P
-    W = _acc(tl.load(part_ptr + p * 3, mask=pm, other=0.0), F64)
-    m = _acc(tl.load(part_ptr + p * 3 + 1, mask=pm, other=0.0), F64)
-    M2 = _acc(tl.load(part_ptr + p * 3 + 2, mask=pm, other=0.0), F64)
+    W = tl.load(part_ptr + p * 3, mask=pm, other=0.0).to(tl.float64)
+    m = tl.load(part_ptr + p * 3 + 1, mask=pm, other=0.0).to(tl.float64)
+    M2 = tl.load(part_ptr + p * 3 + 2, mask=pm, other=0.0).to(tl.float64)
     used = W > 0
     pivot = tl.max(tl.where(used, m, float("-inf")), axis=0)
     Wt = tl.sum(W, axis=0)
@@ -80,13 +92,13 @@ def _reduce_parts(part_ptr, P, BLOCK_P: tl.constexpr, F64: tl.constexpr):
 def _moments_kernel(x_ptr, w_ptr, ref_ptr, part_ptr, n, iters,
                     HAS_W: tl.constexpr, OMIT: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     """Program p summarises blocks p*iters .. p*iters+iters-1 of x (weights w; rows whose ref is
-    NaN left out when OMIT) into part[p] = (W, mean, M2)."""
+    NaN left out when OMIT) into part[p] = (W, mean, M2), stored in float64 whatever x's dtype: a
+    float32 mean would carry its rounding, ulp(mean), into every row centred on it (1e5 ulps of
+    A for rewards 1000 +- 1e-3). Per block the sums run in x's accumulation dtype around the
+    block's pivot; the block summaries merge in float64."""
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    if F64:
-        zero = tl.zeros((), dtype=tl.float64)
-    else:
-        zero = tl.zeros((), dtype=tl.float32)
+    zero = tl.zeros((), dtype=tl.float64)
     W = zero
     mean = zero
     M2 = zero
@@ -108,10 +120,11 @@ def _moments_kernel(x_ptr, w_ptr, ref_ptr, part_ptr, n, iters,
         pivot = tl.max(tl.where(valid, x, float("-inf")), axis=0)
         pivot = tl.where(Wb > 0, pivot, 0.0)
         safe = tl.where(Wb > 0, Wb, 1.0)
-        mb = pivot + tl.sum(wv * tl.where(valid, x - pivot, 0.0), axis=0) / safe
-        dev = tl.where(valid, x - mb, 0.0)
+        c = tl.sum(wv * tl.where(valid, x - pivot, 0.0), axis=0) / safe  # block mean - pivot
+        dev = tl.where(valid, (x - pivot) - c, 0.0)  # (not x - (pivot + c): that sum is rounded)
         Mb = tl.sum(wv * dev * dev, axis=0)
-        W, mean, M2 = _merge(W, mean, M2, Wb, mb, Mb)
+        mb = pivot.to(tl.float64) + c.to(tl.float64)
+        W, mean, M2 = _merge(W, mean, M2, Wb.to(tl.float64), mb, Mb.to(tl.float64))
     tl.store(part_ptr + pid * 3, W)
     tl.store(part_ptr + pid * 3 + 1, mean)
     tl.store(part_ptr + pid * 3 + 2, M2)
@@ -204,7 +217,7 @@ def _singleton_rule(a, single, SINGLETON: tl.constexpr):
 
 
 @triton.jit
-def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr, mask_ptr,
+def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bm_hi, bm_lo, denom, out_ptr, mask_ptr,
                  stride_mask, T, BASELINE: tl.constexpr, SCALE: tl.constexpr, SINGLETON: tl.constexpr,
                  TOKENS: tl.constexpr, BLOCK_T: tl.constexpr):
     """A of one [BLOCK_B, BLOCK_L] chunk from its group statistics, stored (with the token broadcast)."""
@@ -214,7 +227,7 @@ def _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bme
     elif BASELINE == V.BASELINE_LEAVE_ONE_OUT:
         cen = tl.where(raw_single[:, None], x, d * loo[:, None])
     elif BASELINE == V.BASELINE_BATCH_MEAN:
-        cen = x - bmean
+        cen = (x - bm_hi) - bm_lo
     else:
         cen = x
     a = cen / denom[:, None]
@@ -241,15 +254,16 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
     cols = tl.arange(0, BLOCK_L)
 
     # batch statistics of the raw rewards (partials of the previous launch, fixed order)
-    bmean = 0.0
+    bm_hi = 0.0
+    bm_lo = 0.0
     bstd = 1.0
     if BASELINE == V.BASELINE_BATCH_MEAN or SCALE == V.SCALE_BATCH_STD:
-        bW, bm, bM2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
-        bmean = bm
+        bW, bm, bM2 = _reduce_parts(part_ptr, P, BLOCK_P)
         if UNBIASED:
-            bstd = tl.sqrt(bM2 / (bW - 1.0))
+            bstd = _acc(tl.sqrt(bM2 / (bW - 1.0)), F64)
         else:
-            bstd = tl.sqrt(bM2 / bW)
+            bstd = _acc(tl.sqrt(bM2 / bW), F64)
+        bm_hi, bm_lo = _split(bm, F64)
 
     # pass 1: pivot (a member of the group), count, shifted sum
     rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, 0, cols, n_rows, HAS_ORDER, OMIT, F64)
@@ -299,13 +313,13 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
 
     # pass 2: write A (and the token broadcast)
     if ONE_CHUNK:
-        _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr, mask_ptr,
+        _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bm_hi, bm_lo, denom, out_ptr, mask_ptr,
                      stride_mask, T, BASELINE, SCALE, SINGLETON, TOKENS, BLOCK_T)
     else:
         for c in range(0, maxlen, BLOCK_L):
             rows, inb, x, valid = _load_rows(r_ptr, order_ptr, start, length, c, cols, n_rows, HAS_ORDER, OMIT,
                                              F64)
-            _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bmean, denom, out_ptr,
+            _write_chunk(x, rows, inb, valid, pivot, shift, raw_single, single, loo, bm_hi, bm_lo, denom, out_ptr,
                          mask_ptr, stride_mask, T, BASELINE, SCALE, SINGLETON, TOKENS, BLOCK_T)
 
 
@@ -319,7 +333,7 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rows < n
-    W, mean, M2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
+    W, mean, M2 = _reduce_parts(part_ptr, P, BLOCK_P)
     if UNBIASED:
         var = M2 / (W - 1.0)
     else:
@@ -330,6 +344,8 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
         mul = 1.0 / tl.sqrt(var + weps)
     else:  # V.WHITEN_STD_RSQRT_CLAMP
         mul = 1.0 / tl.sqrt(tl.maximum(var, weps))
+    m_hi, m_lo = _split(mean, F64)
+    mul = _acc(mul, F64)
     a = _acc(tl.load(a_ptr + rows, mask=rm, other=0.0), F64)
     keep = rm
     if HAS_W:
@@ -337,7 +353,7 @@ def _whiten_kernel(a_ptr, w_ptr, ref_ptr, part_ptr, out_ptr, mask_ptr, n, P, T, 
     if OMIT:
         rr = tl.load(ref_ptr + rows, mask=rm, other=0.0)
         keep = keep & (rr == rr)
-    res = tl.where(keep, (a - mean) * mul, tl.where(a == a, 0.0, a))
+    res = tl.where(keep, ((a - m_hi) - m_lo) * mul, tl.where(a == a, 0.0, a))
     if TOKENS:
         t_lo, t_hi = _token_range(T, BLOCK_T)
         for t0 in range(t_lo, t_hi, BLOCK_T):
@@ -406,7 +422,10 @@ def _bnpo_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr, pbuf_ptr
         tl.store(nbuf_ptr + gb, n, mask=gmask)
         tl.store(wbuf_ptr + gb, tl.where(in_stats, 1.0, 0.0).to(x.dtype), mask=gmask)
     else:
-        W, m, M2 = _reduce_parts(part_ptr, P, BLOCK_P, F64)
+        W, m, M2 = _reduce_parts(part_ptr, P, BLOCK_P)
+        W = _acc(W, F64)
+        m = _acc(m, F64)
+        M2 = _acc(M2, F64)
         one = W <= 1.0
         mean = tl.where(one, 0.0, m)
         v = tl.where(one, 1.0, M2 / tl.where(one, 1.0, W - 1.0))
@@ -473,7 +492,7 @@ def _moments(x, w, ref, omit, f64, process_group=None):
     blocks = cdiv(max(n, 1), _MOMENT_BLOCK)
     P = min(blocks, _MAX_PARTS)
     iters = cdiv(blocks, P)
-    parts = torch.empty(P * 3, dtype=torch.float64 if f64 else torch.float32, device=x.device)
+    parts = torch.empty(P * 3, dtype=torch.float64, device=x.device)  # float64 for every dtype
     _moments_kernel[(P,)](x, w if w is not None else x, ref if ref is not None else x, parts, n, iters,
                           HAS_W=w is not None, OMIT=bool(omit), F64=f64, BLOCK=_MOMENT_BLOCK)
     if process_group is not None:
@@ -619,7 +638,7 @@ def _group_spec(dt, label, fixed=True, order=False, baseline=V.BASELINE_GROUP_ME
     return AotSpec(
         _group_kernel,
         signature={"r_ptr": f"*{dt}", "out_ptr": f"*{dt}", "cu_ptr": "*i64", "order_ptr": "*i64",
-                   "part_ptr": "*fp64" if f64 else "*fp32", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64",
+                   "part_ptr": "*fp64", "mask_ptr": "*u8", "num_groups": "i64", "G": "i64",
                    "n_rows": "i64", "P": "i32",
                    "T": "i64", "stride_mask": "i64", "eps": "fp32"},
         constexprs={"FIXED": fixed, "HAS_ORDER": order, "BASELINE": baseline, "SCALE": scale,
@@ -642,7 +661,7 @@ AOT_SPECS = [
                 scale=V.SCALE_GROUP_STD, block_b=8, block_l=16, f64=True),
     *[AotSpec(_bnpo_kernel,
               signature={"r_ptr": "*bf16", "out_ptr": "*bf16", "cu_ptr": "*i64", "order_ptr": "*i64",
-                         "part_ptr": "*fp32", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
+                         "part_ptr": "*fp64", "mask_ptr": "*u8", "pbuf_ptr": "*fp32", "nbuf_ptr": "*fp32",
                          "wbuf_ptr": "*fp32", "num_groups": "i64", "G": "i64", "n_rows": "i64", "P": "i32", "T": "i64",
                          "stride_mask": "i64", "lo": "fp32", "inv_range": "fp32"},
               constexprs={"FIXED": True, "HAS_ORDER": False, "PHASE": phase, "SINGLETON": V.SINGLETON_RAW,
@@ -650,18 +669,18 @@ AOT_SPECS = [
                           "BLOCK_P": 256 if phase == 2 else 2},
               num_warps=4, label=f"phase {phase} fixed G=8 bf16") for phase in (1, 2)],
     AotSpec(_moments_kernel,
-            signature={"x_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32", "n": "i64",
+            signature={"x_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp64", "n": "i64",
                        "iters": "i32"},
             constexprs={"HAS_W": True, "OMIT": True, "F64": False, "BLOCK": 1024}, num_warps=4, label="fp32"),
     AotSpec(_whiten_kernel,
-            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*bf16", "part_ptr": "*fp32",
+            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*bf16", "part_ptr": "*fp64",
                        "out_ptr": "*bf16", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
                        "stride_mask": "i64", "weps": "fp32"},
             constexprs={"FORM": V.WHITEN_STD_RSQRT_EPS, "UNBIASED": True, "HAS_W": True, "OMIT": False,
                         "TOKENS": True, "F64": False, "BLOCK_R": 16, "BLOCK_T": 128, "BLOCK_P": 256},
             num_warps=8, label="tokens bf16"),
     AotSpec(_whiten_kernel,
-            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp32",
+            signature={"a_ptr": "*fp32", "w_ptr": "*fp32", "ref_ptr": "*fp32", "part_ptr": "*fp64",
                        "out_ptr": "*fp32", "mask_ptr": "*u8", "n": "i64", "P": "i32", "T": "i64",
                        "stride_mask": "i64", "weps": "fp32"},
             constexprs={"FORM": V.WHITEN_STD_STD_EPS, "UNBIASED": True, "HAS_W": False, "OMIT": True,
