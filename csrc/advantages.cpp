@@ -709,23 +709,24 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
   const LaneFn<K> lanes = pick_lanes<K>();
   const int64_t n = num_groups * GS, chunks = (n + kChunk - 1) / kChunk;
   static_assert(kChunk % (kGroupBlock * 16) == 0 && kGroupBlock * 4 % kFloatSub == 0, "tiles inside chunks");
-  if (std::is_same_v<T, float> && o.whiten_moments && chunks >= at::get_num_threads()) {
-    // the whitening moments fused (FusedMoments): one chunk of batch_moments at a time
-    std::vector<Moments> parts(chunks);
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-        ChunkMomentAcc acc{lo, lo + (hi - lo) / kFloatSub * kFloatSub};
-        lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, &acc});
-        if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (o.whiten_moments && chunks >= at::get_num_threads()) {
+      // the whitening moments fused (FusedMoments): one chunk of batch_moments at a time
+      std::vector<Moments> parts(chunks);
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+          ChunkMomentAcc acc{lo, lo + (hi - lo) / kFloatSub * kFloatSub};
+          lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, &acc});
           parts[c] = float_moments_finish<false>(out, acc.body, hi, static_cast<double>(out[lo]), acc.W, acc.A, acc.B);
-      }
-    });
-    Moments total;
-    for (const auto& q : parts) total = merge(total, q);  // batch_moments' order
-    o.whiten_moments->m = total;
-    o.whiten_moments->done = true;
-    return;
+        }
+      });
+      Moments total;
+      for (const auto& q : parts) total = merge(total, q);  // batch_moments' order
+      o.whiten_moments->m = total;
+      o.whiten_moments->done = true;
+      return;
+    }
   }
   // the same partition as the scalar path; a group's result does not depend on its block
   at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
@@ -1271,30 +1272,24 @@ void whiten_inplace(T* a, const double* w, int64_t n, const Options& o, const Fu
   if (o.whiten_std == kStdEps) mul = 1.0 / (std::sqrt(var) + o.whiten_eps);
   else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
   else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
-  if (!WhitenForm<T>::faithful(m.mean, mul)) {
-    const WhitenForm<double> f(m.mean, mul);
+  // row by row in the arithmetic of form f (T, or double where T's is not faithful); rows left
+  // out (weight 0) keep A = 0 (or their NaN)
+  auto by_rows = [&](const auto& f) {
+    using U = decltype(f.mul);
     at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const double v = static_cast<double>(a[i]);
-        a[i] = w && w[i] == 0.0 ? (v != v ? a[i] : T(0)) : static_cast<T>(f(v));
+        const T v = a[i];
+        a[i] = w && w[i] == 0.0 ? (v != v ? v : T(0)) : static_cast<T>(f(static_cast<U>(v)));
       }
     });
-    return;
-  }
+  };
+  if (!WhitenForm<T>::faithful(m.mean, mul)) return by_rows(WhitenForm<double>(m.mean, mul));
   const WhitenForm<T> f(m.mean, mul);
-  if (!w) {  // weight 1 everywhere: the same values as the loop below with w = 1
-    using K = WhitenLanes<T>;
-    const LaneFn<K> lanes = pick_lanes<K>();
-    at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) { lanes(typename K::Args{a, i0, i1, f}); });
-    return;
-  }
-  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const T v = a[i];
-      // rows left out (weight 0) keep A = 0 (or their NaN)
-      a[i] = w[i] == 0.0 ? (v != v ? v : T(0)) : f(v);
-    }
-  });
+  if (w) return by_rows(f);
+  // weight 1 everywhere: the same values as by_rows, vectorized
+  using K = WhitenLanes<T>;
+  const LaneFn<K> lanes = pick_lanes<K>();
+  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) { lanes(typename K::Args{a, i0, i1, f}); });
 }
 
 // Index layout (order given): gather the rows into sorted order (one random read each), normalize
