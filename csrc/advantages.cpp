@@ -141,25 +141,14 @@ struct FloatMomentLanes {
   };
   // S1 and S2 of sub-block [s, s + kFloatSub) per lane, and the count when MASK (else kFloatSub / 8
   // a lane: the sum of sixteen 1s twice, exactly)
-  template <bool MASK, Isa I>
+  template <bool MASK>
   static ICRM_LANE void sums(const float* x, int64_t s, MomF8 pv, MomF8& wf, MomF8& af, MomF8& bf) {
     const MomF8 zero{}, one = zero + 1.0f;
     MomF8 w0{}, a0{}, b0{}, w1{}, a1{}, b1{};
     for (int64_t i = s; i < s + kFloatSub; i += 16) {
       const MomF8 v0 = *reinterpret_cast<const MomF8u*>(x + i);
       const MomF8 v1 = *reinterpret_cast<const MomF8u*>(x + i + 8);
-      MomF8 d0, d1;
-#if ICRM_AVX2_DISPATCH
-      if constexpr (I != Isa::kBaseline) {  // the same bits, off the add pipes (bench/NOTES.md §12.1)
-        const MomF8 neg_pv = -pv;
-        sub_on_fma_unit(d0, v0, neg_pv, one);
-        sub_on_fma_unit(d1, v1, neg_pv, one);
-      } else
-#endif
-      {
-        d0 = v0 - pv;
-        d1 = v1 - pv;
-      }
+      MomF8 d0 = v0 - pv, d1 = v1 - pv;
       if constexpr (MASK) {
         const auto ok0 = v0 == v0, ok1 = v1 == v1;
         w0 += ok0 ? one : zero;
@@ -185,8 +174,7 @@ struct FloatMomentLanes {
     const MomI4 any = half | MomI4{half[2], half[3]};
     return (any[0] | any[1]) != 0;
   }
-  template <Isa I>
-  static ICRM_LANE void run_on(const Args& p) {
+  static ICRM_LANE void run(const Args& p) {
     MomD8 W, A, B;
     std::memcpy(&W, p.W, sizeof W);
     std::memcpy(&A, p.A, sizeof A);
@@ -194,10 +182,10 @@ struct FloatMomentLanes {
     const MomF8 pv = MomF8{} + p.pivot;
     for (int64_t s = p.lo; s < p.hi; s += kFloatSub) {
       MomF8 wf, af, bf;
-      sums<false, I>(p.x, s, pv, wf, af, bf);
+      sums<false>(p.x, s, pv, wf, af, bf);
       bool bad = out_of_range(af, bf);
       if (OMIT && bad) {
-        sums<OMIT, I>(p.x, s, pv, wf, af, bf);
+        sums<OMIT>(p.x, s, pv, wf, af, bf);
         bad = out_of_range(af, bf);
       }
       if (!bad) {
@@ -699,8 +687,7 @@ struct FixedGroupLanes {
     store(p.out + g * GS, nb, x);
   }
 
-  template <Isa I>
-  static ICRM_LANE void run_on(const Args& p) {
+  static ICRM_LANE void run(const Args& p) {
     for (int64_t g = p.g0; g < p.g1; g += kGroupBlock) {
       const int64_t nb = std::min(kGroupBlock, p.g1 - g);
       block(p, g, nb);
@@ -708,7 +695,7 @@ struct FixedGroupLanes {
         if (ChunkMomentAcc* c = p.moments) {  // tiles start kGroupBlock * GS rows apart: multiples of kFloatSub
           const int64_t t1 = std::min((g + nb) * GS, c->body);
           if (g * GS < t1)
-            FloatMomentLanes<false>::template run_on<I>({p.out, g * GS, t1, p.out[c->lo], c->W, c->A, c->B});
+            FloatMomentLanes<false>::run({p.out, g * GS, t1, p.out[c->lo], c->W, c->A, c->B});
         }
       }
     }

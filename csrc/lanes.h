@@ -11,7 +11,6 @@
 
 #include <cstdlib>
 #include <string>
-#include <type_traits>
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define ICRM_AVX2_DISPATCH 1
@@ -59,69 +58,39 @@ inline bool use_avx512() {
 #endif
 }
 
-// The ISA a copy is built for, for kernels with code that only some ISAs can compile (inline
-// assembly): such a kernel has `template <Isa I> static ICRM_LANE void run_on(const Args&)`.
-enum class Isa { kBaseline, kAvx2, kAvx512 };
-
 // K is a lane kernel: a struct with `Args`, `static constexpr bool kFma` (false: no FMA
 // contraction, results bitwise equal to the baseline copy) and `static ICRM_LANE void
-// run(const Args&)` (or `run_on<Isa>`), which the entry points below inline, each with its own ISA.
+// run(const Args&)`, which the entry points below inline, each with its own ISA.
 template <class K>
 using LaneFn = void (*)(const typename K::Args&);
 
-template <class K, class = void>
-struct HasRunOn : std::false_type {};
-template <class K>
-struct HasRunOn<K, std::void_t<decltype(&K::template run_on<Isa::kBaseline>)>> : std::true_type {};
-
-template <class K, Isa I>
-ICRM_LANE void run_lanes(const typename K::Args& p) {
-  if constexpr (HasRunOn<K>::value) K::template run_on<I>(p);
-  else K::run(p);
-}
-
 template <class K>
 void lanes_baseline(const typename K::Args& p) {
-  run_lanes<K, Isa::kBaseline>(p);
+  K::run(p);
 }
 
 #if ICRM_AVX2_DISPATCH
 template <class K>
 ICRM_TARGET_AVX2 void lanes_avx2(const typename K::Args& p) {
-  run_lanes<K, Isa::kAvx2>(p);
+  K::run(p);
 }
 
 template <class K>
 ICRM_TARGET_AVX2_NOFMA void lanes_avx2_nofma(const typename K::Args& p) {
-  run_lanes<K, Isa::kAvx2>(p);
+  K::run(p);
 }
 
 template <class K>
 ICRM_TARGET_AVX512 void lanes_avx512(const typename K::Args& p) {
-  run_lanes<K, Isa::kAvx512>(p);
+  K::run(p);
 }
 
 #if ICRM_AVX512_NOFMA
 template <class K>
 ICRM_TARGET_AVX512_NOFMA void lanes_avx512_nofma(const typename K::Args& p) {
-  run_lanes<K, Isa::kAvx512>(p);
+  K::run(p);
 }
 #endif
-#endif
-
-#if ICRM_AVX2_DISPATCH
-// x - y on an FMA unit, as fma(x, 1, -y): the product x * 1 is exact, so it rounds once, like
-// x - y (the same bits, NaN and infinities included), but it issues to the multiply-add pipes
-// instead of the add pipes. Loops whose adds are the bottleneck (Zen 4: two add and two FMA
-// pipes) spread their work this way. Inline assembly, so that neither the compiler's
-// contraction rules nor a "no FMA" target affect it; the AVX2 and AVX-512 copies only (every
-// CPU that runs them has FMA: use_avx2()).
-typedef float Fma8 __attribute__((vector_size(32)));
-// d = x - y, given neg_y = -y and one = 1 in every lane (references: no vector ABI warnings)
-ICRM_LANE void sub_on_fma_unit(Fma8& d, const Fma8& x, const Fma8& neg_y, const Fma8& one) {
-  d = neg_y;
-  asm("vfmadd231ps %1, %2, %0" : "+x"(d) : "x"(x), "x"(one));
-}
 #endif
 
 template <class K>
