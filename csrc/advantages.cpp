@@ -701,15 +701,14 @@ struct FixedGroupLanes {
     } else {
       advantages<false, false>(x, nb, rule, const_value, batch_mean, not_finite);
     }
-    store(p.out + g * GS, nb, x);
-    if (not_finite) {
-      // some group's float statistics are not finite (shift_finite): the tile's groups again
-      // through the scalar loop, which redoes those in double (the same bits as the ragged layout)
-      const GroupRules q(*p.o, p.batch_mean, p.batch_std);
-      const int64_t n = (g + nb) * GS;  // rows in reach of this tile (no order: only a bound)
-      for (int64_t k = g; k < g + nb; ++k)
-        normalize_one_group<T, OMIT, false, BASE, SCALE>(p.r, p.out, nullptr, n, k * GS, (k + 1) * GS, q);
-    }
+    if (!not_finite) return store(p.out + g * GS, nb, x);
+    // some group's float statistics are not finite (shift_finite): the tile's groups through the
+    // scalar loop instead, which redoes those in double (the same bits as the ragged layout). It
+    // reads r, so nothing of the tile is stored first (r may be out: normalize_gathered).
+    const GroupRules q(*p.o, p.batch_mean, p.batch_std);
+    const int64_t n = (g + nb) * GS;  // (no order: only a bound)
+    for (int64_t k = g; k < g + nb; ++k)
+      normalize_one_group<T, OMIT, false, BASE, SCALE>(p.r, p.out, nullptr, n, k * GS, (k + 1) * GS, q);
   }
 
   static ICRM_LANE void run(const Args& p) {

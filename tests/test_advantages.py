@@ -199,10 +199,15 @@ def test_cpp_float32_group_sums_past_float_max():
             with ik.use_backend("cpp"):
                 fixed = group_advantages(r, group_size=g, preset=preset)
                 ragged = group_advantages(r, cu_groups=torch.arange(0, n + 1, g), preset=preset)
+                # unsorted ids: the rows gathered, normalized in place, scattered back
+                perm = torch.randperm(n, generator=gen)
+                ids = torch.arange(n // g).repeat_interleave(g)[perm]
+                shuffled = group_advantages(r[perm], group_index=ids, preset=preset)
             assert torch.equal(fixed.view(torch.int32), ragged.view(torch.int32)), (g, preset)
-            assert bool(fixed.isfinite().all()), (g, preset)
+            assert bool(fixed.isfinite().all() and shuffled.isfinite().all()), (g, preset)
             ref = group_advantages_reference(r.double(), group_size=g, preset=preset)
             assert_close(fixed, ref, atol=1e-6, rtol=16 * 2.0 ** -24, what=f"G={g} {preset}")
+            assert_close(shuffled, ref[perm], atol=1e-6, rtol=16 * 2.0 ** -24, what=f"ids G={g} {preset}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
