@@ -486,20 +486,8 @@ struct GroupRules {
 };
 
 // One group in arithmetic Acc: rows lo..hi of the (sorted) layout.
-// Whether a group's mean shift is finite. In float it is not when the group's sum of deviations
-// overflows (a spread times a size past ~3.4e38, e.g. rewards of 1e38 in groups of 5), and also
-// for a group with a NaN or inf row; such a group is done again in double, where the sum is
-// finite and the NaN and inf rows give what they give in float. Double: always (nothing to redo).
-template <typename Acc>
-ICRM_LANE bool shift_finite(Acc shift) {
-  if constexpr (std::is_same_v<Acc, float>) return std::abs(shift) <= std::numeric_limits<float>::max();
-  return true;
-}
-
-// One group in arithmetic Acc: rows lo..hi of the (sorted) layout. Returns false, writing
-// nothing, where the statistics are not finite (shift_finite): the caller redoes it in double.
 template <typename Acc, typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-inline bool normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
+inline void normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
                                     const GroupRule<Acc>& rule, Acc const_value, const SplitMean<Acc>& batch_mean) {
   // order comes from the caller: clamped, so a malformed one (unchecked paths) stays in bounds
   auto row = [&](int64_t j) -> int64_t {
@@ -508,24 +496,22 @@ inline bool normalize_one_group_acc(const T* r, T* out, const int64_t* order, in
   };
   auto val = [&](int64_t j) { return static_cast<Acc>(r[row(lo + j)]); };
   const GroupParams<Acc> g = group_params<Acc, OMIT, BASE, SCALE>(val, hi - lo, rule);
-  if (!shift_finite(g.shift)) return false;
   for (int64_t j = lo; j < hi; ++j) {
     const int64_t i = row(j);
     out[i] = static_cast<T>(row_advantage<Acc, OMIT, BASE>(static_cast<Acc>(r[i]), g, const_value, batch_mean));
   }
-  return true;
 }
 
 template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
 inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
                                 const GroupRules& q) {
-  if (std::is_same_v<T, float> && hi - lo <= kFloatGroupMax &&
-      normalize_one_group_acc<float, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.f,
-                                                                  static_cast<float>(q.const_value),
-                                                                  SplitMean<float>(q.batch_mean)))
-    return;
-  normalize_one_group_acc<double, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.d, q.const_value,
-                                                               SplitMean<double>(q.batch_mean));
+  if (std::is_same_v<T, float> && hi - lo <= kFloatGroupMax)
+    normalize_one_group_acc<float, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.f,
+                                                                static_cast<float>(q.const_value),
+                                                                SplitMean<float>(q.batch_mean));
+  else
+    normalize_one_group_acc<double, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.d, q.const_value,
+                                                                 SplitMean<double>(q.batch_mean));
 }
 
 // Rows lo..hi of group g, clamped into [0, n): offsets reach the kernel unchecked inside
@@ -644,13 +630,12 @@ struct FixedGroupLanes {
   // unscaled sum of squares only; returns nonzero when some group needs the full form.
   template <bool MASK, bool FAST>
   static ICRM_LANE int advantages(Acc (&x)[GS][kGroupBlock], int64_t nb, const GroupRule<Acc>& rule,
-                                  Acc const_value, const SplitMean<Acc>& batch_mean, int& not_finite) {
+                                  Acc const_value, const SplitMean<Acc>& batch_mean) {
     int redo = 0;
     for (int64_t k = 0; k < nb; ++k) {
       auto val = [&](int64_t j) { return x[j][k]; };
       const GroupParams<Acc> gp = group_params<Acc, MASK, BASE, SCALE, OMIT, FAST>(val, GS, rule);
       if constexpr (FAST) redo |= gp.exact ? 0 : 1;
-      not_finite |= shift_finite(gp.shift) ? 0 : 1;
       for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, MASK, BASE>(x[j][k], gp, const_value, batch_mean);
     }
     return redo;
@@ -683,7 +668,6 @@ struct FixedGroupLanes {
     const SplitMean<Acc> batch_mean(p.batch_mean);
     alignas(64) Acc x[GS][kGroupBlock];
     const T* r = p.r + g * GS;
-    int not_finite = 0;
     load(r, nb, x);
     // A tile without NaN rows takes the loops without masks, under nan_policy omit too (every
     // row counts, and the division rule of OMIT is kept: the same bits as the masked loop).
@@ -691,24 +675,16 @@ struct FixedGroupLanes {
       // float group std: no NaN scan and no scaled sum first. A NaN row makes its group's sum
       // of squares NaN, which unscaled_ok rejects like an out-of-range one; then the tile is
       // reloaded and redone in the full form (the same bits for the groups FAST decided)
-      if (advantages<false, true>(x, nb, rule, const_value, batch_mean, not_finite)) {
+      if (advantages<false, true>(x, nb, rule, const_value, batch_mean)) {
         load(r, nb, x);
-        not_finite = 0;
-        advantages<OMIT, false>(x, nb, rule, const_value, batch_mean, not_finite);
+        advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
       }
     } else if (OMIT && !p.o->no_nan && any_nan(x, nb)) {
-      advantages<OMIT, false>(x, nb, rule, const_value, batch_mean, not_finite);
+      advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
     } else {
-      advantages<false, false>(x, nb, rule, const_value, batch_mean, not_finite);
+      advantages<false, false>(x, nb, rule, const_value, batch_mean);
     }
-    if (!not_finite) return store(p.out + g * GS, nb, x);
-    // some group's float statistics are not finite (shift_finite): the tile's groups through the
-    // scalar loop instead, which redoes those in double (the same bits as the ragged layout). It
-    // reads r, so nothing of the tile is stored first (r may be out: normalize_gathered).
-    const GroupRules q(*p.o, p.batch_mean, p.batch_std);
-    const int64_t n = (g + nb) * GS;  // (no order: only a bound)
-    for (int64_t k = g; k < g + nb; ++k)
-      normalize_one_group<T, OMIT, false, BASE, SCALE>(p.r, p.out, nullptr, n, k * GS, (k + 1) * GS, q);
+    store(p.out + g * GS, nb, x);
   }
 
   static ICRM_LANE void run(const Args& p) {
