@@ -580,6 +580,101 @@ ICRM_LANE void transpose8(const float* src, int64_t ld_src, float* dst, int64_t 
 
 constexpr int64_t kGroupBlock = 128;  // groups per tile: x[16][128] doubles = 16 KB, in L1 (64: 5-6% slower, §9.5)
 
+// The whitening moments of float32 A in tile form, for layouts of groups of G = 4, 8 or 16 rows
+// whose A is centred per group (baseline group_mean or leave_one_out, no weights, no omitted
+// rows): the fixed lanes sum each tile while it is still transposed in registers, instead of
+// reading the stored rows again (bench/NOTES.md §13). A tile is x[j][k], row j of its group k;
+// lane l of 16 sums the groups k = l (mod 16) of every tile of a chunk, rows in order j, one
+// float accumulator per 16-group column, the columns added in a fixed tree, then into double.
+// A tile whose float sums leave the range where they are kept (FloatMomentLanes::out_of_range)
+// is summed again in double the same way. No pivot: A centred per group has a batch mean of
+// rounding size, so S2 - S1^2 / W loses nothing. The chunks are batch_moments' kChunk rows
+// (multiples of every tile), merged in order: the bits do not depend on the thread count, and
+// a ragged layout whose groups all have G rows sums its A the same way (tile_moments_of).
+struct TileMoments {
+  double A[16] = {}, B[16] = {}, W = 0.0;
+  Moments finish() const {
+    auto tree = [](const double (&v)[16]) {
+      return (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) +
+             (((v[8] + v[9]) + (v[10] + v[11])) + ((v[12] + v[13]) + (v[14] + v[15])));
+    };
+    return moments_from_sums(0.0, W, tree(A), tree(B));
+  }
+};
+
+typedef float TileF16 __attribute__((vector_size(64)));
+typedef uint32_t TileU16 __attribute__((vector_size(64)));
+
+// Column sums of tile x (groups [0, 16 cols)) in arithmetic V (float or double lanes), then the
+// fixed tree over the kGroupBlock / 16 columns (absent columns are +0).
+template <typename V, int64_t GS, bool FULL, typename Acc>
+ICRM_LANE void tile_column_sums(const Acc (&x)[GS][kGroupBlock], int64_t cols_in, V& sa, V& sb) {
+  static_assert(kGroupBlock == 8 * 16, "eight columns");
+  // one accumulator per column, named (in an array they were kept on the stack); FULL: the
+  // column count is a constant and the tests below fold
+  const int64_t cols = FULL ? 8 : cols_in;
+  V a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{}, b0{}, b1{}, b2{}, b3{}, b4{}, b5{}, b6{}, b7{};
+  for (int64_t j = 0; j < GS; ++j) {
+#define ICRM_COL(c)                                 \
+  if ((c) < cols) {                                 \
+    TileF16 f;                                      \
+    std::memcpy(&f, &x[j][(c) * 16], sizeof f);     \
+    const V v = __builtin_convertvector(f, V);      \
+    a##c += v;                                      \
+    b##c += v * v;                                  \
+  }
+    ICRM_COL(0) ICRM_COL(1) ICRM_COL(2) ICRM_COL(3) ICRM_COL(4) ICRM_COL(5) ICRM_COL(6) ICRM_COL(7)
+#undef ICRM_COL
+  }
+  sa = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+  sb = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7));
+}
+
+// Whether a lane of the float sums left the range where they are kept (FloatMomentLanes'
+// rule: S2 above 3e38, NaN, or below 1e-30 unless both sums are 0), on the bits: S2 is +0, a
+// positive float or NaN, so one unsigned range test decides (float compares combined with | and
+// & were compiled to one scalar compare per lane).
+ICRM_LANE bool tile_sums_out_of_range(const TileF16& sa, const TileF16& sb) {
+  const uint32_t lo = __builtin_bit_cast(uint32_t, 1e-30f), hi = __builtin_bit_cast(uint32_t, 3e38f);
+  TileU16 ua, ub;
+  std::memcpy(&ua, &sa, sizeof ua);
+  std::memcpy(&ub, &sb, sizeof ub);
+  TileU16 w = ((ua << 1) | ub) == 0u ? TileU16{} + lo : ub;  // both sums 0 (either sign): in range
+  w -= lo;
+  const TileU16 bad = w > hi - lo;
+  uint64_t h[8];
+  std::memcpy(h, &bad, sizeof h);
+  return (((h[0] | h[1]) | (h[2] | h[3])) | ((h[4] | h[5]) | (h[6] | h[7]))) != 0;
+}
+
+// Adds tile x (nb groups) to m; see TileMoments.
+template <int64_t GS>
+ICRM_LANE void tile_moments(const float (&x)[GS][kGroupBlock], int64_t nb, TileMoments& m) {
+  typedef double D16 __attribute__((vector_size(128)));
+  const int64_t cols = nb / 16;
+  TileF16 sa, sb;
+  if (nb == kGroupBlock) tile_column_sums<TileF16, GS, true>(x, cols, sa, sb);
+  else tile_column_sums<TileF16, GS, false>(x, cols, sa, sb);
+  D16 da, db;
+  if (!tile_sums_out_of_range(sa, sb)) {
+    da = __builtin_convertvector(sa, D16);
+    db = __builtin_convertvector(sb, D16);
+  } else {
+    tile_column_sums<D16, GS, false>(x, cols, da, db);
+  }
+  for (int l = 0; l < 16; ++l) {
+    m.A[l] += da[l];
+    m.B[l] += db[l];
+  }
+  for (int64_t k = cols * 16; k < nb; ++k)  // the groups of a last, partial column
+    for (int64_t j = 0; j < GS; ++j) {
+      const double v = static_cast<double>(x[j][k]);
+      m.A[k % 16] += v;
+      m.B[k % 16] += v * v;
+    }
+  m.W += static_cast<double>(nb * GS);
+}
+
 // Fixed layouts with G = GS (4, 8 or 16): kGroupBlock groups at once with lanes = groups, so
 // the compiler vectorizes group_params and row_advantage across groups (one group per double
 // lane). The block is transposed into x[GS][kGroupBlock] (row j of every group contiguous).
@@ -597,6 +692,7 @@ struct FixedGroupLanes {
     const Options* o;
     double batch_mean, batch_std;
     ChunkMomentAcc* moments;  // (float32 only) the whitening moments of the rows written, or null
+    TileMoments* tiles;       // (float32 only) the same in tile form (TileMoments), or null
   };
 
   using Acc = GroupAcc<T>;
@@ -684,6 +780,9 @@ struct FixedGroupLanes {
     } else {
       advantages<false, false>(x, nb, rule, const_value, batch_mean);
     }
+    if constexpr (std::is_same_v<T, float>) {
+      if (p.tiles) tile_moments<GS>(x, nb, *p.tiles);
+    }
     store(p.out + g * GS, nb, x);
   }
 
@@ -709,6 +808,25 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
   const LaneFn<K> lanes = pick_lanes<K>();
   const int64_t n = num_groups * GS, chunks = (n + kChunk - 1) / kChunk;
   static_assert(kChunk % (kGroupBlock * 16) == 0 && kGroupBlock * 4 % kFloatSub == 0, "tiles inside chunks");
+  if constexpr (std::is_same_v<T, float> && (BASE == kGroupMean || BASE == kLeaveOneOut)) {
+    if (o.whiten_moments) {
+      // the whitening moments in tile form (TileMoments), chunk by chunk
+      std::vector<Moments> parts(chunks);
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+          TileMoments acc;
+          lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, nullptr, &acc});
+          parts[c] = acc.finish();
+        }
+      });
+      Moments total;
+      for (const auto& q : parts) total = merge(total, q);
+      o.whiten_moments->m = total;
+      o.whiten_moments->done = true;
+      return;
+    }
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (o.whiten_moments && chunks >= at::get_num_threads()) {
       // the whitening moments fused (FusedMoments): one chunk of batch_moments at a time
@@ -717,7 +835,7 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
           ChunkMomentAcc acc{lo, lo + (hi - lo) / kFloatSub * kFloatSub};
-          lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, &acc});
+          lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, &acc, nullptr});
           parts[c] = float_moments_finish<false>(out, acc.body, hi, static_cast<double>(out[lo]), acc.W, acc.A, acc.B);
         }
       });
@@ -730,7 +848,7 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
   }
   // the same partition as the scalar path; a group's result does not depend on its block
   at::parallel_for(0, num_groups, std::max<int64_t>(1, kGrain / GS), [&](int64_t g0, int64_t g1) {
-    lanes(typename K::Args{r, out, g0, g1, &o, batch_mean, batch_std, nullptr});
+    lanes(typename K::Args{r, out, g0, g1, &o, batch_mean, batch_std, nullptr, nullptr});
   });
 }
 
@@ -825,6 +943,45 @@ ICRM_LANE void store_tile(T* out, int64_t nb, const Acc (&x)[GS][kGroupBlock]) {
   }
   for (int64_t k = k0; k < nb; ++k)
     for (int64_t j = 0; j < GS; ++j) out[k * GS + j] = static_cast<T>(x[j][k]);
+}
+
+// The whitening moments of float32 A[n] (groups of GS rows, A centred per group) in tile form,
+// from the stored rows: the sums the fixed lanes fuse into their group pass (TileMoments), for
+// a ragged layout whose groups all have GS rows.
+template <int64_t GS>
+struct TileMomentLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    const float* a;
+    int64_t g0, g1;
+    TileMoments* m;
+  };
+  static ICRM_LANE void run(const Args& p) {
+    alignas(64) float x[GS][kGroupBlock];
+    for (int64_t g = p.g0; g < p.g1; g += kGroupBlock) {
+      const int64_t nb = std::min(kGroupBlock, p.g1 - g);
+      load_tile<float, float, GS>(p.a + g * GS, nb, x);
+      tile_moments<GS>(x, nb, *p.m);
+    }
+  }
+};
+
+template <int64_t GS>
+Moments tile_moments_of(const float* a, int64_t n) {
+  using K = TileMomentLanes<GS>;
+  const LaneFn<K> lanes = pick_lanes<K>();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<Moments> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      TileMoments acc;
+      lanes({a, c * kChunk / GS, std::min(n, (c + 1) * kChunk) / GS, &acc});
+      parts[c] = acc.finish();
+    }
+  });
+  Moments total;
+  for (const auto& q : parts) total = merge(total, q);  // the fixed lanes' order
+  return total;
 }
 
 // s of one reward in Acc (NaN stays NaN: std::max/min return their first argument on NaN)
@@ -1363,8 +1520,19 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
   }
   Options o{baseline, scale, whiten, singleton, whiten_std, eps, whiten_eps, unbiased, omit};
   FusedMoments fused;
-  if (whiten != kWhitenNone && !weights.defined() && !omit && group_size > 0 && scale != kBnpo)
-    o.whiten_moments = &fused;
+  const bool plain_whiten = whiten != kWhitenNone && !weights.defined() && !omit && scale != kBnpo;
+  if (plain_whiten && group_size > 0) o.whiten_moments = &fused;
+  // a ragged layout whose groups all have 4, 8 or 16 rows: its whitening moments in the fixed
+  // layout's tile form (TileMoments), so that both give the same bits
+  int64_t tile_g = 0;
+  if (plain_whiten && cu.defined() && !order.defined() && rewards.scalar_type() == at::kFloat &&
+      (baseline == kGroupMean || baseline == kLeaveOneOut) && num_groups > 0 && n % num_groups == 0) {
+    const int64_t G = n / num_groups;
+    const int64_t* c = cu.data_ptr<int64_t>();
+    bool uniform = G == 4 || G == 8 || G == 16;
+    for (int64_t g = 0; uniform && g <= num_groups; ++g) uniform = c[g] == g * G;
+    tile_g = uniform ? G : 0;
+  }
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "group_advantages_cpu", [&] {
     const scalar_t* rp = r.data_ptr<scalar_t>();
     double bmean = 0.0, bstd = 1.0;
@@ -1379,6 +1547,13 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     if (scale == kBnpo) bnpo(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bnpo_low, bnpo_high);
     else if (op) normalize_gathered(rp, out.data_ptr<scalar_t>(), cup, op, n, num_groups, o, bmean, bstd);
     else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bmean, bstd);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (tile_g > 0) {
+        const float* a = out.data_ptr<float>();
+        fused.m = tile_g == 4 ? tile_moments_of<4>(a, n) : tile_g == 8 ? tile_moments_of<8>(a, n) : tile_moments_of<16>(a, n);
+        fused.done = true;
+      }
+    }
     if (whiten != kWhitenNone) {
       // weight 0 for omitted rows: the written A of a NaN row is 0, so mark them from r.
       // Without weights or omitted rows, no weight tensor: weight 1 everywhere gives the same

@@ -754,11 +754,13 @@ def test_cpp_batch_moments_same_bits_on_every_isa(tmp_path, flag):
 
 @pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
 def test_cpp_whitening_moments_in_the_group_pass_same_bits():
-    """Whitening without weights on a fixed layout: the group pass sums each tile of A for the
-    whitening moments right after writing it (when there are at least as many 64K chunks as
-    threads). The ragged layout takes the separate pass over A: the bits must be the same, with
-    sub-blocks that leave float range (|A| ~ 1e30, ~1e-25: summed again in double), NaN, a short
-    last chunk and one or two threads."""
+    """Whitening without weights on a fixed layout: the group pass sums A for the whitening
+    moments as it goes (tile by tile in tile form for group-centred A, G = 4, 8, 16; else each
+    stored tile in row order, with at least as many 64K chunks as threads). A ragged layout
+    takes a separate pass over A, in tile form when all its groups have G rows: the bits must be
+    the same, with tiles that leave float range (|A| ~ 1e30, ~1e-25: summed again in double),
+    NaN, a short last chunk and a partial last tile, and the same bits on one or two threads.
+    The tile-form moments stay within float32 accuracy of the float64 reference."""
     gen = torch.Generator().manual_seed(SEED)
     n = 3 * 65536 + 16 * 129
     r = torch.randn(n, generator=gen)
@@ -767,18 +769,41 @@ def test_cpp_whitening_moments_in_the_group_pass_same_bits():
     nan = r.clone()
     nan[5] = float("nan")
     threads = torch.get_num_threads()
+    seen = {}
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
             with ik.use_backend("cpp"):
-                for x in (r, nan, r[: 2 * 65536]):
+                for i, x in enumerate((r, nan, r[: 2 * 65536], r[: 16 * 37])):
                     for g in (4, 8, 16):
-                        for preset in ("dler", "openrlhf_reinforce_baseline"):
-                            fixed = group_advantages(x, group_size=g, preset=preset)
-                            ragged = group_advantages(x, cu_groups=torch.arange(0, x.numel() + 1, g), preset=preset)
+                        for preset in ("dler", "openrlhf_reinforce_baseline", "whiten_only"):
+                            kw = dict(preset=preset) if preset != "whiten_only" else dict(
+                                baseline="none", scale="none", whiten="sample")
+                            fixed = group_advantages(x, group_size=g, **kw)
+                            ragged = group_advantages(x, cu_groups=torch.arange(0, x.numel() + 1, g), **kw)
                             assert torch.equal(fixed.view(torch.int32), ragged.view(torch.int32)), (t, g, preset)
+                            key = (i, g, preset)
+                            if key in seen:
+                                assert torch.equal(fixed.view(torch.int32), seen[key].view(torch.int32)), key
+                            seen[key] = fixed
+                # groups of 8 but one of 4 and one of 12: not uniform, the moments in row order
+                cu = torch.arange(0, n + 1, 8)
+                cu[1] = 4
+                cu[2] = 16
+                a = group_advantages(r, cu_groups=cu, preset="dler")
+                with ik.use_backend("reference"):
+                    want = group_advantages(r.double(), cu_groups=cu, preset="dler")
+                assert torch.allclose(a.double(), want, rtol=1e-5, atol=1e-6)
     finally:
         torch.set_num_threads(threads)
+    # against float64: the moments summed in tile form, the extreme tiles in double
+    for x in (r, r[: 16 * 37]):
+        for g in (4, 8, 16):
+            with ik.use_backend("cpp"):
+                got = group_advantages(x, group_size=g, preset="dler")
+            with ik.use_backend("reference"):
+                want = group_advantages(x.double(), group_size=g, preset="dler")
+            assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6), (g, (got.double() - want).abs().max())
 
 
 @pytest.mark.skipif(not ik._backend.HAS_CPP, reason="needs the C++ extension")
