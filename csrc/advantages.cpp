@@ -476,18 +476,44 @@ constexpr int64_t kFloatGroupMax = 64;
 template <typename T>
 using GroupAcc = std::conditional_t<std::is_same_v<T, float>, float, double>;
 
+// Whether 1 / (batch_std + eps) is finite in double but not in float (eps = 0 with a subnormal
+// batch std): then float32 groups compute in double, as float64 ones do (their A would be
+// d * inf otherwise).
+inline bool float_batch_inv_overflows(const Options& o, double batch_std) {
+  const double inv = 1.0 / (batch_std + o.eps);
+  return std::isinf(static_cast<float>(inv)) && !std::isinf(inv);
+}
+
 // What the per-group loop needs of the options, in both arithmetics.
 struct GroupRules {
   GroupRule<float> f;
   GroupRule<double> d;
   double const_value, batch_mean;
+  bool float_ok;  // float32 groups may use float arithmetic (float_batch_inv_overflows)
   GroupRules(const Options& o, double batch_mean, double batch_std)
-      : f(o, batch_std), d(o, batch_std), const_value(singleton_value(o)), batch_mean(batch_mean) {}
+      : f(o, batch_std),
+        d(o, batch_std),
+        const_value(singleton_value(o)),
+        batch_mean(batch_mean),
+        float_ok(!float_batch_inv_overflows(o, batch_std)) {}
 };
 
-// One group in arithmetic Acc: rows lo..hi of the (sorted) layout.
-template <typename Acc, typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
-inline void normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
+// float32 group std: whether a group's float statistics left float's range, so that it is
+// computed again in double. The std of a group of subnormal rewards is itself subnormal, and with
+// eps = 0 its reciprocal overflows (A = d * inf); a group whose spread times its size passes
+// FLT_MAX gets an inf sum of deviations (A = NaN). Double holds both. Decided on the float
+// statistics before anything is written, alike by the scalar loop and the tile lanes (the same
+// bits), so fixed and ragged layouts agree. (A NaN reward under nan_policy propagate also sends
+// its group to double: the same NaN.)
+template <typename Acc>
+ICRM_LANE bool float_std_needs_double(const GroupParams<Acc>& g) {
+  return !g.to_const && !(std::isfinite(g.inv) && std::isfinite(g.shift));
+}
+
+// One group in arithmetic Acc: rows lo..hi of the (sorted) layout. CHECK (float32 group std):
+// nothing is written, and false returned, when the group needs double (float_std_needs_double).
+template <typename Acc, typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, bool CHECK = false>
+inline bool normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
                                     const GroupRule<Acc>& rule, Acc const_value, const SplitMean<Acc>& batch_mean) {
   // order comes from the caller: clamped, so a malformed one (unchecked paths) stays in bounds
   auto row = [&](int64_t j) -> int64_t {
@@ -496,22 +522,25 @@ inline void normalize_one_group_acc(const T* r, T* out, const int64_t* order, in
   };
   auto val = [&](int64_t j) { return static_cast<Acc>(r[row(lo + j)]); };
   const GroupParams<Acc> g = group_params<Acc, OMIT, BASE, SCALE>(val, hi - lo, rule);
+  if constexpr (CHECK) {
+    if (float_std_needs_double(g)) return false;
+  }
   for (int64_t j = lo; j < hi; ++j) {
     const int64_t i = row(j);
     out[i] = static_cast<T>(row_advantage<Acc, OMIT, BASE>(static_cast<Acc>(r[i]), g, const_value, batch_mean));
   }
+  return true;
 }
 
 template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
 inline void normalize_one_group(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
                                 const GroupRules& q) {
-  if (std::is_same_v<T, float> && hi - lo <= kFloatGroupMax)
-    normalize_one_group_acc<float, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.f,
-                                                                static_cast<float>(q.const_value),
-                                                                SplitMean<float>(q.batch_mean));
-  else
-    normalize_one_group_acc<double, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.d, q.const_value,
-                                                                 SplitMean<double>(q.batch_mean));
+  if (std::is_same_v<T, float> && hi - lo <= kFloatGroupMax && q.float_ok &&
+      normalize_one_group_acc<float, T, OMIT, ORDER, BASE, SCALE, SCALE == kGroupStd>(
+          r, out, order, n, lo, hi, q.f, static_cast<float>(q.const_value), SplitMean<float>(q.batch_mean)))
+    return;
+  normalize_one_group_acc<double, T, OMIT, ORDER, BASE, SCALE>(r, out, order, n, lo, hi, q.d, q.const_value,
+                                                               SplitMean<double>(q.batch_mean));
 }
 
 // Rows lo..hi of group g, clamped into [0, n): offsets reach the kernel unchecked inside
@@ -758,6 +787,26 @@ struct FixedGroupLanes {
     return found;
   }
 
+  // (float group std, after the full form: a rare tile) the groups whose float statistics need
+  // double (float_std_needs_double: the statistics recomputed one group at a time, the same
+  // bits), computed again in double as the scalar loop does, before the store
+  static void redo_overflowed_in_double(const Args& p, const T* r, int64_t nb, Acc (&x)[GS][kGroupBlock]) {
+    if constexpr (kFastStd) {
+      const GroupRule<float> rule_f(*p.o, p.batch_std);
+      const GroupRule<double> rule(*p.o, p.batch_std);
+      const SplitMean<double> batch_mean(p.batch_mean);
+      const double const_value = singleton_value(*p.o);
+      for (int64_t k = 0; k < nb; ++k) {
+        auto val_f = [&](int64_t j) { return static_cast<float>(r[k * GS + j]); };
+        if (!float_std_needs_double(group_params<float, OMIT, BASE, SCALE>(val_f, GS, rule_f))) continue;
+        auto val = [&](int64_t j) { return static_cast<double>(r[k * GS + j]); };
+        const GroupParams<double> gp = group_params<double, OMIT, BASE, SCALE>(val, GS, rule);
+        for (int64_t j = 0; j < GS; ++j)
+          x[j][k] = static_cast<T>(row_advantage<double, OMIT, BASE>(val(j), gp, const_value, batch_mean));
+      }
+    }
+  }
+
   static ICRM_LANE void block(const Args& p, int64_t g, int64_t nb) {
     const GroupRule<Acc> rule(*p.o, p.batch_std);
     const Acc const_value = static_cast<Acc>(singleton_value(*p.o));
@@ -774,6 +823,7 @@ struct FixedGroupLanes {
       if (advantages<false, true>(x, nb, rule, const_value, batch_mean)) {
         load(r, nb, x);
         advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
+        redo_overflowed_in_double(p, r, nb, x);
       }
     } else if (OMIT && !p.o->no_nan && any_nan(x, nb)) {
       advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
@@ -855,7 +905,8 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
 template <typename T, bool OMIT, bool ORDER, int64_t B, int64_t S>
 void fixed_size(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n, int64_t group_size,
                 int64_t num_groups, const Options& o, double bm, double bs) {
-  if constexpr (!ORDER) {
+  // (float32 with a batch std whose reciprocal overflows float: the scalar loop, in double)
+  if (!ORDER && !(std::is_same_v<T, float> && float_batch_inv_overflows(o, bs))) {
     if (group_size == 4) return normalize_fixed_lanes<T, OMIT, B, S, 4>(r, out, num_groups, o, bm, bs);
     if (group_size == 8) return normalize_fixed_lanes<T, OMIT, B, S, 8>(r, out, num_groups, o, bm, bs);
     if (group_size == 16) return normalize_fixed_lanes<T, OMIT, B, S, 16>(r, out, num_groups, o, bm, bs);
@@ -1548,7 +1599,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
     else if (op) normalize_gathered(rp, out.data_ptr<scalar_t>(), cup, op, n, num_groups, o, bmean, bstd);
     else normalize_groups(rp, out.data_ptr<scalar_t>(), cup, op, n, group_size, num_groups, o, bmean, bstd);
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (tile_g > 0) {
+      if (tile_g > 0 && !float_batch_inv_overflows(o, bstd)) {  // (as the fixed layout: fixed_size)
         const float* a = out.data_ptr<float>();
         fused.m = tile_g == 4 ? tile_moments_of<4>(a, n) : tile_g == 8 ? tile_moments_of<8>(a, n) : tile_moments_of<16>(a, n);
         fused.done = true;
