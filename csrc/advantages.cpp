@@ -612,7 +612,7 @@ constexpr int64_t kGroupBlock = 128;  // groups per tile: x[16][128] doubles = 1
 // The whitening moments of float32 A in tile form, for layouts of groups of G = 4, 8 or 16 rows
 // whose A is centred per group (baseline group_mean or leave_one_out, no weights, no omitted
 // rows): the fixed lanes sum each tile while it is still transposed in registers, instead of
-// reading the stored rows again (bench/NOTES.md §13). A tile is x[j][k], row j of its group k;
+// reading the stored rows again (bench/NOTES.md §13.3). A tile is x[j][k], row j of its group k;
 // lane l of 16 sums the groups k = l (mod 16) of every tile of a chunk, rows in order j, one
 // float accumulator per 16-group column, the columns added in a fixed tree, then into double.
 // A tile whose float sums leave the range where they are kept (FloatMomentLanes::out_of_range)
