@@ -32,6 +32,10 @@ enum Whiten : int64_t { kWhitenNone = 0, kSample = 1, kToken = 2 };
 enum Singleton : int64_t { kZero = 0, kRaw = 1, kNan = 2 };
 enum WhitenStd : int64_t { kStdEps = 0, kRsqrtEps = 1, kRsqrtClamp = 2 };
 
+// Baselines that centre A per group (its batch mean is rounding noise): the whitening moments
+// of float32 A can be summed without a pivot, in tile form (TileMoments).
+constexpr bool centred_baseline(int64_t b) { return b == kGroupMean || b == kLeaveOneOut; }
+
 constexpr int64_t kChunk = 1 << 16;  // fixed partition of the batch reductions
 
 struct Moments {
@@ -273,16 +277,23 @@ Moments chunk_moments(const T* x, const double* w, int64_t lo, int64_t hi, bool 
   return w ? chunk_moments_t<T, false, true>(x, w, lo, hi) : chunk_moments_t<T, false, false>(x, w, lo, hi);
 }
 
-template <typename T>
-Moments batch_moments(const T* x, const double* w, int64_t n, bool omit) {
+// Moments of rows [0, n) as a fixed partition into kChunk-row chunks, chunk(lo, hi) each (in
+// parallel), merged in chunk order: the bits do not depend on the thread count.
+template <class F>
+Moments chunked_moments(int64_t n, F chunk) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<Moments> parts(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) parts[c] = chunk_moments(x, w, c * kChunk, std::min(n, (c + 1) * kChunk), omit);
+    for (int64_t c = c0; c < c1; ++c) parts[c] = chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
   });
   Moments total;
-  for (const auto& p : parts) total = merge(total, p);  // fixed order: deterministic
+  for (const auto& p : parts) total = merge(total, p);
   return total;
+}
+
+template <typename T>
+Moments batch_moments(const T* x, const double* w, int64_t n, bool omit) {
+  return chunked_moments(n, [&](int64_t lo, int64_t hi) { return chunk_moments(x, w, lo, hi, omit); });
 }
 
 // The whitening moments of float32 A computed by the group pass itself (whitening without
@@ -858,21 +869,14 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
   const LaneFn<K> lanes = pick_lanes<K>();
   const int64_t n = num_groups * GS, chunks = (n + kChunk - 1) / kChunk;
   static_assert(kChunk % (kGroupBlock * 16) == 0 && kGroupBlock * 4 % kFloatSub == 0, "tiles inside chunks");
-  if constexpr (std::is_same_v<T, float> && (BASE == kGroupMean || BASE == kLeaveOneOut)) {
+  if constexpr (std::is_same_v<T, float> && centred_baseline(BASE)) {
     if (o.whiten_moments) {
       // the whitening moments in tile form (TileMoments), chunk by chunk
-      std::vector<Moments> parts(chunks);
-      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-          TileMoments acc;
-          lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, nullptr, &acc});
-          parts[c] = acc.finish();
-        }
+      o.whiten_moments->m = chunked_moments(n, [&](int64_t lo, int64_t hi) {
+        TileMoments acc;
+        lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, nullptr, &acc});
+        return acc.finish();
       });
-      Moments total;
-      for (const auto& q : parts) total = merge(total, q);
-      o.whiten_moments->m = total;
       o.whiten_moments->done = true;
       return;
     }
@@ -880,18 +884,11 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
   if constexpr (std::is_same_v<T, float>) {
     if (o.whiten_moments && chunks >= at::get_num_threads()) {
       // the whitening moments fused (FusedMoments): one chunk of batch_moments at a time
-      std::vector<Moments> parts(chunks);
-      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-          ChunkMomentAcc acc{lo, lo + (hi - lo) / kFloatSub * kFloatSub};
-          lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, &acc, nullptr});
-          parts[c] = float_moments_finish<false>(out, acc.body, hi, static_cast<double>(out[lo]), acc.W, acc.A, acc.B);
-        }
+      o.whiten_moments->m = chunked_moments(n, [&](int64_t lo, int64_t hi) {
+        ChunkMomentAcc acc{lo, lo + (hi - lo) / kFloatSub * kFloatSub};
+        lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, &acc, nullptr});
+        return float_moments_finish<false>(out, acc.body, hi, static_cast<double>(out[lo]), acc.W, acc.A, acc.B);
       });
-      Moments total;
-      for (const auto& q : parts) total = merge(total, q);  // batch_moments' order
-      o.whiten_moments->m = total;
       o.whiten_moments->done = true;
       return;
     }
@@ -1021,18 +1018,11 @@ template <int64_t GS>
 Moments tile_moments_of(const float* a, int64_t n) {
   using K = TileMomentLanes<GS>;
   const LaneFn<K> lanes = pick_lanes<K>();
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<Moments> parts(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      TileMoments acc;
-      lanes({a, c * kChunk / GS, std::min(n, (c + 1) * kChunk) / GS, &acc});
-      parts[c] = acc.finish();
-    }
+  return chunked_moments(n, [&](int64_t lo, int64_t hi) {  // the fixed lanes' chunks and order
+    TileMoments acc;
+    lanes({a, lo / GS, hi / GS, &acc});
+    return acc.finish();
   });
-  Moments total;
-  for (const auto& q : parts) total = merge(total, q);  // the fixed lanes' order
-  return total;
 }
 
 // s of one reward in Acc (NaN stays NaN: std::max/min return their first argument on NaN)
@@ -1577,7 +1567,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
   // layout's tile form (TileMoments), so that both give the same bits
   int64_t tile_g = 0;
   if (plain_whiten && cu.defined() && !order.defined() && rewards.scalar_type() == at::kFloat &&
-      (baseline == kGroupMean || baseline == kLeaveOneOut) && num_groups > 0 && n % num_groups == 0) {
+      centred_baseline(baseline) && num_groups > 0 && n % num_groups == 0) {
     const int64_t G = n / num_groups;
     const int64_t* c = cu.data_ptr<int64_t>();
     bool uniform = G == 4 || G == 8 || G == 16;
