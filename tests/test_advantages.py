@@ -875,6 +875,35 @@ def test_cpp_fixed_lanes_bitwise_equal_scalar_other_isa(flag):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_fixed_cpu_binding_is_the_op():
+    """The CPU preset path calls icrm_cpu::group_advantages from C (csrc/module.cpp): the same
+    bits as torch.ops for strided rewards too, the op's own errors as RuntimeError, a wrong
+    argument as TypeError, and the op still in the profiler's record."""
+    from icrm_kernels.ops import advantages as adv
+
+    fixed = adv._FIXED_CPU
+    if fixed is None:
+        pytest.skip("the C++ extension is not built")
+    r = torch.randn(2 * 64 * 8, dtype=torch.float64)[::2]  # strided: the op makes it contiguous
+    for preset in ("dler", "verl_grpo", "trl_batch", "bnpo"):
+        options = adv._preset_plan(preset)[2]
+        for x in (r, r.float()):
+            want = torch.ops.icrm_cpu.group_advantages.default(x.contiguous(), None, None, 8, None, *options)
+            assert torch.equal(fixed(x, 8, *options), want), preset
+    options = adv._preset_plan("dler")[2]
+    with pytest.raises(RuntimeError, match="group_size must divide"):
+        fixed(r, 7, *options)
+    with pytest.raises(TypeError, match="group_advantages_fixed"):
+        fixed(r, 8, *options[:-1])
+    with pytest.raises(TypeError, match="group_advantages_fixed"):
+        fixed(r.tolist(), 8, *options)
+    with pytest.raises(TypeError, match="must be an int"):
+        fixed(r, 8.0, *options)
+    with torch.profiler.profile() as prof:
+        group_advantages(r, group_size=8, preset="dler")
+    assert any(e.name == "icrm_cpu::group_advantages" for e in prof.events())
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_fast_path_equals_general_path(backend, device, preset):
     """``group_advantages(r, group_size=G, preset=P)`` with nothing else given takes the prepared

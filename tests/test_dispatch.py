@@ -5,6 +5,8 @@ implementation; with one, an autograd.Function built from the op's registered fo
 (``_backend.register_autograd``). Both must give exactly what the registered op gives, forward
 and backward, on every backend.
 """
+import os
+
 import pytest
 import torch
 
@@ -273,6 +275,15 @@ def test_icrm_backend_env_is_the_default(monkeypatch):
     monkeypatch.setenv("ICRM_BACKEND", "bogus")
     with pytest.raises(ValueError, match="ICRM_BACKEND"):
         _backend.current_backend()
+    with pytest.raises(ValueError, match="ICRM_BACKEND"):  # (an invalid value is never remembered)
+        _backend.current_backend()
+    # the value is read again after every change (the default remembers the last value it read)
+    monkeypatch.setenv("ICRM_BACKEND", "cpp")
+    assert _backend.current_backend() == "cpp"
+    os.environ["ICRM_BACKEND"] = "reference"
+    assert _backend.current_backend() == "reference"
+    monkeypatch.delenv("ICRM_BACKEND")
+    assert _backend.current_backend() == "auto"
 
 
 class _nullcontext:

@@ -117,6 +117,8 @@ def _preset_call(rewards, group_size, preset):
     backend = _backend.select(rewards.device, cpp_op="group_advantages")
     o, kw, cpp_options = plan
     if backend == "cpp":
+        if _FIXED_CPU is not None:
+            return _FIXED_CPU(rewards, group_size, *cpp_options)
         return torch.ops.icrm_cpu.group_advantages.default(rewards.contiguous(), None, None, group_size, None,
                                                            *cpp_options)
     if backend == "triton":
@@ -126,6 +128,10 @@ def _preset_call(rewards, group_size, preset):
 
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+# icrm_cpu::group_advantages called from C with the fixed layout (csrc/module.cpp): the same op
+# through the same dispatcher (the profiler records it alike), without torch.ops' boxing of its
+# 16 arguments (~3 µs a call)
+_FIXED_CPU = getattr(_backend._C, "group_advantages_fixed", None)
 
 
 def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
