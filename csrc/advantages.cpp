@@ -464,14 +464,15 @@ struct SplitMean {
 };
 
 // A of one row (0 for a NaN row when OMIT), written so identical rewards give exactly 0.
-template <typename Acc, bool OMIT, int64_t BASE>
+// UNIT: the caller knows g.inv == 1 exactly, and leaves the multiply out (x * 1 == x, NaN too).
+template <typename Acc, bool OMIT, int64_t BASE, bool UNIT = false>
 ICRM_LANE Acc row_advantage(Acc v, const GroupParams<Acc>& g, Acc const_value, const SplitMean<Acc>& batch_mean) {
   Acc centered;
   if constexpr (BASE == kGroupMean) centered = (v - g.pivot) - g.shift;
   else if constexpr (BASE == kLeaveOneOut) centered = ((v - g.pivot) - g.shift) * g.loo;
   else if constexpr (BASE == kBatchMean) centered = batch_mean.centered(v);
   else centered = v;
-  Acc a = g.to_const ? const_value : centered * g.inv;
+  Acc a = g.to_const ? const_value : UNIT ? centered : centered * g.inv;
   if constexpr (OMIT) a = v == v ? a : Acc(0);
   return a;
 }
@@ -763,8 +764,9 @@ struct FixedGroupLanes {
   }
 
   // A of every row of the tile, in place (MASK: NaN rows masked, the omit rule). FAST: the
-  // unscaled sum of squares only; returns nonzero when some group needs the full form.
-  template <bool MASK, bool FAST>
+  // unscaled sum of squares only; returns nonzero when some group needs the full form. UNIT:
+  // the scale is exactly 1 (row_advantage).
+  template <bool MASK, bool FAST, bool UNIT = false>
   static ICRM_LANE int advantages(Acc (&x)[GS][kGroupBlock], int64_t nb, const GroupRule<Acc>& rule,
                                   Acc const_value, const SplitMean<Acc>& batch_mean) {
     int redo = 0;
@@ -772,7 +774,8 @@ struct FixedGroupLanes {
       auto val = [&](int64_t j) { return x[j][k]; };
       const GroupParams<Acc> gp = group_params<Acc, MASK, BASE, SCALE, OMIT, FAST>(val, GS, rule);
       if constexpr (FAST) redo |= gp.exact ? 0 : 1;
-      for (int64_t j = 0; j < GS; ++j) x[j][k] = row_advantage<Acc, MASK, BASE>(x[j][k], gp, const_value, batch_mean);
+      for (int64_t j = 0; j < GS; ++j)
+        x[j][k] = row_advantage<Acc, MASK, BASE, UNIT>(x[j][k], gp, const_value, batch_mean);
     }
     return redo;
   }
@@ -838,6 +841,10 @@ struct FixedGroupLanes {
       }
     } else if (OMIT && !p.o->no_nan && any_nan(x, nb)) {
       advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
+    } else if (SCALE == kScaleNone && rule.eps == Acc(0)) {
+      // scale none (eps 0, as the Python layer passes it): A times 1 / (1 + 0) = 1 is A itself,
+      // so the multiply is left out (8 of the ~40 instructions per 16 groups; bench/NOTES.md §14.2)
+      advantages<false, false, SCALE == kScaleNone>(x, nb, rule, const_value, batch_mean);
     } else {
       advantages<false, false>(x, nb, rule, const_value, batch_mean);
     }

@@ -114,11 +114,12 @@ def _preset_call(rewards, group_size, preset):
     plan = _preset_plan(preset)
     if not plan or not _backend._eager_mode((rewards,)):
         return None
-    backend = _backend.select(rewards.device, cpp_op="group_advantages")
     o, kw, cpp_options = plan
+    # (select()'s answer for CPU tensors when the extension, hence its op, is there)
+    if rewards.is_cpu and _FIXED_CPU is not None and _backend.current_backend() in _CPP_OR_AUTO:
+        return _FIXED_CPU(rewards, group_size, *cpp_options)
+    backend = _backend.select(rewards.device, cpp_op="group_advantages")
     if backend == "cpp":
-        if _FIXED_CPU is not None:
-            return _FIXED_CPU(rewards, group_size, *cpp_options)
         return torch.ops.icrm_cpu.group_advantages.default(rewards.contiguous(), None, None, group_size, None,
                                                            *cpp_options)
     if backend == "triton":
@@ -132,6 +133,7 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 # through the same dispatcher (the profiler records it alike), without torch.ops' boxing of its
 # 16 arguments (~3 µs a call)
 _FIXED_CPU = getattr(_backend._C, "group_advantages_fixed", None)
+_CPP_OR_AUTO = ("auto", "cpp")
 
 
 def _fast(backend, rewards, group_size, cu_groups, group_index, weights, mask, o, process_group=None):
