@@ -926,6 +926,8 @@ def test_preset_fast_path_equals_general_path(backend, device, preset):
             continue
         fast = group_advantages(x, group_size=g, preset=preset)
         general = group_advantages(x, group_size=g, preset=preset, eps=eps)
+        direct = adv.group_advantages_direct(x, group_size=g, preset=preset)  # (takes the preset path too)
+        assert torch.equal(direct.nan_to_num(7.0), fast.nan_to_num(7.0)), (preset, dtype)
         assert fast.dtype == general.dtype == dtype
         assert torch.equal(fast.nan_to_num(7.0), general.nan_to_num(7.0)), (preset, dtype)
         assert torch.equal(fast.isnan(), general.isnan())

@@ -67,9 +67,11 @@ def _core(backend, r, lay, o, *, baseline, scale, whiten, eps, whiten_eps, white
             whiten_eps=whiten_eps, whiten_std=whiten_std, whiten_weights=whiten_weights, mask=mask,
             out_dtype=out_dtype, bnpo_bounds=o["bnpo_bounds"], process_group=process_group)
     work = r if r.dtype in (torch.float32, torch.float64) else r.float()
-    A = torch.ops.icrm_cpu.group_advantages(
-        work.contiguous(), cu, order, G or 0, whiten_weights,
-        *_cpp_options(o, baseline, scale, whiten, eps, omit, whiten_eps, whiten_std))
+    options = _cpp_options(o, baseline, scale, whiten, eps, omit, whiten_eps, whiten_std)
+    if G and cu is None and order is None and whiten_weights is None and _FIXED_CPU is not None:
+        A = _FIXED_CPU(work, G, *options)
+    else:
+        A = torch.ops.icrm_cpu.group_advantages.default(work.contiguous(), cu, order, G or 0, whiten_weights, *options)
     if mask is not None:
         return (A.unsqueeze(1) * mask.to(A.dtype)).to(out_dtype)
     return A if A.dtype == out_dtype else A.to(out_dtype)  # (a no-op .to costs ~1 µs)
@@ -516,6 +518,11 @@ def group_advantages_direct(rewards, *, group_size=None, cu_groups=None, group_i
     TypeError/ValueError). Malformed tensor values (offsets, ids) give unspecified results but
     never an access outside the buffers. Not for torch.compile (use the op).
     """
+    if (not options and preset is not None and group_size is not None and cu_groups is None and group_index is None
+            and reward_weights is None and response_mask is None):
+        out = _preset_call(rewards, group_size, preset)  # (None: not a call it takes, e.g. a gradient)
+        if out is not None:
+            return out
     unknown = sorted(set(options) - set(_OPTION_ORDER))
     if unknown:  # silently ignoring a misspelled option would run different math than asked
         raise TypeError(f"group_advantages_direct got unknown option(s) {', '.join(map(repr, unknown))}; "
