@@ -336,13 +336,15 @@ template <typename Acc>
 struct GroupRule {
   Acc eps, ddof, batch_inv;  // batch_inv = 1 / (batch_std + eps), computed in double
   bool raw_singleton;
-  bool eps_large;  // eps >= 2^-40 (unscaled_ok)
+  bool eps_large;   // eps >= 2^-40 (unscaled_ok)
+  bool nan_if_inf;  // scale none: a group without a finite mean is NaN (not needed when whitened)
   explicit GroupRule(const Options& o, double batch_std)
       : eps(static_cast<Acc>(o.eps)),
         ddof(o.unbiased ? Acc(1) : Acc(0)),
         batch_inv(static_cast<Acc>(1.0 / (batch_std + o.eps))),
         raw_singleton(o.singleton == kRaw),
-        eps_large(static_cast<Acc>(o.eps) >= Acc(0x1p-40)) {}
+        eps_large(static_cast<Acc>(o.eps) >= Acc(0x1p-40)),
+        nan_if_inf(o.whiten == kWhitenNone) {}
 };
 
 // float32 group std: whether the unscaled sum of squared deviations M2 gives the std. It does
@@ -367,7 +369,8 @@ ICRM_LANE bool unscaled_ok(Acc M2, bool eps_large) {
 // float32 group std (unscaled_ok): both sums are computed and the rule picks; FAST computes the
 // unscaled one only and says in .exact whether it decides, so FAST where .exact holds and the
 // full form give the same bits.
-template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool DIV = OMIT, bool FAST = false, class Val>
+template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool DIV = OMIT, bool FAST = false, int INF = -1,
+          class Val>
 ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Acc>& o) {
   constexpr bool group_level = BASE == kGroupMean || BASE == kLeaveOneOut || SCALE == kGroupStd;
   if constexpr (!group_level)
@@ -401,6 +404,16 @@ ICRM_LANE GroupParams<Acc> group_params(Val val, int64_t len, const GroupRule<Ac
     }
   }
   Acc shift = S1 / n;  // mean = pivot + shift
+  // A group holding +-inf (or whose float sum left float's range) has no finite mean, and every A
+  // of it is NaN, whichever row holds the inf (docs/advantages.md). With a group std or a batch
+  // std that follows by itself (the std is NaN). Without a scale, rows after an inf would get
+  // -inf, and an inf in the first row (the pivot) NaN: an order-dependent answer, hence the test.
+  // Whitening makes every row NaN anyway, so a whitened batch leaves it out (o.nan_if_inf; INF:
+  // the caller's loop knows it at compile time, 1 or 0, rather than reading it, -1).
+  if constexpr (SCALE == kScaleNone && INF != 0) {
+    if (INF == 1 || o.nan_if_inf)
+      shift = std::abs(shift) <= std::numeric_limits<Acc>::max() ? shift : std::numeric_limits<Acc>::quiet_NaN();
+  }
   Acc var = 1, var_s = 1, sc = 1, isc = 1;
   bool exact = true;
   if constexpr (kScaled) {  // sc = 2^-e, isc = 2^e for mx in [2^e, 2^(e+1)), e clamped to [-126, 126]
@@ -765,14 +778,15 @@ struct FixedGroupLanes {
 
   // A of every row of the tile, in place (MASK: NaN rows masked, the omit rule). FAST: the
   // unscaled sum of squares only; returns nonzero when some group needs the full form. UNIT:
-  // the scale is exactly 1 (row_advantage).
-  template <bool MASK, bool FAST, bool UNIT = false>
+  // the scale is exactly 1 (row_advantage). INF: group_params' rule for a group without a finite
+  // mean, decided here (1, 0) or read per group (-1).
+  template <bool MASK, bool FAST, bool UNIT = false, int INF = -1>
   static ICRM_LANE int advantages(Acc (&x)[GS][kGroupBlock], int64_t nb, const GroupRule<Acc>& rule,
                                   Acc const_value, const SplitMean<Acc>& batch_mean) {
     int redo = 0;
     for (int64_t k = 0; k < nb; ++k) {
       auto val = [&](int64_t j) { return x[j][k]; };
-      const GroupParams<Acc> gp = group_params<Acc, MASK, BASE, SCALE, OMIT, FAST>(val, GS, rule);
+      const GroupParams<Acc> gp = group_params<Acc, MASK, BASE, SCALE, OMIT, FAST, INF>(val, GS, rule);
       if constexpr (FAST) redo |= gp.exact ? 0 : 1;
       for (int64_t j = 0; j < GS; ++j)
         x[j][k] = row_advantage<Acc, MASK, BASE, UNIT>(x[j][k], gp, const_value, batch_mean);
@@ -844,7 +858,8 @@ struct FixedGroupLanes {
     } else if (SCALE == kScaleNone && rule.eps == Acc(0)) {
       // scale none (eps 0, as the Python layer passes it): A times 1 / (1 + 0) = 1 is A itself,
       // so the multiply is left out (8 of the ~40 instructions per 16 groups; bench/NOTES.md §14.2)
-      advantages<false, false, SCALE == kScaleNone>(x, nb, rule, const_value, batch_mean);
+      if (rule.nan_if_inf) advantages<false, false, SCALE == kScaleNone, 1>(x, nb, rule, const_value, batch_mean);
+      else advantages<false, false, SCALE == kScaleNone, 0>(x, nb, rule, const_value, batch_mean);
     } else {
       advantages<false, false>(x, nb, rule, const_value, batch_mean);
     }

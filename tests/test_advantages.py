@@ -76,6 +76,65 @@ def test_nan_policies(backend, device, layout, nan_policy):
             assert torch.isnan(out).any()
 
 
+def _inf_groups(device, layout):
+    """Rewards in groups of 4 where groups 0-4 hold +-inf at different rows (first, later, -inf
+    first, -inf last, both signs) and groups 5-7 are finite, group 5 with a NaN row; ragged and
+    index layouts add a singleton +inf group. Returns (rewards, layout kwargs, group of each row)."""
+    r = torch.randn(8, 4, dtype=torch.float64)
+    inf = float("inf")
+    r[0, 0], r[1, 2], r[2, 0], r[3, 3] = inf, inf, -inf, -inf
+    r[4, 1], r[4, 3] = inf, -inf
+    r[5, 1] = float("nan")
+    r, gid = r.flatten(), torch.arange(8).repeat_interleave(4)
+    if layout == "fixed":
+        return r.to(device), dict(group_size=4), gid
+    r, gid = torch.cat([r, torch.tensor([inf], dtype=torch.float64)]), torch.cat([gid, torch.tensor([8])])
+    if layout == "ragged":
+        return r.to(device), dict(cu_groups=torch.arange(0, 33, 4).tolist() + [33]), gid
+    perm = torch.randperm(r.numel())
+    ids = gid[perm] * 5 - 7  # unsorted, negative ids
+    return r[perm].to(device), dict(group_index=ids.to(device)), gid[perm]
+
+
+@pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
+@pytest.mark.parametrize("layout", ["fixed", "ragged", "index"])
+def test_inf_reward_makes_its_group_nan(backend, device, layout, nan_policy):
+    """docs/advantages.md: a group holding +-inf has no finite mean, so every A of it is NaN,
+    wherever the inf sits and whatever its sign (the C++ kernels used to give -inf to the rows
+    after an inf and NaN when the inf was the group's first row). A singleton keeps its rule (raw:
+    inf / (1 + eps)); the finite groups are untouched. Batch statistics have no finite mean either:
+    every row is NaN. Same values as the float64 reference."""
+    r, lay, gid = _inf_groups(device, layout)
+    if "cu_groups" in lay:
+        lay = dict(cu_groups=torch.tensor(lay["cu_groups"], device=device))
+    for opts in (dict(baseline="group_mean", scale="none"), dict(baseline="leave_one_out", scale="none"),
+                 dict(baseline="group_mean", scale="group_std"), dict(baseline="none", scale="group_std"),
+                 dict(baseline="group_mean", scale="none", singleton="raw"),
+                 dict(baseline="group_mean", scale="none", whiten="sample"),
+                 dict(baseline="batch_mean", scale="none"), dict(baseline="group_mean", scale="batch_std")):
+        for dtype in (torch.float32, torch.float64):
+            x = r.to(dtype)
+            out = assert_matches_reference(group_advantages, group_advantages_reference,
+                                           dict(rewards=x, nan_policy=nan_policy, **lay, **opts))["out"].cpu()
+            g = gid.cpu()
+            if opts.get("whiten") or "batch" in opts["baseline"] + opts["scale"]:
+                # the batch's moments see the inf: every row is NaN (omitted rows keep 0)
+                kept = ~x.cpu().isnan() if nan_policy == "omit" else torch.ones_like(out, dtype=torch.bool)
+                grouped = gid.cpu() < 8  # (the singleton follows its rule: 0 with a group-level baseline)
+                assert out[kept & grouped].isnan().all() and (out[~kept] == 0).all(), (opts, dtype)
+                continue
+            assert out[g < 5].isnan().all(), (opts, dtype, out)
+            finite = out[(g >= 5) & (g < 8)]
+            if nan_policy == "omit":
+                assert finite.isfinite().all(), (opts, dtype, out)
+            else:
+                assert out[g == 5].isnan().all() and out[(g >= 6) & (g < 8)].isfinite().all(), (opts, dtype)
+            if layout != "fixed":  # the singleton +inf group
+                want = float("inf") if opts.get("singleton") == "raw" and opts["baseline"] != "none" else None
+                if want is not None:
+                    assert out[g == 8].item() == want, (opts, dtype)
+
+
 @pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
 @pytest.mark.parametrize("nan_policy", ["propagate", "omit"])
 def test_multi_component(backend, device, aggregation, nan_policy):

@@ -131,6 +131,9 @@ def moments(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     pivot = torch.where(torch.isfinite(pivot) | torch.isnan(pivot), pivot, torch.zeros_like(pivot))
     d = torch.where(used, x - pivot, torch.zeros_like(x))
     mean = pivot + (w * d).sum() / W
+    # values holding +-inf have no finite mean: NaN, as the kernels' batch statistics give (every
+    # row that uses it is NaN, whichever row held the inf)
+    mean = torch.where(torch.isinf(mean), torch.full_like(mean, math.nan), mean)
     M2 = (w * torch.where(used, x - mean, torch.zeros_like(x)) ** 2).sum()
     return torch.stack([W, mean, M2])
 
@@ -231,6 +234,12 @@ def normalize_one(r, gid, B, o, *, reduce=lambda m: m):
         s = torch.sqrt(_var(reduce(moments(r, valid.to(r.dtype))), o["std_unbiased"])).expand_as(r)
 
     A = (r - b) / (s + o["eps"])
+    if group_level:
+        # a group holding +-inf has no finite mean: every A of it is NaN, whichever row holds the
+        # inf (the kernels decide it on the group's mean); singletons keep their own rule below
+        inf_rows = (torch.isinf(r) & valid).to(r.dtype)
+        has_inf = torch.zeros(B, dtype=r.dtype, device=r.device).index_add_(0, gid, inf_rows) > 0
+        A = torch.where(has_inf[gid] & ~single, torch.full_like(A, math.nan), A)
     if group_level and o["singleton"] == "zero":
         A = torch.where(single, torch.zeros_like(A), A)
     elif group_level and o["singleton"] == "nan":

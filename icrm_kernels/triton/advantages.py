@@ -281,6 +281,9 @@ def _group_kernel(r_ptr, out_ptr, cu_ptr, order_ptr, part_ptr, mask_ptr,
             S1 += tl.sum(tl.where(valid, x - pivot[:, None], 0.0), axis=1)
     nsafe = tl.where(n > 0, n, 1.0)
     shift = S1 / nsafe  # mean = pivot + shift
+    # a group holding +-inf has no finite mean: all its A are NaN, wherever the inf sits (a -inf
+    # leaves the max pivot finite and S1 = -inf; singletons keep their rule in _write_chunk)
+    shift = tl.where(tl.abs(shift) < float("inf"), shift, float("nan"))
     single = n == 1.0
     raw_single = single & (SINGLETON == V.SINGLETON_RAW)
 
