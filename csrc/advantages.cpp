@@ -22,6 +22,9 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace icrm {
 namespace {
@@ -302,6 +305,7 @@ Moments batch_moments(const T* x, const double* w, int64_t n, bool omit) {
 // the sums are batch_moments': the same bits. done: whether the group pass took this route.
 struct FusedMoments {
   bool done = false;
+  bool rescaled = false;  // the rows are whitened too (moments_then_whiten)
   Moments m;
 };
 
@@ -884,6 +888,83 @@ struct FixedGroupLanes {
   }
 };
 
+template <typename T>
+struct WhitenForm {
+  SplitMean<T> mean;
+  T mul;
+  WhitenForm(double mean_d, double mul_d) : mean(mean_d), mul(static_cast<T>(mul_d)) {}
+  static bool faithful(double mean_d, double mul_d) {
+    return !(std::isfinite(mean_d) && std::isfinite(mul_d)) || mul_d == 0.0 ||
+           (std::abs(mul_d) >= static_cast<double>(std::numeric_limits<T>::min()) &&
+            std::abs(mul_d) <= static_cast<double>(std::numeric_limits<T>::max()));
+  }
+  ICRM_LANE T operator()(T a) const { return mean.centered(a) * mul; }
+};
+
+// The whitening pass without weights, vectorized.
+template <typename T>
+struct WhitenLanes {
+  static constexpr bool kFma = false;
+  struct Args {
+    T* a;
+    int64_t i0, i1;
+    WhitenForm<T> f;
+  };
+  static ICRM_LANE void run(const Args& p) {
+    T* __restrict a = p.a;
+    const WhitenForm<T> f = p.f;
+    for (int64_t i = p.i0; i < p.i1; ++i) a[i] = f(a[i]);
+  }
+};
+
+// The whitening's multiplier 1 / spread, from the moments of A, in o.whiten_std's form.
+inline double whiten_mul(const Moments& m, const Options& o) {
+  const double var = m.M2 / (o.unbiased ? m.W - 1.0 : m.W);
+  if (o.whiten_std == kStdEps) return 1.0 / (std::sqrt(var) + o.whiten_eps);
+  if (o.whiten_std == kRsqrtEps) return 1.0 / std::sqrt(var + o.whiten_eps);
+  return 1.0 / std::sqrt(std::max(var, o.whiten_eps));
+}
+
+// chunked_moments (the chunks of the group pass, merged in order), then the whitening of the
+// rows (no weights; T's arithmetic faithful, else left to whiten_inplace), in one OpenMP region
+// with a barrier between them: one fork and join instead of two (~3 µs a call on the 2-core CI
+// machine, bench/NOTES.md §14.7). The same chunks, merge order and row arithmetic: the same bits.
+// Returns false where it does not apply (no OpenMP, one thread, inside a parallel region, one
+// chunk); the caller then runs chunked_moments and whiten_inplace.
+template <typename T, class F>
+bool moments_then_whiten(T* a, int64_t n, const Options& o, F chunk, FusedMoments& fused) {
+#ifdef _OPENMP
+  const int nt = at::get_num_threads();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (nt < 2 || chunks < 2 || at::in_parallel_region()) return false;
+  std::vector<Moments> parts(chunks);
+  using K = WhitenLanes<T>;
+  const LaneFn<K> lanes = pick_lanes<K>();
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t team = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t per = (chunks + team - 1) / team;
+    const int64_t c0 = std::min(chunks, t * per), c1 = std::min(chunks, c0 + per);
+    for (int64_t c = c0; c < c1; ++c) parts[c] = chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
+#pragma omp barrier
+    Moments m;  // every thread merges the same parts in the same order
+    for (const auto& part : parts) m = merge(m, part);
+    const double mul = whiten_mul(m, o);
+    const bool faithful = WhitenForm<T>::faithful(m.mean, mul);
+    if (faithful) lanes(typename K::Args{a, c0 * kChunk, std::min(n, c1 * kChunk), WhitenForm<T>(m.mean, mul)});
+    if (t == 0) {
+      fused.m = m;
+      fused.rescaled = faithful;
+    }
+  }
+  fused.done = true;
+  return true;
+#else
+  (void)a, (void)n, (void)o, (void)chunk, (void)fused;
+  return false;
+#endif
+}
+
 template <typename T, bool OMIT, int64_t BASE, int64_t SCALE, int64_t GS>
 void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options& o, double batch_mean,
                            double batch_std) {
@@ -894,12 +975,15 @@ void normalize_fixed_lanes(const T* r, T* out, int64_t num_groups, const Options
   if constexpr (std::is_same_v<T, float> && centred_baseline(BASE)) {
     if (o.whiten_moments) {
       // the whitening moments in tile form (TileMoments), chunk by chunk
-      o.whiten_moments->m = chunked_moments(n, [&](int64_t lo, int64_t hi) {
+      auto chunk = [&](int64_t lo, int64_t hi) {
         TileMoments acc;
         lanes(typename K::Args{r, out, lo / GS, hi / GS, &o, batch_mean, batch_std, nullptr, &acc});
         return acc.finish();
-      });
-      o.whiten_moments->done = true;
+      };
+      if (!moments_then_whiten(out, n, o, chunk, *o.whiten_moments)) {
+        o.whiten_moments->m = chunked_moments(n, chunk);
+        o.whiten_moments->done = true;
+      }
       return;
     }
   }
@@ -1456,42 +1540,9 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
 // spread's reciprocal leaves float32's normal range (whiten_eps = 0 with subnormal spreads or
 // spreads above ~1e38): that pass runs in double.
 template <typename T>
-struct WhitenForm {
-  SplitMean<T> mean;
-  T mul;
-  WhitenForm(double mean_d, double mul_d) : mean(mean_d), mul(static_cast<T>(mul_d)) {}
-  static bool faithful(double mean_d, double mul_d) {
-    return !(std::isfinite(mean_d) && std::isfinite(mul_d)) || mul_d == 0.0 ||
-           (std::abs(mul_d) >= static_cast<double>(std::numeric_limits<T>::min()) &&
-            std::abs(mul_d) <= static_cast<double>(std::numeric_limits<T>::max()));
-  }
-  ICRM_LANE T operator()(T a) const { return mean.centered(a) * mul; }
-};
-
-// The whitening pass without weights, vectorized.
-template <typename T>
-struct WhitenLanes {
-  static constexpr bool kFma = false;
-  struct Args {
-    T* a;
-    int64_t i0, i1;
-    WhitenForm<T> f;
-  };
-  static ICRM_LANE void run(const Args& p) {
-    T* __restrict a = p.a;
-    const WhitenForm<T> f = p.f;
-    for (int64_t i = p.i0; i < p.i1; ++i) a[i] = f(a[i]);
-  }
-};
-
-template <typename T>
 void whiten_inplace(T* a, const double* w, int64_t n, const Options& o, const FusedMoments& fused) {
   const Moments m = fused.done ? fused.m : batch_moments(a, w, n, o.omit);
-  const double var = m.M2 / (o.unbiased ? m.W - 1.0 : m.W);
-  double mul;
-  if (o.whiten_std == kStdEps) mul = 1.0 / (std::sqrt(var) + o.whiten_eps);
-  else if (o.whiten_std == kRsqrtEps) mul = 1.0 / std::sqrt(var + o.whiten_eps);
-  else mul = 1.0 / std::sqrt(std::max(var, o.whiten_eps));
+  const double mul = whiten_mul(m, o);
   // row by row in the arithmetic of form f (T, or double where T's is not faithful); rows left
   // out (weight 0) keep A = 0 (or their NaN)
   auto by_rows = [&](const auto& f) {
@@ -1629,7 +1680,8 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const c10::optional<a
       // whitening reads A, where omitted rows are 0 (not NaN): skip by weight only
       Options ow = o;
       ow.omit = false;
-      whiten_inplace(out.data_ptr<scalar_t>(), w.defined() ? w.data_ptr<double>() : nullptr, n, ow, fused);
+      if (!fused.rescaled)
+        whiten_inplace(out.data_ptr<scalar_t>(), w.defined() ? w.data_ptr<double>() : nullptr, n, ow, fused);
     }
   });
   return out;
