@@ -861,7 +861,7 @@ struct FixedGroupLanes {
       advantages<OMIT, false>(x, nb, rule, const_value, batch_mean);
     } else if (SCALE == kScaleNone && rule.eps == Acc(0)) {
       // scale none (eps 0, as the Python layer passes it): A times 1 / (1 + 0) = 1 is A itself,
-      // so the multiply is left out (8 of the ~40 instructions per 16 groups; bench/NOTES.md §14.2)
+      // so the multiply is left out (8 of the ~40 instructions per 16 groups; bench/NOTES.md §14.3)
       if (rule.nan_if_inf) advantages<false, false, SCALE == kScaleNone, 1>(x, nb, rule, const_value, batch_mean);
       else advantages<false, false, SCALE == kScaleNone, 0>(x, nb, rule, const_value, batch_mean);
     } else {
@@ -888,6 +888,11 @@ struct FixedGroupLanes {
   }
 };
 
+// One whitened value: (a - mean) * mul. float32 A is whitened in float32 (as on the GPU; a round
+// trip through double costs the pass 3x on AVX-512), with the mean split (SplitMean): ~1.5 ulp.
+// double A: the double formula. No FMA (both ISA copies alike). faithful() is false where the
+// spread's reciprocal leaves float32's normal range (whiten_eps = 0 with subnormal spreads or
+// spreads above ~1e38): that pass runs in double.
 template <typename T>
 struct WhitenForm {
   SplitMean<T> mean;
@@ -1534,11 +1539,7 @@ void bnpo(const T* r, T* out, const int64_t* cu, const int64_t* order, int64_t n
   if (fixed_lanes && group_size == 16) pass2(std::integral_constant<int64_t, 16>{});
 }
 
-// One whitened value: (a - mean) * mul. float32 A is whitened in float32 (as on the GPU; a round
-// trip through double costs the pass 3x on AVX-512), with the mean split (SplitMean): ~1.5 ulp.
-// double A: the double formula. No FMA (both ISA copies alike). faithful() is false where the
-// spread's reciprocal leaves float32's normal range (whiten_eps = 0 with subnormal spreads or
-// spreads above ~1e38): that pass runs in double.
+// The whitening pass over A[n] (weights w, or none), in place.
 template <typename T>
 void whiten_inplace(T* a, const double* w, int64_t n, const Options& o, const FusedMoments& fused) {
   const Moments m = fused.done ? fused.m : batch_moments(a, w, n, o.omit);
