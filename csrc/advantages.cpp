@@ -539,8 +539,22 @@ ICRM_LANE bool float_std_needs_double(const GroupParams<Acc>& g) {
   return !g.to_const && !(std::isfinite(g.inv) && std::isfinite(g.shift));
 }
 
-// One group in arithmetic Acc: rows lo..hi of the (sorted) layout. CHECK (float32 group std):
-// nothing is written, and false returned, when the group needs double (float_std_needs_double).
+// One group's A in arithmetic Acc, its row j (< len) being val(j): put(j, A) for every row, in
+// order (the scalar loop puts rows of out, the fixed lanes' rare double path the transposed
+// tile). CHECK (float32 group std): nothing is put, and false returned, when the group needs
+// double (float_std_needs_double).
+template <typename Acc, bool OMIT, int64_t BASE, int64_t SCALE, bool CHECK = false, class Val, class Put>
+inline bool group_advantages_of(Val val, int64_t len, const GroupRule<Acc>& rule, Acc const_value,
+                                const SplitMean<Acc>& batch_mean, Put put) {
+  const GroupParams<Acc> g = group_params<Acc, OMIT, BASE, SCALE>(val, len, rule);
+  if constexpr (CHECK) {
+    if (float_std_needs_double(g)) return false;
+  }
+  for (int64_t j = 0; j < len; ++j) put(j, row_advantage<Acc, OMIT, BASE>(val(j), g, const_value, batch_mean));
+  return true;
+}
+
+// One group in arithmetic Acc: rows lo..hi of the (sorted) layout (see group_advantages_of).
 template <typename Acc, typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE, bool CHECK = false>
 inline bool normalize_one_group_acc(const T* r, T* out, const int64_t* order, int64_t n, int64_t lo, int64_t hi,
                                     const GroupRule<Acc>& rule, Acc const_value, const SplitMean<Acc>& batch_mean) {
@@ -549,16 +563,9 @@ inline bool normalize_one_group_acc(const T* r, T* out, const int64_t* order, in
     if constexpr (ORDER) return std::min(std::max<int64_t>(order[j], 0), n - 1);
     else return j;
   };
-  auto val = [&](int64_t j) { return static_cast<Acc>(r[row(lo + j)]); };
-  const GroupParams<Acc> g = group_params<Acc, OMIT, BASE, SCALE>(val, hi - lo, rule);
-  if constexpr (CHECK) {
-    if (float_std_needs_double(g)) return false;
-  }
-  for (int64_t j = lo; j < hi; ++j) {
-    const int64_t i = row(j);
-    out[i] = static_cast<T>(row_advantage<Acc, OMIT, BASE>(static_cast<Acc>(r[i]), g, const_value, batch_mean));
-  }
-  return true;
+  return group_advantages_of<Acc, OMIT, BASE, SCALE, CHECK>(
+      [&](int64_t j) { return static_cast<Acc>(r[row(lo + j)]); }, hi - lo, rule, const_value, batch_mean,
+      [&](int64_t j, Acc a) { out[row(lo + j)] = static_cast<T>(a); });
 }
 
 template <typename T, bool OMIT, bool ORDER, int64_t BASE, int64_t SCALE>
@@ -831,10 +838,9 @@ struct FixedGroupLanes {
       for (int64_t k = 0; k < nb; ++k) {
         auto val_f = [&](int64_t j) { return static_cast<float>(r[k * GS + j]); };
         if (!float_std_needs_double(group_params<float, OMIT, BASE, SCALE>(val_f, GS, rule_f))) continue;
-        auto val = [&](int64_t j) { return static_cast<double>(r[k * GS + j]); };
-        const GroupParams<double> gp = group_params<double, OMIT, BASE, SCALE>(val, GS, rule);
-        for (int64_t j = 0; j < GS; ++j)
-          x[j][k] = static_cast<T>(row_advantage<double, OMIT, BASE>(val(j), gp, const_value, batch_mean));
+        group_advantages_of<double, OMIT, BASE, SCALE>(
+            [&](int64_t j) { return static_cast<double>(r[k * GS + j]); }, GS, rule, const_value, batch_mean,
+            [&](int64_t j, double a) { x[j][k] = static_cast<T>(a); });
       }
     }
   }
