@@ -236,10 +236,8 @@ def normalize_one(r, gid, B, o, *, reduce=lambda m: m):
     A = (r - b) / (s + o["eps"])
     if group_level:
         # a group holding +-inf has no finite mean: every A of it is NaN, whichever row holds the
-        # inf (the kernels decide it on the group's mean); singletons keep their own rule below
-        inf_rows = (torch.isinf(r) & valid).to(r.dtype)
-        has_inf = torch.zeros(B, dtype=r.dtype, device=r.device).index_add_(0, gid, inf_rows) > 0
-        A = torch.where(has_inf[gid] & ~single, torch.full_like(A, math.nan), A)
+        # inf (decided on the group's mean, as the kernels do); singletons keep their own rule below
+        A = torch.where(~torch.isfinite(mean[gid]) & ~single, torch.full_like(A, math.nan), A)
     if group_level and o["singleton"] == "zero":
         A = torch.where(single, torch.zeros_like(A), A)
     elif group_level and o["singleton"] == "nan":
